@@ -1,0 +1,271 @@
+"""The one Name Server client: Consul's HTTP API through py-consul.
+
+Every part of OneOS that reads or writes cluster state goes through `NameServer`.
+It speaks to real Consul and to the built-in server alike. The address comes from
+the caller, else `ONEOS_NAMESERVER`, else `CONSUL_HTTP_ADDR`, else
+http://127.0.0.1:8500; `CONSUL_HTTP_TOKEN` is sent as the ACL token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import consul
+import consul.base
+import consul.exceptions
+import requests
+
+from oneos.errors import OneOSError
+
+DEFAULT_URL = "http://127.0.0.1:8500"
+
+
+def nameserver_url(url: str | None = None) -> str:
+    """The Name Server address to use, normalised to scheme://host:port."""
+    url = url or os.environ.get("ONEOS_NAMESERVER") or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_URL
+    if "://" not in url:
+        url = "http://" + url
+    return url.rstrip("/")
+
+
+class NameServerUnreachable(OneOSError):
+    """The Name Server did not answer (refused, reset, timed out)."""
+
+
+class NameServerError(OneOSError):
+    """The Name Server answered with an error status."""
+
+    def __init__(self, message: str, status: int = 0, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class TxnConflict(NameServerError):
+    """A transaction was rolled back; `errors` lists (op index, what) pairs."""
+
+    def __init__(self, errors: list[tuple[int, str]]) -> None:
+        what = "; ".join(f"op {i}: {w}" for i, w in errors)
+        super().__init__(f"transaction rolled back: {what}", 409)
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One KV entry as Consul returns it."""
+
+    key: str
+    value: bytes | None
+    flags: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+    lock_index: int = 0
+    session: str | None = None
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any], *, b64: bool) -> "Entry":
+        value = raw.get("Value")
+        if value is not None and b64:
+            value = base64.b64decode(value)
+        return cls(
+            key=raw["Key"],
+            value=value,
+            flags=int(raw.get("Flags") or 0),
+            create_index=int(raw.get("CreateIndex") or 0),
+            modify_index=int(raw.get("ModifyIndex") or 0),
+            lock_index=int(raw.get("LockIndex") or 0),
+            session=raw.get("Session") or None,
+        )
+
+
+def kv_op(verb: str, key: str, value: bytes | str | None = None, *, index: int | None = None,
+          session: str | None = None, flags: int | None = None) -> dict[str, Any]:
+    """One operation for `NameServer.txn`, in Consul's /v1/txn format."""
+    op: dict[str, Any] = {"Verb": verb, "Key": key}
+    if value is not None:
+        op["Value"] = base64.b64encode(_as_bytes(value)).decode("ascii")
+    if index is not None:
+        op["Index"] = index
+    if session is not None:
+        op["Session"] = session
+    if flags is not None:
+        op["Flags"] = flags
+    return {"KV": op}
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+class NameServer:
+    """A client of one Name Server. Safe to share between threads."""
+
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = nameserver_url(url)
+        parsed = urllib.parse.urlsplit(self.url)
+        if not parsed.hostname:
+            raise OneOSError(f"Name Server address {self.url!r} has no host; use http://HOST:PORT")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise OneOSError(f"Name Server address {self.url!r} has a bad port; use http://HOST:PORT") from None
+        self._host = parsed.hostname
+        self._port = port or (443 if parsed.scheme == "https" else 8500)
+        self._scheme = parsed.scheme or "http"
+        self._token = token
+        self._timeout = timeout
+        self._local = threading.local()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _api(self) -> consul.Consul:
+        # requests sessions are not thread-safe: one py-consul client per thread.
+        api = getattr(self._local, "api", None)
+        if api is None:
+            api = consul.Consul(host=self._host, port=self._port, scheme=self._scheme,
+                                token=self._token, connections_timeout=self._timeout)
+            self._local.api = api
+        return api
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            raise NameServerUnreachable(
+                f"cannot reach the Name Server at {self.url} ({_reason(exc)}); "
+                "is it running? Set ONEOS_NAMESERVER or start one with `oneosd --dev`"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise NameServerUnreachable(
+                f"the Name Server at {self.url} did not answer {what} in time; check that it is healthy"
+            ) from None
+        except consul.exceptions.ConsulException as exc:
+            status, _, body = str(exc).partition(" ")
+            code = int(status) if status.isdigit() else 0
+            raise NameServerError(f"the Name Server at {self.url} refused {what}: {str(exc).strip()}",
+                                  code, body) from None
+
+    def _raw(self, method: str, path: str, params: list[tuple[str, Any]] | None = None,
+             data: bytes | str = "", binary: bool = False) -> consul.base.Response:
+        """One request answered with its status, headers and body (bytes if `binary`), whatever the status."""
+        api = self._api()
+        headers = api.prepare_headers()
+        call = getattr(api.http, method)
+        if method == "get":
+            return self._call(f"GET {path}", call, lambda r: r, path, params=params, headers=headers, raw=binary)
+        return self._call(f"{method.upper()} {path}", call, lambda r: r, path, params=params,
+                          data=data, headers=headers)
+
+    @staticmethod
+    def _blocking(index: int | None, wait: str | None) -> dict[str, Any]:
+        return {"index": index, "wait": wait} if index else {}
+
+    # -- KV ---------------------------------------------------------------
+
+    def get(self, key: str, *, index: int | None = None, wait: str | None = None) -> tuple[int, Entry | None]:
+        """Read one key; with `index`, block until it changes past that index or `wait` ends."""
+        idx, raw = self._call(f"GET {key}", self._api().kv.get, key, **self._blocking(index, wait))
+        return int(idx), (Entry.from_api(raw, b64=False) if raw else None)
+
+    def get_tree(self, prefix: str, *, index: int | None = None,
+                 wait: str | None = None) -> tuple[int, list[Entry]]:
+        """Read every key under a prefix, sorted by key."""
+        idx, raw = self._call(f"GET {prefix}?recurse", self._api().kv.get, prefix, recurse=True,
+                              **self._blocking(index, wait))
+        return int(idx), [Entry.from_api(r, b64=False) for r in raw or []]
+
+    def keys(self, prefix: str = "", *, separator: str | None = None, index: int | None = None,
+             wait: str | None = None) -> tuple[int, list[str]]:
+        """List the keys under a prefix, cut after `separator` when given."""
+        idx, raw = self._call(f"GET {prefix}?keys", self._api().kv.get, prefix, keys=True,
+                              separator=separator, **self._blocking(index, wait))
+        return int(idx), list(raw or [])
+
+    def get_raw(self, key: str) -> bytes | None:
+        """The bare value of a key (`?raw`), or None when it is missing."""
+        resp = self._raw("get", f"/v1/kv/{key}", [("raw", "1")], binary=True)
+        if resp.code == 404:
+            return None
+        self._check(resp, f"GET {key}?raw")
+        return resp.body
+
+    def put(self, key: str, value: bytes | str | None, *, cas: int | None = None, flags: int | None = None,
+            acquire: str | None = None, release: str | None = None) -> bool:
+        """Write a key; False when a cas, acquire or release condition did not hold."""
+        data = None if value is None else _as_bytes(value)
+        return bool(self._call(f"PUT {key}", self._api().kv.put, key, data, cas=cas, flags=flags,
+                               acquire=acquire, release=release))
+
+    def delete(self, key: str, *, recurse: bool = False, cas: int | None = None) -> bool:
+        """Delete a key (or a prefix); False when the cas index did not match."""
+        return bool(self._call(f"DELETE {key}", self._api().kv.delete, key, recurse=recurse or None, cas=cas))
+
+    def txn(self, ops: list[dict[str, Any]]) -> list[Entry]:
+        """Apply KV operations all or nothing; raises TxnConflict when rolled back."""
+        resp = self._raw("put", "/v1/txn", data=json.dumps(ops).encode("utf-8"))
+        if resp.code == 409:
+            body = json.loads(resp.body)
+            raise TxnConflict([(int(e.get("OpIndex", 0)), e.get("What", "")) for e in body.get("Errors") or []])
+        self._check(resp, "PUT /v1/txn")
+        results = json.loads(resp.body).get("Results") or []
+        return [Entry.from_api(r["KV"], b64=True) for r in results if r.get("KV")]
+
+    # -- sessions ---------------------------------------------------------
+
+    def session_create(self, *, name: str | None = None, ttl: int | None = None, behavior: str = "release",
+                       lock_delay: int = 15, checks: list[str] | None = None) -> str:
+        """Create a session; `ttl` and `lock_delay` in seconds. Returns its id."""
+        return self._call("session create", self._api().session.create, name=name, ttl=ttl,
+                          behavior=behavior, lock_delay=lock_delay, checks=checks)
+
+    def session_renew(self, session_id: str) -> dict[str, Any] | None:
+        """Restart a session's TTL timer; None when the session no longer exists."""
+        resp = self._raw("put", f"/v1/session/renew/{session_id}")
+        if resp.code == 404:
+            return None
+        self._check(resp, "session renew")
+        found = json.loads(resp.body)
+        return found[0] if found else None
+
+    def session_destroy(self, session_id: str) -> bool:
+        """Invalidate a session: its locks are released or deleted per its behavior."""
+        return bool(self._call("session destroy", self._api().session.destroy, session_id))
+
+    def session_info(self, session_id: str, *, index: int | None = None,
+                     wait: str | None = None) -> tuple[int, dict[str, Any] | None]:
+        """A session's record, or None when it does not exist."""
+        idx, raw = self._call("session info", self._api().session.info, session_id,
+                              **self._blocking(index, wait))
+        return int(idx), raw
+
+    def session_list(self, *, index: int | None = None, wait: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Every live session."""
+        idx, raw = self._call("session list", self._api().session.list, **self._blocking(index, wait))
+        return int(idx), list(raw or [])
+
+    # -- status -----------------------------------------------------------
+
+    def leader(self) -> str:
+        """The address of the Name Server's Raft leader ("" when there is none)."""
+        return self._call("status leader", self._api().status.leader) or ""
+
+    def _check(self, resp: consul.base.Response, what: str) -> None:
+        if not 200 <= resp.code < 300:
+            body = resp.body.decode("utf-8", "replace") if isinstance(resp.body, bytes) else resp.body
+            raise NameServerError(f"the Name Server at {self.url} refused {what}: {resp.code} {body.strip()}",
+                                  resp.code, body)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Name or service not known",
+                   "No route to host", "timed out", "Remote end closed connection"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return type(exc).__name__

@@ -1,0 +1,453 @@
+"""`oneos-nameserver`: the built-in single-node Name Server, speaking Consul's HTTP API.
+
+Only the subset OneOS uses: /v1/kv, /v1/txn, /v1/session/*, /v1/status/*, and a minimal
+/v1/agent/self. HTTP behaviour follows Consul's agent (agent/kvs_endpoint.go,
+txn_endpoint.go, session_endpoint.go); state semantics live in store.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from oneos import __version__
+from oneos.durations import parse_ns
+from oneos.errors import OneOSError
+from oneos.nameserver.journal import Journal
+from oneos.nameserver.store import Store, StoreError
+
+log = logging.getLogger("oneos.nameserver")
+
+KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default
+TXN_MAX_REQ_LEN = 512 * 1024       # Consul's txn_max_req_len default
+MAX_TXN_OPS = 128
+KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
+            "check-not-exists", "delete", "delete-tree", "delete-cas"}
+DRAIN_LIMIT = 64 << 20             # past this, a refused body is not read: the connection is closed
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Params:
+    """Query parameters; like Go's url.Values, a flag counts by presence and Get takes the first value."""
+
+    def __init__(self, query: str) -> None:
+        self._values: dict[str, str] = {}
+        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            self._values.setdefault(name, value)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: str = "") -> str:
+        return self._values.get(name, default)
+
+    def uint(self, name: str, what: str) -> int:
+        raw = self._values.get(name, "")
+        if not raw.isdigit() or int(raw) >= 1 << 64:
+            raise HTTPError(400, f"Invalid {what}: {raw!r} is not an unsigned 64-bit integer")
+        return int(raw)
+
+    def conflicting(self, *names: str) -> bool:
+        return sum(1 for n in names if n in self._values) > 1
+
+    def encode(self) -> str:
+        return urllib.parse.urlencode(sorted(self._values.items()))
+
+
+class NameServerHTTP(ThreadingHTTPServer):
+    daemon_threads = True
+    # Consul listens with the OS's full backlog; the default of 5 resets bursts of clients.
+    request_queue_size = socket.SOMAXCONN
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], store: Store) -> None:
+        self.store = store
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"oneos-nameserver/{__version__}"
+    timeout = 900  # an idle keep-alive connection is dropped after this long
+    server: NameServerHTTP
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        self._body_read = False
+        url = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(url.path)
+        params = _Params(url.query)
+        try:
+            status, body, headers = self._route(method, path, params)
+        except HTTPError as exc:
+            status, body, headers = exc.status, str(exc), {}
+        except StoreError as exc:
+            status, body, headers = exc.status, str(exc), {}
+        except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not kill the connection
+            log.exception("internal error serving %s %s", method, self.path)
+            status, body, headers = 500, f"internal error: {exc}", {}
+        if not self._body_read:
+            self._drain()
+        self._send(status, body, headers)
+
+    def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        if isinstance(body, bytes):
+            payload = body
+            ctype = headers.pop("Content-Type", "application/octet-stream")
+        elif isinstance(body, str) and status >= 400:
+            payload = body.encode("utf-8") + (b"" if body.endswith("\n") or not body else b"\n")
+            ctype = "text/plain; charset=utf-8"
+        elif body is None:
+            payload, ctype = b"", "application/json"
+        else:
+            payload = json.dumps(body).encode("utf-8")
+            ctype = "application/json"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _content_length(self) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return None
+        if not raw.strip().isdigit():
+            raise HTTPError(400, f"Invalid Content-Length {raw!r}")
+        return int(raw)
+
+    def _read_body(self, limit: int) -> bytes:
+        """The request body; 413 past `limit`, before reading it, as Consul does."""
+        self._body_read = True
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            data = self._read_chunked(limit)
+        else:
+            length = self._content_length() or 0
+            if length > limit:
+                self._body_read = False   # _dispatch drains it so the client still reads the 413
+                raise HTTPError(413, f"Request body({length} bytes) too large, max size: {limit} bytes. "
+                                     "See https://developer.hashicorp.com/docs/agent/config/config-files"
+                                     "#kv_max_value_size.")
+            data = self.rfile.read(length) if length else b""
+        return data
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024).strip()
+            size = int(line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                self.close_connection = True
+                raise HTTPError(413, f"Request body too large, max size: {limit} bytes")
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(1024)
+
+    def _drain(self) -> None:
+        """Read and discard an unread body, so that the answer is not lost to a reset."""
+        try:
+            length = self._content_length()
+        except HTTPError:
+            length = None
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            return
+        if not length:
+            return
+        if length > DRAIN_LIMIT:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _index_headers(self, index: int) -> dict[str, str]:
+        return {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+
+    def _blocking_args(self, params: _Params) -> tuple[int, float | None]:
+        index = params.uint("index", "index") if "index" in params else 0
+        wait = None
+        if "wait" in params:
+            try:
+                wait = parse_ns(params.get("wait")) / 1e9
+            except ValueError:
+                raise HTTPError(400, "Invalid wait time") from None
+        return index, wait
+
+    # -- routes -----------------------------------------------------------
+
+    def _route(self, method: str, path: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
+        store = self.server.store
+        if path == "/v1/kv" or path.startswith("/v1/kv/"):
+            return self._kv(method, path[len("/v1/kv/"):], params)
+        if path == "/v1/txn":
+            self._allow(method, "PUT")
+            return self._txn()
+        if path.startswith("/v1/session/"):
+            return self._session(method, path[len("/v1/session/"):], params)
+        if path == "/v1/status/leader":
+            self._allow(method, "GET")
+            return 200, self._leader(), {}
+        if path == "/v1/status/peers":
+            self._allow(method, "GET")
+            return 200, [self._leader()], {}
+        if path == "/v1/agent/self":
+            self._allow(method, "GET")
+            return 200, {"Config": {"Datacenter": "dc1", "NodeName": store.node_name,
+                                    "Version": f"oneos-nameserver {__version__}", "Server": True},
+                         "Member": {"Name": store.node_name, "Addr": self.server.server_address[0]}}, {}
+        raise HTTPError(404, f"no such endpoint {path}: this Name Server serves /v1/kv, /v1/txn, "
+                             "/v1/session and /v1/status")
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise HTTPError(405, f"method {method} not allowed")
+
+    def _leader(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host}:{port}"
+
+    def _kv(self, method: str, key: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
+        store = self.server.store
+        if key.startswith("/"):
+            raise HTTPError(400, "key must not begin with a '/'")
+        if method == "GET":
+            index, wait = self._blocking_args(params)
+            if "keys" in params:
+                sep = params.get("separator", params.get("seperator"))
+                idx, keys = store.kv_keys(key, sep, index, wait)
+                if not keys and key:
+                    return 404, None, self._index_headers(idx)
+                return 200, keys, self._index_headers(idx)
+            if "recurse" in params:
+                idx, entries = store.kv_list(key, index, wait)
+                if not entries:
+                    return 404, None, self._index_headers(idx)
+                return 200, [e.api() for e in entries], self._index_headers(idx)
+            if not key:
+                raise HTTPError(400, "Missing key name")
+            idx, entry = store.kv_get(key, index, wait)
+            if entry is None:
+                return 404, None, self._index_headers(idx)
+            if "raw" in params:
+                headers = self._index_headers(idx)
+                headers.update({"Content-Type": "text/plain", "X-Content-Type-Options": "nosniff",
+                                "Content-Security-Policy": "sandbox"})
+                return 200, entry.value or b"", headers
+            return 200, [entry.api()], self._index_headers(idx)
+        if method == "PUT":
+            if not key:
+                raise HTTPError(400, "Missing key name")
+            if params.conflicting("cas", "acquire", "release"):
+                raise HTTPError(400, f"Conflicting flags: {params.encode()}")
+            flags = params.uint("flags", "flags") if "flags" in params else 0
+            cas = params.uint("cas", "CAS index") if "cas" in params else None
+            value = self._read_body(KV_MAX_VALUE_SIZE)
+            if "acquire" in params:
+                return 200, store.kv_lock(key, value, flags, params.get("acquire")), {}
+            if "release" in params:
+                return 200, store.kv_unlock(key, value, flags, params.get("release")), {}
+            if cas is not None:
+                return 200, store.kv_cas(key, value, flags, cas), {}
+            return 200, store.kv_set(key, value, flags), {}
+        if method == "DELETE":
+            if params.conflicting("recurse", "cas"):
+                raise HTTPError(400, f"Conflicting flags: {params.encode()}")
+            if "recurse" in params:
+                return 200, store.kv_delete_tree(key), {}
+            if not key:
+                raise HTTPError(400, "Missing key name")
+            if "cas" in params:
+                return 200, store.kv_delete_cas(key, params.uint("cas", "CAS index")), {}
+            return 200, store.kv_delete(key), {}
+        raise HTTPError(405, f"method {method} not allowed")
+
+    def _txn(self) -> tuple[int, Any, dict[str, str]]:
+        raw = self._read_body(TXN_MAX_REQ_LEN)
+        try:
+            ops = json.loads(raw or b"null")
+        except ValueError as exc:
+            raise HTTPError(400, f"Failed to parse body: {exc}") from None
+        if not isinstance(ops, list):
+            raise HTTPError(400, "Failed to parse body: expected a JSON array of operations")
+        if len(ops) > MAX_TXN_OPS:
+            raise HTTPError(413, f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})")
+        parsed = [self._txn_op(op) for op in ops]
+        results, errors = self.server.store.txn(parsed)
+        if errors:
+            return 409, {"Results": None, "Errors": errors}, {}
+        return 200, {"Results": results, "Errors": None}, {}
+
+    @staticmethod
+    def _txn_op(op: Any) -> dict[str, Any]:
+        fields = {k.lower(): v for k, v in op.items()} if isinstance(op, dict) else {}
+        kv = fields.get("kv")
+        if not isinstance(kv, dict):
+            raise HTTPError(400, "Failed to parse body: only KV operations are supported by this Name Server")
+        kv = {k.lower(): v for k, v in kv.items()}
+        verb = kv.get("verb", "")
+        if verb not in KV_VERBS:
+            raise HTTPError(400, f'Failed to parse body: unknown KV verb "{verb}"')
+        value = kv.get("value")
+        if value is not None:
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise HTTPError(400, f"Failed to parse body: failed to decode value: {exc}") from None
+            if len(value) > KV_MAX_VALUE_SIZE:
+                raise HTTPError(413, f'Value for key "{kv.get("key", "")}" is too large '
+                                     f"({len(value)} > {KV_MAX_VALUE_SIZE} bytes)")
+        try:
+            return {"verb": verb, "key": str(kv.get("key") or ""), "value": value,
+                    "flags": int(kv.get("flags") or 0), "index": int(kv.get("index") or 0),
+                    "session": str(kv.get("session") or "")}
+        except (TypeError, ValueError) as exc:
+            raise HTTPError(400, f"Failed to parse body: {exc}") from None
+
+    def _session(self, method: str, rest: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
+        store = self.server.store
+        action, _, arg = rest.partition("/")
+        if action == "create":
+            self._allow(method, "PUT")
+            raw = self._read_body(KV_MAX_VALUE_SIZE)
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError as exc:
+                raise HTTPError(400, f"Request decode failed: {exc}") from None
+            if not isinstance(body, dict):
+                raise HTTPError(400, "Request decode failed: expected a JSON object")
+            return 200, {"ID": store.session_create(body)}, {}
+        if action in ("destroy", "renew", "info", "node") and not arg:
+            raise HTTPError(400, "Missing node name" if action == "node" else "Missing session")
+        if action == "destroy":
+            self._allow(method, "PUT")
+            store.session_destroy(arg)
+            return 200, True, {}
+        if action == "renew":
+            self._allow(method, "PUT")
+            session = store.session_renew(arg)
+            if session is None:
+                return 404, f"Session id '{arg}' not found", {}
+            return 200, [session.api()], {}
+        if action in ("info", "list", "node"):
+            self._allow(method, "GET")
+            index, wait = self._blocking_args(params)
+            if action == "info":
+                idx, found = store.session_info(arg, index, wait)
+            else:
+                idx, found = store.session_list(arg if action == "node" else None, index, wait)
+            return 200, found, self._index_headers(idx)
+        raise HTTPError(404, f"no such endpoint /v1/session/{rest}")
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise OneOSError(f"--listen {text!r} is not HOST:PORT (for example 127.0.0.1:8500)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None,
+          fsync: bool = False) -> tuple[NameServerHTTP, Store]:
+    """Open the data directory and bind the listener; the caller runs serve_forever()."""
+    host, port = _parse_listen(listen)
+    journal = Journal(data_dir, fsync=fsync)
+    try:
+        store = Store(journal, node_name or socket.gethostname())
+    except Exception:
+        journal.close()
+        raise
+    try:
+        httpd = NameServerHTTP((host, port), store)
+    except OSError as exc:
+        store.close()
+        raise OneOSError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; "
+                         "stop what uses it or pick another --listen HOST:PORT") from None
+    return httpd, store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oneos-nameserver",
+        description="The built-in single-node Name Server: the subset of Consul's HTTP API OneOS uses.")
+    parser.add_argument("--listen", default="127.0.0.1:8500", metavar="HOST:PORT",
+                        help="address to serve the HTTP API on (default 127.0.0.1:8500)")
+    parser.add_argument("--data-dir", default=str(Path.home() / ".oneos" / "nameserver"), metavar="DIR",
+                        help="where state is kept (default ~/.oneos/nameserver)")
+    parser.add_argument("--node-name", default=None, help="the node name sessions belong to (default: hostname)")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fsync every write (survives power loss, not only a crash; slower)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="oneos-nameserver: %(message)s", stream=sys.stderr)
+    try:
+        httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync)
+    except OneOSError as exc:
+        print(f"oneos-nameserver: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, _frame: Any) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = httpd.server_address[:2]
+    print(f"oneos-nameserver: serving http://{host}:{port} (data {args.data_dir}, index {store.index})",
+          flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        httpd.server_close()
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,732 @@
+"""The state machine of the built-in Name Server: KV, sessions, locks, with Consul's semantics.
+
+One lock guards all state, so every write is linearizable. Each write gets the next
+index (as Consul's Raft index), is made durable through the journal, and then wakes
+the blocking queries watching the keys it touched. Semantics follow Consul's state
+store (agent/consul/state/kvs.go, session.go, txn.go); see shared/notes/consul-api.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from oneos.durations import format_ns, parse_ns
+from oneos.nameserver.journal import Journal
+
+SERF_CHECK = "serfHealth"
+SESSION_TTL_MIN_NS = 10 * 1_000_000_000
+SESSION_TTL_MAX_NS = 86_400 * 1_000_000_000
+SESSION_TTL_MULTIPLIER = 2          # Consul lets a TTL session live up to 2x its TTL
+DEFAULT_LOCK_DELAY_NS = 15 * 1_000_000_000
+MAX_LOCK_DELAY_NS = 60 * 1_000_000_000
+LOCK_DELAY_THRESHOLD = 1000         # smaller numbers are taken as seconds, as Consul does
+TOMBSTONE_TTL_S = 15 * 60           # deleted keys keep prefix indexes monotonic this long
+MAX_WAIT_S = 600.0
+DEFAULT_WAIT_S = 300.0
+
+
+class StoreError(Exception):
+    """A request the state store refuses; the HTTP layer answers it with `status`."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class KVEntry:
+    key: str
+    value: bytes | None
+    flags: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+    lock_index: int = 0
+    session: str = ""
+
+    def api(self, with_value: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "LockIndex": self.lock_index,
+            "Key": self.key,
+            "Flags": self.flags,
+            "Value": (base64.b64encode(self.value).decode("ascii")
+                      if with_value and self.value is not None else None),
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+        if self.session:
+            out["Session"] = self.session
+        return out
+
+    def same_contents(self, other: "KVEntry") -> bool:
+        return (self.value or b"") == (other.value or b"") and self.flags == other.flags and \
+            self.session == other.session and self.lock_index == other.lock_index
+
+    def dump(self) -> list[Any]:
+        value = None if self.value is None else base64.b64encode(self.value).decode("ascii")
+        return [self.key, value, self.flags, self.create_index, self.modify_index, self.lock_index, self.session]
+
+    @classmethod
+    def load(cls, raw: list[Any]) -> "KVEntry":
+        key, value, flags, create, modify, lock_index, session = raw
+        return cls(key, None if value is None else base64.b64decode(value), flags, create, modify,
+                   lock_index, session)
+
+
+@dataclass
+class Session:
+    id: str
+    name: str
+    node: str
+    lock_delay_ns: int
+    behavior: str
+    ttl: str
+    node_checks: list[str]
+    create_index: int
+    modify_index: int
+
+    def api(self) -> dict[str, Any]:
+        return {
+            "ID": self.id, "Name": self.name, "Node": self.node, "LockDelay": self.lock_delay_ns,
+            "Behavior": self.behavior, "TTL": self.ttl, "NodeChecks": list(self.node_checks),
+            "ServiceChecks": None, "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
+        }
+
+    def dump(self) -> dict[str, Any]:
+        return self.api()
+
+    @classmethod
+    def load(cls, raw: dict[str, Any]) -> "Session":
+        return cls(raw["ID"], raw["Name"], raw["Node"], raw["LockDelay"], raw["Behavior"], raw["TTL"],
+                   list(raw.get("NodeChecks") or []), raw["CreateIndex"], raw["ModifyIndex"])
+
+
+class _SortedKeys:
+    """Keys kept sorted so that a prefix is a contiguous range."""
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+
+    def add(self, key: str) -> None:
+        i = bisect.bisect_left(self._keys, key)
+        if i == len(self._keys) or self._keys[i] != key:
+            self._keys.insert(i, key)
+
+    def remove(self, key: str) -> None:
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            del self._keys[i]
+
+    def prefixed(self, prefix: str) -> Iterable[str]:
+        i = bisect.bisect_left(self._keys, prefix)
+        while i < len(self._keys) and self._keys[i].startswith(prefix):
+            yield self._keys[i]
+            i += 1
+
+
+@dataclass(eq=False)
+class _Watch:
+    """A blocking query waiting for a change to one key, a prefix, or the sessions table."""
+
+    key: str | None
+    prefix: bool
+    cond: threading.Condition
+
+    def matches(self, changed_keys: set[str], sessions_changed: bool) -> bool:
+        if self.key is None:
+            return sessions_changed
+        if self.prefix:
+            return any(k.startswith(self.key) for k in changed_keys)
+        return self.key in changed_keys
+
+
+@dataclass
+class _Txn:
+    """Changes staged by one write; applied all at once, or not at all."""
+
+    index: int
+    sets: dict[str, KVEntry] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    sessions_add: dict[str, Session] = field(default_factory=dict)
+    sessions_del: set[str] = field(default_factory=set)
+    lock_delays: dict[str, float] = field(default_factory=dict)
+
+    def rollback(self) -> None:
+        """Forget everything staged: nothing is committed."""
+        self.sets.clear()
+        self.deletes.clear()
+        self.sessions_add.clear()
+        self.sessions_del.clear()
+        self.lock_delays.clear()
+
+    def empty(self) -> bool:
+        return not (self.sets or self.deletes or self.sessions_add or self.sessions_del)
+
+
+class Store:
+    """All state of the built-in Name Server, durable through a Journal."""
+
+    def __init__(self, journal: Journal | None, node_name: str, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.journal = journal
+        self.node_name = node_name
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self.index = 0
+        self.kvs_index = 0
+        self.sessions_index = 0
+        self._kv: dict[str, KVEntry] = {}
+        self._kv_keys = _SortedKeys()
+        self._tombstones: dict[str, tuple[int, float]] = {}   # key -> (delete index, wall time)
+        self._tomb_keys = _SortedKeys()
+        self._sessions: dict[str, Session] = {}
+        self._lock_delays: dict[str, float] = {}               # key -> wall-clock end of lock-delay
+        self._expiry: dict[str, float] = {}                    # session id -> monotonic deadline
+        self._watches: set[_Watch] = set()
+        self._closed = False
+        self._timer_cond = threading.Condition(self._lock)
+        if journal is not None:
+            self._restore()
+        self._timer = threading.Thread(target=self._run_timers, name="session-timers", daemon=True)
+        self._timer.start()
+
+    # -- durability -------------------------------------------------------
+
+    def _restore(self) -> None:
+        snapshot, records = self.journal.load()
+        if snapshot:
+            self.index = snapshot["index"]
+            self.kvs_index = snapshot["kvs_index"]
+            self.sessions_index = snapshot["sessions_index"]
+            for raw in snapshot["kv"]:
+                self._put_entry(KVEntry.load(raw))
+            for key, idx, at in snapshot["tombstones"]:
+                self._add_tombstone(key, idx, at)
+            for raw in snapshot["sessions"]:
+                s = Session.load(raw)
+                self._sessions[s.id] = s
+            self._lock_delays = dict(snapshot["lock_delays"])
+        for record in records:
+            self._replay(record)
+        now = self._clock()
+        # As a newly elected Consul leader does, every TTL session gets a full timer again.
+        for s in self._sessions.values():
+            if s.ttl:
+                self._expiry[s.id] = now + SESSION_TTL_MULTIPLIER * parse_ns(s.ttl) / 1e9
+        wall = self._wall()
+        self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > wall}
+        self.journal.open_for_append()
+
+    def _replay(self, r: dict[str, Any]) -> None:
+        idx = r["i"]
+        for raw in r.get("kv", ()):
+            e = KVEntry.load(raw)
+            self._put_entry(e)
+            self._drop_tombstone(e.key)
+        for key in r.get("del", ()):
+            self._del_entry(key)
+            self._add_tombstone(key, idx, r["t"])
+        for key in r.get("reap", ()):
+            self._drop_tombstone(key)
+        for raw in r.get("s+", ()):
+            s = Session.load(raw)
+            self._sessions[s.id] = s
+        for sid in r.get("s-", ()):
+            self._sessions.pop(sid, None)
+        self._lock_delays.update(r.get("ld", {}))
+        if r.get("kv") or r.get("del"):
+            self.kvs_index = idx
+        if r.get("s+") or r.get("s-"):
+            self.sessions_index = idx
+        self.index = max(self.index, idx)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
+            "kv": [e.dump() for e in self._kv.values()],
+            "tombstones": [[k, idx, at] for k, (idx, at) in self._tombstones.items()],
+            "sessions": [s.dump() for s in self._sessions.values()],
+            "lock_delays": self._lock_delays,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._timer_cond.notify_all()
+            for w in self._watches:
+                w.cond.notify_all()
+            if self.journal:
+                self.journal.close()
+
+    # -- low-level state --------------------------------------------------
+
+    def _put_entry(self, e: KVEntry) -> None:
+        if e.key not in self._kv:
+            self._kv_keys.add(e.key)
+        self._kv[e.key] = e
+
+    def _del_entry(self, key: str) -> None:
+        if self._kv.pop(key, None) is not None:
+            self._kv_keys.remove(key)
+
+    def _add_tombstone(self, key: str, idx: int, at: float) -> None:
+        if key not in self._tombstones:
+            self._tomb_keys.add(key)
+        self._tombstones[key] = (idx, at)
+
+    def _drop_tombstone(self, key: str) -> None:
+        if self._tombstones.pop(key, None) is not None:
+            self._tomb_keys.remove(key)
+
+    # -- writes -----------------------------------------------------------
+
+    def _write(self, fn: Callable[[_Txn], Any]) -> Any:
+        """Run `fn` against a staged transaction and commit what it staged (under the lock)."""
+        with self._lock:
+            if self._closed:
+                raise StoreError("the Name Server is shutting down", 503)
+            txn = _Txn(self.index + 1)
+            result = fn(txn)
+            if not txn.empty():
+                self._commit(txn)
+            return result
+
+    def _commit(self, txn: _Txn) -> None:
+        idx = txn.index
+        now_wall = self._wall()
+        record: dict[str, Any] = {"i": idx, "t": now_wall}
+        if txn.sets:
+            record["kv"] = [e.dump() for e in txn.sets.values()]
+        if txn.deletes:
+            record["del"] = sorted(txn.deletes)
+        if txn.sessions_add:
+            record["s+"] = [s.dump() for s in txn.sessions_add.values()]
+        if txn.sessions_del:
+            record["s-"] = sorted(txn.sessions_del)
+        if txn.lock_delays:
+            record["ld"] = txn.lock_delays
+        if self.journal is not None:
+            self.journal.append(record)
+        self._replay(record)
+        for sid in txn.sessions_del:
+            self._expiry.pop(sid, None)
+        for s in txn.sessions_add.values():
+            if s.ttl:
+                self._reset_timer(s)
+        changed = set(txn.sets) | txn.deletes
+        sessions_changed = bool(txn.sessions_add or txn.sessions_del)
+        for w in self._watches:
+            if w.matches(changed, sessions_changed):
+                w.cond.notify_all()
+        if self.journal is not None and self.journal.wants_compaction():
+            self.journal.compact(self._snapshot())
+
+    # Staged reads: what the current transaction sees, its own writes included.
+
+    def _t_get(self, txn: _Txn, key: str) -> KVEntry | None:
+        if key in txn.sets:
+            return txn.sets[key]
+        if key in txn.deletes:
+            return None
+        return self._kv.get(key)
+
+    def _t_list(self, txn: _Txn, prefix: str) -> list[KVEntry]:
+        keys = set(self._kv_keys.prefixed(prefix)) | {k for k in txn.sets if k.startswith(prefix)}
+        return [e for k in sorted(keys) if (e := self._t_get(txn, k)) is not None]
+
+    def _t_set(self, txn: _Txn, entry: KVEntry, update_session: bool) -> KVEntry:
+        """Consul's kvsSetTxn: keeps CreateIndex (and the lock holder unless told otherwise)."""
+        existing = self._t_get(txn, entry.key)
+        entry.create_index = existing.create_index if existing else txn.index
+        if not update_session:
+            entry.session = existing.session if existing else ""
+        if existing is not None and existing.same_contents(entry):
+            entry.modify_index = existing.modify_index
+            return entry
+        entry.modify_index = txn.index
+        txn.sets[entry.key] = entry
+        txn.deletes.discard(entry.key)
+        return entry
+
+    def _t_delete(self, txn: _Txn, key: str) -> None:
+        if self._t_get(txn, key) is not None:
+            txn.sets.pop(key, None)
+            if key in self._kv:
+                txn.deletes.add(key)
+
+    def _t_cas(self, txn: _Txn, entry: KVEntry, cas: int) -> bool:
+        existing = self._t_get(txn, entry.key)
+        if cas == 0 and existing is not None:
+            return False
+        if cas != 0 and (existing is None or existing.modify_index != cas):
+            return False
+        self._t_set(txn, entry, False)
+        return True
+
+    def _t_lock(self, txn: _Txn, entry: KVEntry) -> bool:
+        if not entry.session:
+            raise StoreError("missing session")
+        if entry.session not in self._sessions and entry.session not in txn.sessions_add:
+            raise StoreError(f'invalid session "{entry.session}"')
+        existing = self._t_get(txn, entry.key)
+        if existing is not None and existing.session == entry.session:
+            entry.lock_index = existing.lock_index
+        elif existing is not None and existing.session:
+            return False
+        else:
+            # A key whose holder was invalidated stays unlockable until its lock-delay ends.
+            until = self._lock_delays.get(entry.key, 0.0)
+            if until > self._wall():
+                return False
+            entry.lock_index = (existing.lock_index if existing else 0) + 1
+        self._t_set(txn, entry, True)
+        return True
+
+    def _t_unlock(self, txn: _Txn, entry: KVEntry) -> bool:
+        if not entry.session:
+            raise StoreError("missing session")
+        existing = self._t_get(txn, entry.key)
+        if existing is None or existing.session != entry.session:
+            return False
+        entry.session = ""
+        entry.lock_index = existing.lock_index
+        self._t_set(txn, entry, True)
+        return True
+
+    # -- KV API -----------------------------------------------------------
+
+    def kv_set(self, key: str, value: bytes | None, flags: int = 0) -> bool:
+        def run(t: _Txn) -> bool:
+            self._t_set(t, KVEntry(key, value, flags), False)
+            return True
+        return self._write(run)
+
+    def kv_cas(self, key: str, value: bytes | None, flags: int, cas: int) -> bool:
+        return self._write(lambda t: self._t_cas(t, KVEntry(key, value, flags), cas))
+
+    def kv_lock(self, key: str, value: bytes | None, flags: int, session: str) -> bool:
+        return self._write(lambda t: self._t_lock(t, KVEntry(key, value, flags, session=session)))
+
+    def kv_unlock(self, key: str, value: bytes | None, flags: int, session: str) -> bool:
+        return self._write(lambda t: self._t_unlock(t, KVEntry(key, value, flags, session=session)))
+
+    def kv_delete(self, key: str) -> bool:
+        def run(t: _Txn) -> bool:
+            self._t_delete(t, key)
+            return True
+        return self._write(run)
+
+    def kv_delete_cas(self, key: str, cas: int) -> bool:
+        def run(t: _Txn) -> bool:
+            e = self._t_get(t, key)
+            if e is None:
+                return True
+            if e.modify_index != cas:
+                return False
+            self._t_delete(t, key)
+            return True
+        return self._write(run)
+
+    def kv_delete_tree(self, prefix: str) -> bool:
+        def run(t: _Txn) -> bool:
+            for e in self._t_list(t, prefix):
+                self._t_delete(t, e.key)
+            return True
+        return self._write(run)
+
+    # Reads answer (index, result) as Consul's KVS.Get / KVS.List / KVS.ListKeys do.
+
+    def _table_index(self) -> int:
+        return max(self.kvs_index, 1)
+
+    def _get(self, key: str) -> tuple[int, KVEntry | None]:
+        e = self._kv.get(key)
+        return (e.modify_index, replace(e)) if e else (self._table_index(), None)
+
+    def _list(self, prefix: str) -> tuple[int, list[KVEntry]]:
+        entries = [replace(self._kv[k]) for k in self._kv_keys.prefixed(prefix)]
+        if prefix:
+            lindex = max((e.modify_index for e in entries), default=0)
+            lindex = max([lindex] + [self._tombstones[k][0] for k in self._tomb_keys.prefixed(prefix)])
+        else:
+            lindex = self.kvs_index
+        return (lindex or self._table_index()), entries
+
+    def _keys(self, prefix: str, separator: str) -> tuple[int, list[str]]:
+        idx, entries = self._list(prefix)
+        keys: list[str] = []
+        for e in entries:
+            key = e.key
+            if separator:
+                cut = key.find(separator, len(prefix))
+                if cut != -1:
+                    key = key[:cut + len(separator)]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        return idx, keys
+
+    def kv_get(self, key: str, min_index: int = 0, wait: float | None = None) -> tuple[int, KVEntry | None]:
+        return self._blocking(key, False, min_index, wait, lambda: self._get(key))
+
+    def kv_list(self, prefix: str, min_index: int = 0, wait: float | None = None) -> tuple[int, list[KVEntry]]:
+        return self._blocking(prefix, True, min_index, wait, lambda: self._list(prefix))
+
+    def kv_keys(self, prefix: str, separator: str = "", min_index: int = 0,
+                wait: float | None = None) -> tuple[int, list[str]]:
+        return self._blocking(prefix, True, min_index, wait, lambda: self._keys(prefix, separator))
+
+    # -- blocking queries -------------------------------------------------
+
+    def _blocking(self, key: str | None, prefix: bool, min_index: int, wait: float | None,
+                  query: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+        """Answer at once without an index; else wait while the answer's index is <= min_index."""
+        with self._lock:
+            result = query()
+            if not min_index or result[0] > min_index:
+                return result
+            wait = DEFAULT_WAIT_S if wait is None else min(wait, MAX_WAIT_S)
+            wait += random.uniform(0, wait / 16)        # Consul's jitter, so waiters do not stampede
+            deadline = self._clock() + wait
+            watch = _Watch(key, prefix, threading.Condition(self._lock))
+            self._watches.add(watch)
+            try:
+                while not self._closed:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    watch.cond.wait(remaining)
+                    result = query()
+                    if result[0] > min_index:
+                        return result
+                if self._closed:
+                    raise StoreError("the Name Server is shutting down", 503)
+                return query()
+            finally:
+                self._watches.discard(watch)
+
+    # -- sessions ---------------------------------------------------------
+
+    def session_create(self, body: dict[str, Any]) -> str:
+        """Create a session from a (case-insensitive) JSON body as Consul's /v1/session/create takes it."""
+        fields = {k.lower(): v for k, v in (body or {}).items()}
+        node = fields.get("node") or self.node_name
+        if node != self.node_name:
+            raise StoreError("Missing node registration")
+        behavior = fields.get("behavior") or "release"
+        if behavior not in ("release", "delete"):
+            raise StoreError(f"Invalid Behavior setting '{behavior}'")
+        ttl = fields.get("ttl") or ""
+        if ttl:
+            try:
+                ttl_ns = parse_ns(str(ttl))
+            except ValueError as exc:
+                raise StoreError(f"Session TTL '{ttl}' invalid: {exc}") from None
+            if ttl_ns != 0 and not SESSION_TTL_MIN_NS <= ttl_ns <= SESSION_TTL_MAX_NS:
+                raise StoreError(f"Invalid Session TTL '{ttl_ns}', must be between "
+                                 f"[{format_ns(SESSION_TTL_MIN_NS)}={format_ns(SESSION_TTL_MAX_NS)}]")
+            ttl = "" if ttl_ns == 0 else str(ttl)
+        lock_delay = _lock_delay_ns(fields.get("lockdelay", DEFAULT_LOCK_DELAY_NS))
+        checks = [SERF_CHECK]
+        for name in ("checks", "nodechecks"):
+            if name in fields:
+                checks = list(fields[name] or [])
+        for check in checks:
+            if check != SERF_CHECK:
+                raise StoreError(f"Missing check '{check}' registration")
+        if fields.get("servicechecks"):
+            raise StoreError(f"Missing check '{fields['servicechecks'][0]}' registration")
+        name = fields.get("name") or ""
+
+        def run(t: _Txn) -> str:
+            sid = str(uuid.uuid4())
+            t.sessions_add[sid] = Session(sid, str(name), node, lock_delay, behavior, ttl, checks,
+                                          t.index, t.index)
+            return sid
+
+        return self._write(run)
+
+    def _reset_timer(self, s: Session) -> None:
+        self._expiry[s.id] = self._clock() + SESSION_TTL_MULTIPLIER * parse_ns(s.ttl) / 1e9
+        self._timer_cond.notify_all()
+
+    def session_renew(self, sid: str) -> Session | None:
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is None:
+                return None
+            if s.ttl:
+                self._reset_timer(s)
+            return replace(s)
+
+    def session_destroy(self, sid: str) -> None:
+        self._write(lambda t: self._t_invalidate(t, sid))
+
+    def _t_invalidate(self, txn: _Txn, sid: str) -> None:
+        """Consul's deleteSessionTxn: release or delete held keys, and start their lock-delay."""
+        s = self._sessions.get(sid)
+        if s is None:
+            return
+        txn.sessions_del.add(sid)
+        delay_end = self._wall() + s.lock_delay_ns / 1e9
+        for key in self._held_by(sid):
+            held = self._kv[key]
+            if s.lock_delay_ns > 0:
+                txn.lock_delays[key] = delay_end
+            if s.behavior == "delete":
+                self._t_delete(txn, key)
+            else:
+                released = replace(held, session="")
+                released.modify_index = txn.index
+                txn.sets[key] = released
+
+    def _held_by(self, sid: str) -> list[str]:
+        return [k for k, e in self._kv.items() if e.session == sid]
+
+    def session_info(self, sid: str, min_index: int = 0, wait: float | None = None) -> tuple[int, list[dict]]:
+        def query() -> tuple[int, list[dict]]:
+            s = self._sessions.get(sid)
+            return max(self.sessions_index, 1), ([s.api()] if s else [])
+        return self._blocking(None, False, min_index, wait, query)
+
+    def session_list(self, node: str | None = None, min_index: int = 0,
+                     wait: float | None = None) -> tuple[int, list[dict]]:
+        def query() -> tuple[int, list[dict]]:
+            found = [s.api() for s in sorted(self._sessions.values(), key=lambda s: s.create_index)
+                     if node is None or s.node == node]
+            return max(self.sessions_index, 1), found
+        return self._blocking(None, False, min_index, wait, query)
+
+    def _run_timers(self) -> None:
+        """Invalidate TTL sessions whose timer ran out, and reap old tombstones."""
+        next_reap = self._clock() + 60
+        with self._lock:
+            while not self._closed:
+                now = self._clock()
+                expired = [sid for sid, deadline in self._expiry.items() if deadline <= now]
+                if expired:
+                    txn = _Txn(self.index + 1)
+                    for sid in expired:
+                        self._expiry.pop(sid, None)
+                        self._t_invalidate(txn, sid)
+                    if not txn.empty():
+                        self._commit(txn)
+                if now >= next_reap:
+                    self._reap_tombstones()
+                    next_reap = now + 60
+                wake = min(list(self._expiry.values()) + [next_reap])
+                self._timer_cond.wait(max(0.01, wake - self._clock()))
+
+    def _reap_tombstones(self) -> None:
+        wall = self._wall()
+        self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > wall}
+        cutoff = wall - TOMBSTONE_TTL_S
+        old = [k for k, (_, at) in self._tombstones.items() if at < cutoff]
+        if not old:
+            return
+        record = {"i": self.index, "t": self._wall(), "reap": old}
+        if self.journal is not None:
+            self.journal.append(record)
+        for k in old:
+            self._drop_tombstone(k)
+
+    # -- transactions -----------------------------------------------------
+
+    def txn(self, ops: list[dict[str, Any]]) -> tuple[list[dict] | None, list[dict] | None]:
+        """Consul's /v1/txn for KV ops: (results, None) when applied, (None, errors) when rolled back."""
+        def run(t: _Txn) -> tuple[list[dict] | None, list[dict] | None]:
+            results: list[dict] = []
+            errors: list[dict] = []
+            for i, op in enumerate(ops):
+                try:
+                    results.extend(self._t_kv_op(t, op))
+                except StoreError as exc:
+                    errors.append({"OpIndex": i, "What": str(exc)})
+            if errors:
+                t.rollback()
+                return None, errors
+            return results, None
+        return self._write(run)
+
+    def _t_kv_op(self, t: _Txn, op: dict[str, Any]) -> list[dict]:
+        verb = op["verb"]
+        key = op["key"]
+        entry = KVEntry(key, op["value"], op["flags"], session=op["session"])
+        index = op["index"]
+        written: KVEntry | None = None
+        if verb == "set":
+            written = self._t_set(t, entry, False)
+        elif verb == "cas":
+            if not self._t_cas(t, entry, index):
+                raise StoreError(f'failed to set key "{key}", index is stale')
+            written = self._t_get(t, key)
+        elif verb == "lock":
+            if not self._t_lock(t, entry):
+                raise StoreError(f'failed to lock key "{key}", lock is already held')
+            written = self._t_get(t, key)
+        elif verb == "unlock":
+            if not self._t_unlock(t, entry):
+                raise StoreError(f'failed to unlock key "{key}", lock isn\'t held, or is held by another session')
+            written = self._t_get(t, key)
+        elif verb == "get":
+            found = self._t_get(t, key)
+            if found is None:
+                raise StoreError(f'key "{key}" doesn\'t exist')
+            return [{"KV": found.api()}]
+        elif verb == "get-tree":
+            return [{"KV": e.api()} for e in self._t_list(t, key)]
+        elif verb == "check-index":
+            found = self._t_get(t, key)
+            if found is None:
+                raise StoreError(f'failed to check index, key "{key}" doesn\'t exist')
+            if found.modify_index != index:
+                raise StoreError(f'failed index check for key "{key}", current modify index '
+                                 f'{found.modify_index} != {index}')
+            written = found
+        elif verb == "check-session":
+            found = self._t_get(t, key)
+            if found is None:
+                raise StoreError(f'failed to check session, key "{key}" doesn\'t exist')
+            if found.session != entry.session:
+                raise StoreError(f'failed session check for key "{key}", current session '
+                                 f'"{found.session}" != "{entry.session}"')
+            written = found
+        elif verb == "check-not-exists":
+            if self._t_get(t, key) is not None:
+                raise StoreError(f'key "{key}" exists')
+        elif verb == "delete":
+            self._t_delete(t, key)
+        elif verb == "delete-tree":
+            for e in self._t_list(t, key):
+                self._t_delete(t, e.key)
+        elif verb == "delete-cas":
+            found = self._t_get(t, key)
+            if found is not None:
+                if found.modify_index != index:
+                    raise StoreError(f'failed to delete key "{key}", index is stale')
+                self._t_delete(t, key)
+        else:
+            raise StoreError(f'unknown KV verb "{verb}"')
+        return [{"KV": written.api(with_value=False)}] if written is not None else []
+
+
+def _lock_delay_ns(raw: Any) -> int:
+    """Consul's FixupLockDelay: a duration string or nanoseconds; under 1000 means seconds."""
+    if isinstance(raw, str):
+        try:
+            ns = parse_ns(raw)
+        except ValueError as exc:
+            raise StoreError(f"Request decode failed: {exc}", 400) from None
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        ns = int(raw)
+    else:
+        raise StoreError(f"Request decode failed: LockDelay {raw!r} is not a duration", 400)
+    if ns < LOCK_DELAY_THRESHOLD:
+        ns *= 1_000_000_000
+    return max(0, min(ns, MAX_LOCK_DELAY_NS))

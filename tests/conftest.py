@@ -1,0 +1,52 @@
+"""Shared fixtures: a Name Server (built-in, or real Consul via CONSUL_HTTP_ADDR) and clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from oneos.nameserver.client import NameServer
+from tests.procs import NameServerProc
+
+REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
+
+
+@pytest.fixture(scope="session")
+def nameserver_url(tmp_path_factory):
+    """One Name Server for the session: real Consul when CONSUL_HTTP_ADDR is set, else the built-in one."""
+    if REAL_CONSUL:
+        yield NameServer(REAL_CONSUL).url
+        return
+    proc = NameServerProc(tmp_path_factory.mktemp("ns") / "data").start()
+    try:
+        yield proc.url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def ns(nameserver_url) -> NameServer:
+    return NameServer(nameserver_url)
+
+
+@pytest.fixture
+def prefix(ns) -> str:
+    """A key prefix no other test uses; removed afterwards."""
+    p = f"test/{uuid.uuid4().hex[:12]}/"
+    yield p
+    try:
+        ns.delete(p, recurse=True)
+    except Exception:  # noqa: BLE001 - the server may have been stopped by the test
+        pass
+
+
+@pytest.fixture
+def builtin_nameserver(tmp_path):
+    """A built-in Name Server of the test's own, which the test may kill and restart."""
+    if REAL_CONSUL:
+        pytest.skip("kills and restarts the server: built-in Name Server only")
+    proc = NameServerProc(tmp_path / "ns-data").start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,134 @@
+"""Real processes for tests: each has an owner (a fixture) that stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - reported below if the deadline passes
+            last_exc = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_exc})" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def venv_bin(name: str) -> str:
+    """The path of a console script installed next to this Python."""
+    return str(Path(sys.executable).parent / name)
+
+
+class Proc:
+    """A child process whose output goes to a log file; `stop()` is safe to call twice."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: str | Path | None = None, stdin=subprocess.DEVNULL) -> None:
+        self.argv = argv
+        self.log_path = log
+        self.env = env
+        self.cwd = cwd
+        self.stdin = stdin
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, **(self.env or {}))
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=self.stdin,
+                                      env=env, cwd=self.cwd, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill9(self) -> None:
+        """SIGKILL the process (and its group), as a crash would."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.popen.returncode
+
+    def stop(self) -> None:
+        """Stop the process and anything left in its process group."""
+        if self.popen is None:
+            return
+        self.terminate()
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class NameServerProc(Proc):
+    """The built-in Name Server on a free port, with its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([venv_bin("oneos-nameserver"), "--listen", f"127.0.0.1:{self.port}",
+                          "--data-dir", str(data_dir)], data_dir.parent / f"{data_dir.name}.log")
+
+    def start(self) -> "NameServerProc":
+        super().start()
+        wait_until(self._ready, 20, f"the Name Server on {self.url} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"oneos-nameserver exited with {self.popen.returncode}:\n{self.log()}")
+        try:
+            return requests.get(self.url + "/v1/status/leader", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
