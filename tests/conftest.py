@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from oneos.nameserver.client import NameServer
+from tests.cluster import Cluster
 from tests.procs import NameServerProc
 
 REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
@@ -50,3 +51,12 @@ def builtin_nameserver(tmp_path):
     proc = NameServerProc(tmp_path / "ns-data").start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def cluster(builtin_nameserver, tmp_path):
+    """A bootstrapped cluster on a Name Server of the test's own; `cluster.start(id)` adds runtimes."""
+    c = Cluster(builtin_nameserver, tmp_path)
+    c.bootstrap()
+    yield c
+    c.stop()

@@ -132,3 +132,22 @@ class NameServerProc(Proc):
             return requests.get(self.url + "/v1/status/leader", timeout=1).status_code == 200
         except requests.ConnectionError:
             return False
+
+
+class OneosdProc(Proc):
+    """One `oneosd RUNTIME_ID` with a home of its own, pointed at a Name Server."""
+
+    def __init__(self, node_id: str | None, home: Path, nameserver: str, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.node_id = node_id
+        self.home = home
+        argv = [venv_bin("oneosd")] + ([node_id] if node_id else []) + (extra or [])
+        super().__init__(argv, home / f"oneosd-{node_id or 'default'}.log",
+                         env={"ONEOS_HOME": str(home), "ONEOS_NAMESERVER": nameserver, **(env or {})})
+
+
+def run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60,
+            input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run one of the project's commands as a user would; stdout and stderr as text."""
+    return subprocess.run([venv_bin(argv[0])] + argv[1:], capture_output=True, text=input is None,
+                          input=input, env=dict(os.environ, **(env or {})), timeout=timeout)

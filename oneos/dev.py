@@ -1,0 +1,187 @@
+"""`oneosd --dev`: the whole system on one machine.
+
+Starts the built-in Name Server and pulsar-lite as children, writes the boot record and
+the init manifest where absent, and runs one local kernel runtime in this process. One
+ready line says where everything listens. Ctrl-C or SIGTERM stops the runtime (so its
+node leaves at once), then every child; children also die with this process if it is
+killed, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from oneos import broker, state
+from oneos.errors import OneOSError, UsageError
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nodeagent import config as runtime_config
+from oneos.nodeagent.daemon import Runtime, setup_logging
+
+log = logging.getLogger("oneos.dev")
+
+DEFAULT_LISTEN = "127.0.0.1:8500"
+SESSION_TTL = "10s"
+LOCK_DELAY = "15s"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class Child:
+    """One child process of the dev cluster, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            # Its own session: a Ctrl-C on the terminal reaches only us, and we stop children in order.
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True, preexec_fn=_die_with_parent)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def last_words(self) -> str:
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else "(no output)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _wait(what: str, ready: Any, child: Child, timeout: float = 20.0) -> None:
+    """Poll `ready()` until true; fail with the child's last log line if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not child.alive():
+            raise OneOSError(f"{what} exited with status {child.popen.returncode}: {child.last_words()} "
+                             f"(log: {child.log_path})")
+        try:
+            if ready():
+                return
+        except (NameServerUnreachable, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise OneOSError(f"{what} did not become ready in {timeout:g}s (log: {child.log_path})")
+        time.sleep(0.05)
+
+
+def _tcp_ready(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pulsar_port(ns: NameServer) -> int:
+    """Keep the broker's port from an earlier run (its URL is in the boot record) when it is free."""
+    try:
+        url = urllib.parse.urlsplit(state.read_boot(ns)["pulsar"]["url"])
+        if url.hostname in ("127.0.0.1", "localhost") and url.port and broker.port_free("127.0.0.1", url.port):
+            return url.port
+    except (state.BootError, OneOSError):
+        pass
+    return broker.free_port()
+
+
+def _write_boot(ns: NameServer, pulsar_url: str, node_id: str) -> None:
+    """Boot record and init manifest where absent (CAS); an earlier boot record gets the new Pulsar URL."""
+    boot = state.new_boot_record(cluster="dev", pulsar_url=pulsar_url, kernel_nodes=[node_id],
+                                 session_ttl=SESSION_TTL, lock_delay=LOCK_DELAY)
+    state.bootstrap(ns, boot, state.default_init())
+    _, entry = ns.get(state.BOOT)
+    boot = state.decode(entry, "boot")
+    changed = dict(boot)
+    if boot["pulsar"]["url"] != pulsar_url:
+        changed["pulsar"] = dict(boot["pulsar"], url=pulsar_url)
+    if node_id not in boot.get("kernelNodes", []):
+        changed["kernelNodes"] = list(boot.get("kernelNodes", [])) + [node_id]
+    if changed != boot and not state.put_document(ns, state.BOOT, "boot", changed, cas=entry.modify_index):
+        raise OneOSError("the boot record changed while --dev was updating it; start again")
+
+
+def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | None, verbose: bool) -> int:
+    """Run the one-machine cluster until Ctrl-C or SIGTERM; the exit status."""
+    listen = listen or DEFAULT_LISTEN
+    data = Path(data_dir) if data_dir else runtime_config.oneos_home() / "dev"
+    url = f"http://{listen}"
+    cfg = runtime_config.load(replace(flags, nameserver=url, kernel=True), interactive=False)
+    cfg.nameserver = url
+    setup_logging(f"oneosd --dev {cfg.id}", verbose)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    children: list[Child] = []
+    runtime: Runtime | None = None
+    status = 0
+    try:
+        host, _, port_text = listen.rpartition(":")
+        if not port_text.isdigit():
+            raise UsageError(f"--listen {listen!r} is not HOST:PORT (for example 127.0.0.1:8500)")
+        if not broker.port_free(host or "127.0.0.1", int(port_text)):
+            raise OneOSError(f"cannot listen on {listen}: the address is in use (another oneosd --dev?); "
+                             "stop it or pick another --listen HOST:PORT")
+        nameserver = Child("nameserver", [sys.executable, "-m", "oneos.nameserver.server", "--listen", listen,
+                                          "--data-dir", str(data / "nameserver")], data / "logs" / "nameserver.log")
+        children.append(nameserver)
+        ns = NameServer(url)
+        _wait(f"the Name Server on {listen}", ns.leader, nameserver)
+
+        port = _pulsar_port(ns)
+        pulsar_url = f"pulsar://127.0.0.1:{port}"
+        metrics = f"127.0.0.1:{broker.free_port()}"
+        pulsar = Child("pulsar", [sys.executable, "-m", "oneos.broker", "--listen", f"127.0.0.1:{port}",
+                                  "--data-dir", str(data / "pulsar"), "--metrics", metrics],
+                       data / "logs" / "pulsar.log")
+        children.append(pulsar)
+        _wait(f"pulsar-lite on port {port}", lambda: _tcp_ready("127.0.0.1", port), pulsar)
+        _write_boot(ns, pulsar_url, cfg.id)
+
+        runtime = Runtime(cfg, wait_s=10)
+        runtime.start()
+        print(f"oneosd --dev: ready. Name Server {url}, Pulsar {pulsar_url} (metrics http://{metrics}/metrics), "
+              f"kernel node {cfg.id}; data in {data}; Ctrl-C stops", flush=True)
+        while not stop.wait(0.5):
+            for child in children:
+                if not child.alive():
+                    raise OneOSError(f"the {child.name} process exited with status {child.popen.returncode}: "
+                                     f"{child.last_words()} (log: {child.log_path})")
+        log.info("stopping")
+    except (OneOSError, NameServerError) as exc:
+        log.error("%s", exc)
+        status = getattr(exc, "exit_code", 1)
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        for child in reversed(children):
+            child.stop()
+    if status == 0:
+        log.info("stopped; nothing left running")
+    return status

@@ -1,0 +1,246 @@
+"""`oneosd`: the OneOS runtime on one machine.
+
+It reads the boot record, joins the cluster under its runtime id (a TTL session holding
+its node record), renews that session every TTL/2, and, on a kernel runtime, contends
+for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
+disappears from `oneosctl get nodes` immediately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from oneos import __version__, state
+from oneos.controller.election import Election
+from oneos.durations import parse_seconds
+from oneos.errors import OneOSError, UsageError
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nodeagent import config as runtime_config
+from oneos.nodeagent import hardware
+from oneos.nodeagent.membership import DuplicateRuntime, Membership
+
+log = logging.getLogger("oneos.nodeagent")
+
+RECONNECT_MAX_S = 10.0
+
+
+def local_address(nameserver: str) -> str:
+    """The address this machine uses to reach the Name Server: what other nodes can reach it at."""
+    parsed = urllib.parse.urlsplit(nameserver)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((parsed.hostname or "127.0.0.1", parsed.port or 8500))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+class Runtime:
+    """One OneOS runtime: membership, heartbeat and (on kernel runtimes) the election."""
+
+    def __init__(self, cfg: runtime_config.RuntimeConfig, *, wait_s: float = 60.0) -> None:
+        self.cfg = cfg
+        self.ns = NameServer(cfg.nameserver)
+        self.wait_s = wait_s
+        self.boot: dict[str, Any] = {}
+        self.kernel = cfg.kernel
+        self.started_at = state.utcnow()
+        self.address = local_address(cfg.nameserver)
+        self.machine = hardware.describe()
+        self.membership: Membership | None = None
+        self.election: Election | None = None
+        self._stop = threading.Event()
+        self._failed: OneOSError | None = None
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def record(self) -> dict[str, Any]:
+        """This runtime's node record, as stored at oneos/nodes/<id>."""
+        return {
+            "id": self.cfg.id,
+            "host": socket.gethostname(),
+            "address": self.address,
+            "pid": os.getpid(),
+            "kernel": self.kernel,
+            "state": "Ready",
+            "labels": dict(self.cfg.labels),
+            "devices": dict(self.cfg.devices),
+            "capacity": {"cpu": self.machine["cpu"], "memory": self.cfg.memory or self.machine["memory"]},
+            "arch": self.machine["arch"],
+            "os": self.machine["os"],
+            "versions": {"oneos": __version__, "python": platform.python_version()},
+            "startedAt": self.started_at,
+        }
+
+    def _read_boot(self) -> dict[str, Any]:
+        """The boot record, retrying with backoff while the Name Server is unreachable."""
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.5
+        while True:
+            try:
+                return state.read_boot(self.ns)
+            except NameServerUnreachable as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OneOSError(f"gave up after {self.wait_s:g}s: {exc}") from None
+                delay = min(delay, left)
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                if self._stop.is_set():
+                    raise OneOSError("stopped while waiting for the Name Server") from None
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def start(self) -> None:
+        """Join the cluster; raises OneOSError with a message for people when it cannot."""
+        self.boot = self._read_boot()
+        ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
+        lock_delay = round(parse_seconds(self.boot["lockDelay"]))
+        self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
+        self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
+        self.membership.join()
+        log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
+                 self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
+        if self.kernel:
+            self.election = Election(self.ns, self.cfg.id, ttl, lock_delay)
+            self.election.start()
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Renew the sessions every TTL/2; re-join if the session was lost; ride out outages."""
+        assert self.membership is not None
+        interval = self.membership.ttl / 2
+        unreachable_since: float | None = None
+        while not self._stop.wait(interval if unreachable_since is None else 1.0):
+            try:
+                if not self.membership.renew():
+                    log.warning("the membership session was lost (expired or destroyed); joining again")
+                    self.membership.join()
+                if self.election:
+                    self.election.renew()
+                if unreachable_since is not None:
+                    log.info("the Name Server is back after %.0fs", time.monotonic() - unreachable_since)
+                    unreachable_since = None
+            except NameServerUnreachable as exc:
+                if unreachable_since is None:
+                    log.warning("%s; retrying every second", exc)
+                    unreachable_since = time.monotonic()
+            except DuplicateRuntime as exc:
+                log.error("%s", exc)
+                self._failed = exc
+                self._stop.set()
+            except NameServerError as exc:
+                log.warning("heartbeat: %s; retrying", exc)
+
+    def wait(self) -> None:
+        """Block until stop() or a fatal error; raises that error."""
+        while not self._stop.wait(0.5):
+            pass
+        if self._failed:
+            raise self._failed
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Leave the cluster at once: release leadership, destroy the membership session."""
+        self._stop.set()
+        if self.election:
+            self.election.stop()
+        if self.membership:
+            try:
+                self.membership.leave()
+            except (NameServerUnreachable, NameServerError) as exc:
+                log.warning("could not leave cleanly (%s); the node record expires within 2×TTL", exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oneosd",
+        description="The OneOS runtime: joins this machine to a OneOS cluster and runs what is assigned to it.")
+    parser.add_argument("runtime_id", nargs="?", metavar="RUNTIME_ID",
+                        help="this runtime's id (default: the one saved in $ONEOS_HOME, else a new uuid4)")
+    parser.add_argument("--dev", action="store_true",
+                        help="run the whole system on this machine: Name Server, Pulsar broker, one kernel node")
+    parser.add_argument("--data-dir", metavar="DIR", help="--dev: where state is kept (default $ONEOS_HOME/dev)")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="--dev: where the built-in Name Server listens (default 127.0.0.1:8500)")
+    parser.add_argument("--nameserver", metavar="URL", help="the Name Server (default $ONEOS_NAMESERVER, "
+                                                            "else the config file, else http://127.0.0.1:8500)")
+    kernel = parser.add_mutually_exclusive_group()
+    kernel.add_argument("--kernel", dest="kernel", action="store_true", default=None,
+                        help="this runtime may host kernel agents and lead the cluster")
+    kernel.add_argument("--no-kernel", dest="kernel", action="store_false")
+    parser.add_argument("--memory", metavar="SIZE", help="memory agents may use here (e.g. 512Mi)")
+    parser.add_argument("--label", action="append", default=None, metavar="KEY=VALUE",
+                        help="a label for placement (repeatable)")
+    parser.add_argument("--config", metavar="FILE", help="config file (default $ONEOS_HOME/config.yaml)")
+    parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to keep retrying an unreachable Name Server at start (default 60)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> runtime_config.Overrides:
+    labels = None
+    if args.label:
+        labels = {}
+        for item in args.label:
+            labels.update(runtime_config.parse_labels(item, "--label"))
+    return runtime_config.Overrides(id=args.runtime_id, nameserver=args.nameserver, kernel=args.kernel,
+                                    memory=args.memory, labels=labels,
+                                    config_file=Path(args.config) if args.config else None)
+
+
+def setup_logging(prefix: str, verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format=f"{prefix}: %(message)s", force=True)
+    # Each request of the HTTP client library is noise for people.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def run_until_signalled(runtime: Runtime) -> int:
+    """Start the runtime, wait for SIGTERM/SIGINT, stop it; the exit status."""
+    signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: runtime.request_stop())
+    try:
+        runtime.start()
+        runtime.wait()
+    except OneOSError as exc:
+        log.error("%s", exc)
+        runtime.stop()
+        return exc.exit_code
+    runtime.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("oneosd", args.verbose)
+    try:
+        flags = overrides_from(args)
+        if args.dev:
+            from oneos import dev
+            return dev.run(flags, data_dir=args.data_dir, listen=args.listen, verbose=args.verbose)
+        if args.data_dir or args.listen:
+            raise UsageError("--data-dir and --listen belong to --dev (the one-machine cluster)")
+        cfg = runtime_config.load(flags)
+    except OneOSError as exc:
+        print(f"oneosd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    setup_logging(f"oneosd {cfg.id}", args.verbose)
+    return run_until_signalled(Runtime(cfg, wait_s=args.wait))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The cluster's state in the Name Server: key layout and typed access to its documents.
+
+Every document is JSON, validated against its schema on write and on read
+(see DESIGN.md, "State in Consul KV").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from oneos.documents import DocumentError, check, load_file
+from oneos.errors import OneOSError
+from oneos.nameserver.client import Entry, NameServer
+from oneos.paths import shared
+
+PREFIX = "oneos/"
+BOOT = PREFIX + "boot"
+INIT = PREFIX + "init"
+LEADER = PREFIX + "leader"
+NODES = PREFIX + "nodes/"
+
+
+def node_key(node_id: str) -> str:
+    return NODES + node_id
+
+
+class BootError(OneOSError):
+    """The boot record is missing or unusable: the cluster is not set up."""
+
+
+def encode(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def decode(entry: Entry, schema: str) -> Any:
+    """A stored document, parsed and validated; DocumentError names the key when it is not valid."""
+    try:
+        value = json.loads(entry.value or b"")
+    except ValueError as exc:
+        raise DocumentError(f"{entry.key}: not valid JSON ({exc})") from None
+    return check(schema, value, entry.key)
+
+
+def put_document(ns: NameServer, key: str, schema: str, doc: Any, **kwargs: Any) -> bool:
+    """Validate a document against its schema, then write it (kwargs as NameServer.put)."""
+    check(schema, doc, key)
+    return ns.put(key, encode(doc), **kwargs)
+
+
+def read_boot(ns: NameServer) -> dict[str, Any]:
+    """The boot record; BootError when it is absent or invalid."""
+    _, entry = ns.get(BOOT)
+    if entry is None:
+        raise BootError(f"the Name Server at {ns.url} has no boot record ({BOOT}): the cluster is not set up; "
+                        "start a one-machine cluster with `oneosd --dev`, or write one with "
+                        "`oneosctl bootstrap --pulsar-url URL`")
+    try:
+        return decode(entry, "boot")
+    except DocumentError as exc:
+        raise BootError(f"the boot record on {ns.url} is invalid: {exc}; rewrite it with "
+                        "`oneosctl bootstrap --force ...`") from None
+
+
+def utcnow() -> str:
+    """Now, as the timestamps in stored documents write it."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_boot_record(*, cluster: str, pulsar_url: str, namespace: str = "public/default",
+                    kernel_nodes: list[str] | None = None, session_ttl: str = "10s",
+                    lock_delay: str = "15s") -> dict[str, Any]:
+    """A boot record (validated when written)."""
+    return {
+        "schemaVersion": 1,
+        "cluster": cluster,
+        "pulsar": {"url": pulsar_url, "namespace": namespace},
+        "kernelNodes": list(kernel_nodes or []),
+        "initManifest": INIT,
+        "sessionTTL": session_ttl,
+        "lockDelay": lock_delay,
+        "createdAt": utcnow(),
+    }
+
+
+def default_init(path: str | Path | None = None) -> dict[str, Any]:
+    """The init manifest to install: `path`, else the one shipped in manifests/init.yaml."""
+    docs = load_file(path or shared("manifests/init.yaml"))
+    if len(docs) != 1 or docs[0].get("kind") != "Init":
+        raise DocumentError(f"{path}: expected exactly one document of kind Init")
+    return docs[0]
+
+
+def bootstrap(ns: NameServer, boot: dict[str, Any], init: dict[str, Any], *, force: bool = False) -> tuple[bool, bool]:
+    """Write the boot record and the init manifest where absent (by CAS); which ones were written."""
+    cas = None if force else 0
+    wrote_boot = put_document(ns, BOOT, "boot", boot, cas=cas)
+    wrote_init = put_document(ns, boot["initManifest"], "init", init, cas=cas)
+    return wrote_boot, wrote_init
+
+
+@dataclass
+class NodeView:
+    """A node as `oneosctl get nodes` shows it."""
+
+    record: dict[str, Any]
+    leader: bool
+
+
+def read_nodes(ns: NameServer) -> tuple[list[NodeView], list[str]]:
+    """Live nodes sorted by id, and one line per node record that failed validation."""
+    _, entries = ns.get_tree(NODES)
+    leader = read_leader(ns)
+    leader_id = leader["node"] if leader else None
+    nodes, problems = [], []
+    for entry in entries:
+        try:
+            record = decode(entry, "node")
+        except DocumentError as exc:
+            problems.append(str(exc))
+            continue
+        nodes.append(NodeView(record, record["id"] == leader_id))
+    return nodes, problems
+
+
+def read_leader(ns: NameServer) -> dict[str, Any] | None:
+    """The elected controller's record, or None while no one holds the lock."""
+    _, entry = ns.get(LEADER)
+    if entry is None or not entry.session:
+        return None
+    try:
+        return decode(entry, "leader")
+    except DocumentError:
+        return None

@@ -1,0 +1,63 @@
+"""A real cluster for tests: the built-in Name Server, a boot record, and `oneosd` processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from oneos.nameserver.client import NameServer
+from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, wait_until
+
+SESSION_TTL = 10          # the smallest TTL Consul accepts
+LOCK_DELAY = 3
+
+
+class Cluster:
+    """A Name Server with a boot record, and the runtimes a test starts (all stopped at the end)."""
+
+    def __init__(self, nameserver: NameServerProc, root: Path) -> None:
+        self.nameserver = nameserver
+        self.root = root
+        self.url = nameserver.url
+        self.ns = NameServer(self.url)
+        self.nodes: list[OneosdProc] = []
+
+    def bootstrap(self) -> None:
+        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", f"pulsar://127.0.0.1:{free_port()}",
+                        "--session-ttl", f"{SESSION_TTL}s", "--lock-delay", f"{LOCK_DELAY}s")
+        assert done.returncode == 0, done.stderr
+
+    def ctl(self, *argv: str, env: dict[str, str] | None = None):
+        return run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url, **(env or {})})
+
+    def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
+              env: dict[str, str] | None = None) -> OneosdProc:
+        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.url, list(extra), env=env)
+        self.nodes.append(proc)
+        proc.start()
+        if wait:
+            wait_until(lambda: self._joined(proc), 20, f"runtime {node_id} to join (log: {proc.log_path})")
+        return proc
+
+    def _joined(self, proc: OneosdProc) -> bool:
+        if not proc.alive():
+            raise AssertionError(f"oneosd {proc.node_id} exited with {proc.popen.returncode}:\n{proc.log()}")
+        return proc.node_id in self.node_ids()
+
+    def get_nodes(self) -> list[dict]:
+        """What `oneosctl get nodes -o json` shows."""
+        done = self.ctl("get", "nodes", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["items"]
+
+    def node_ids(self) -> set[str]:
+        return {n["id"] for n in self.get_nodes()}
+
+    def leader(self) -> str | None:
+        leaders = [n["id"] for n in self.get_nodes() if n["leader"]]
+        assert len(leaders) <= 1, f"more than one leader: {leaders}"
+        return leaders[0] if leaders else None
+
+    def stop(self) -> None:
+        for proc in self.nodes:
+            proc.stop()

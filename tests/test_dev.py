@@ -1,0 +1,172 @@
+"""`oneosd --dev`: the whole system on one machine, started and stopped as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+import pulsar
+import pytest
+import requests
+
+from tests.procs import free_port, run_cli, venv_bin, wait_until
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Dev:
+    """`oneosd --dev` on a free port with its own ONEOS_HOME; stopped (and its children killed) at the end."""
+
+    def __init__(self, tmp_path, node_id="devnode"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.home = tmp_path / "home"
+        self.data = tmp_path / "data"
+        self.env = dict(os.environ, ONEOS_HOME=str(self.home), ONEOS_NAMESERVER=self.url)
+        self.node_id = node_id
+        self.proc = None
+        self.ready = ""
+        self.children: set[int] = set()
+
+    def start(self):
+        self.proc = subprocess.Popen([venv_bin("oneosd"), "--dev", "--listen", f"127.0.0.1:{self.port}",
+                                      "--data-dir", str(self.data), self.node_id],
+                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.ready = self.proc.stdout.readline()
+        assert "ready" in self.ready, self.proc.stderr.read() if self.proc.poll() is not None else self.ready
+        self.children = descendants(self.proc.pid)
+        return self
+
+    def ctl(self, *argv):
+        return run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url, "ONEOS_HOME": str(self.home)})
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for pid in self.children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def dev(tmp_path):
+    d = Dev(tmp_path)
+    yield d
+    d.stop()
+
+
+def test_dev_starts_everything_and_prints_one_ready_line(dev):
+    dev.start()
+    pulsar_url = re.search(r"Pulsar (pulsar://127\.0\.0\.1:(\d+))", dev.ready)
+    metrics = re.search(r"metrics (http://127\.0\.0\.1:\d+/metrics)", dev.ready)
+    assert dev.url in dev.ready and pulsar_url and metrics and "devnode" in dev.ready
+    assert int(pulsar_url.group(2)) != 6650
+
+    wait_until(lambda: json.loads(dev.ctl("get", "nodes", "-o", "json").stdout)["items"][0]["leader"], 20,
+               "the dev node to lead")
+    nodes = json.loads(dev.ctl("get", "nodes", "-o", "json").stdout)["items"]
+    assert [(n["id"], n["kernel"], n["leader"]) for n in nodes] == [("devnode", True, True)]
+    boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
+    assert boot["pulsar"]["url"] == pulsar_url.group(1) and boot["kernelNodes"] == ["devnode"]
+
+    # The broker is real: a message goes through it with the official client.
+    client = pulsar.Client(boot["pulsar"]["url"], operation_timeout_seconds=10)
+    try:
+        topic = f"persistent://public/default/dev-{uuid.uuid4().hex[:8]}"
+        consumer = client.subscribe(topic, "check")
+        client.create_producer(topic).send(b"hello from the test")
+        assert consumer.receive(timeout_millis=10000).data() == b"hello from the test"
+    finally:
+        client.close()
+    # Its metrics moved to the loopback port the ready line names, off the default 0.0.0.0:8080.
+    assert "pulsar" in requests.get(metrics.group(1), timeout=5).text
+    assert 'addr = "127.0.0.1:' in (dev.data / "pulsar" / "pulsar-lite.toml").read_text()
+
+
+def test_sigterm_stops_every_child_and_the_node_leaves(dev):
+    dev.start()
+    assert len(dev.children) >= 2      # the Name Server and pulsar-lite
+    dev.proc.send_signal(signal.SIGTERM)
+    assert dev.proc.wait(30) == 0
+    assert "stopped" in dev.proc.stderr.read()
+    assert [pid for pid in dev.children if alive(pid)] == []
+
+
+def test_kill9_of_dev_leaves_no_child_behind(dev):
+    dev.start()
+    os.kill(dev.proc.pid, signal.SIGKILL)
+    dev.proc.wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in dev.children), 15, "the children to die with their parent")
+
+
+def test_a_second_start_reuses_the_cluster_and_keeps_the_boot_record(dev, tmp_path):
+    dev.start()
+    first_boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
+    dev.proc.send_signal(signal.SIGTERM)
+    assert dev.proc.wait(30) == 0
+
+    again = Dev(tmp_path)
+    again.port, again.url = dev.port, dev.url
+    again.env["ONEOS_NAMESERVER"] = dev.url
+    try:
+        again.start()
+        second_boot = json.loads(again.ctl("get", "boot", "-o", "json").stdout)
+        # Written once, by CAS: the second run did not rewrite it.
+        assert second_boot["createdAt"] == first_boot["createdAt"]
+        assert second_boot["pulsar"]["url"] == first_boot["pulsar"]["url"]
+    finally:
+        again.stop()
+
+
+def test_dev_refuses_a_busy_port_with_one_line(tmp_path):
+    busy = Dev(tmp_path / "a").start()
+    try:
+        done = subprocess.run([venv_bin("oneosd"), "--dev", "--listen", f"127.0.0.1:{busy.port}",
+                               "--data-dir", str(tmp_path / "b"), "other"],
+                              env=dict(os.environ, ONEOS_HOME=str(tmp_path / "home-b")),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert "ready" not in done.stdout
+        last = done.stderr.strip().splitlines()[-1]
+        assert f"127.0.0.1:{busy.port}" in last and "in use" in last
+    finally:
+        busy.stop()
