@@ -1,0 +1,186 @@
+"""Frames of the pipe protocol, and the per-link state that makes a stream exactly-once.
+
+A stream is the bytes one writer process sends down one link. Each Pulsar message holds
+one frame: a 17-byte header, then data.
+
+    byte  0      version (high 4 bits) and flags (low 4 bits; bit 0 = EOF)
+    bytes 1-8    incarnation of the writer process (big-endian unsigned)
+    bytes 9-16   offset of the frame's first byte in the writer's stream (big-endian unsigned)
+
+An EOF frame carries no data; its offset is the stream's total length.
+
+Offsets, not message ids, decide what the receiver delivers: Pulsar redelivers (at least
+once), pulsar-lite duplicates and reorders, and a restarted writer (a new incarnation)
+sends its stream again from offset 0. `Link` keeps the offset delivered so far and turns
+whatever arrives into the stream's bytes, each exactly once and in order. It is pure (no
+I/O): the reader feeds it frames with an opaque token (the Pulsar message) and is told
+which bytes to deliver, which tokens to acknowledge and which to hand back for redelivery.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+VERSION = 1
+FLAG_EOF = 0x01
+HEADER = struct.Struct(">BQQ")
+HEADER_SIZE = HEADER.size  # 17
+MAX_DATA = 64 * 1024  # what a writer puts in one frame: one os.read of a pipe
+
+T = TypeVar("T")
+
+
+class FrameError(ValueError):
+    """A message that is not a frame of this protocol (wrong version, short, inconsistent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame; `data` is a view into the message, valid while the message is."""
+
+    incarnation: int
+    offset: int
+    data: bytes | memoryview = b""
+    eof: bool = False
+
+    @property
+    def end(self) -> int:
+        """Offset just past the frame's last byte (its offset for an EOF frame)."""
+        return self.offset + len(self.data)
+
+
+def encode(incarnation: int, offset: int, data: bytes = b"", *, eof: bool = False) -> bytes:
+    """The message payload of one frame."""
+    if eof and data:
+        raise ValueError("an EOF frame carries no data: its offset is the stream's length")
+    return HEADER.pack((VERSION << 4) | (FLAG_EOF if eof else 0), incarnation, offset) + data
+
+
+def decode(payload: bytes) -> Frame:
+    """The frame in a message payload; FrameError if it is not one."""
+    if len(payload) < HEADER_SIZE:
+        raise FrameError(f"a frame has a {HEADER_SIZE}-byte header, this message has {len(payload)} bytes")
+    head, incarnation, offset = HEADER.unpack_from(payload)
+    if head >> 4 != VERSION:
+        raise FrameError(f"frame version {head >> 4}, this receiver speaks version {VERSION}")
+    eof = bool(head & FLAG_EOF)  # other flag bits are reserved and ignored
+    data = memoryview(payload)[HEADER_SIZE:]
+    if eof and len(data):
+        raise FrameError(f"an EOF frame with {len(data)} bytes of data")
+    return Frame(incarnation, offset, data, eof)
+
+
+@dataclass(slots=True)
+class Step(Generic[T]):
+    """What to do after `Link.accept`: write `deliver` in order, then ack, then hand `retry` back."""
+
+    deliver: list[memoryview] = field(default_factory=list)
+    ack: list[T] = field(default_factory=list)
+    retry: list[T] = field(default_factory=list)
+
+
+class Link(Generic[T]):
+    """Ordering and de-duplication for one link (one writer's stream to one reader).
+
+    Frames that arrive before the gap in front of them fills wait in a reorder buffer of at
+    most `reorder_limit` bytes (plus one frame, so any frame can wait when the buffer is
+    empty); past that the frame farthest ahead goes back to the broker (`Step.retry`) to be
+    redelivered later, so memory stays bounded whatever arrives.
+    """
+
+    def __init__(self, reorder_limit: int = 4 * 1024 * 1024) -> None:
+        self.reorder_limit = reorder_limit
+        self.delivered = 0                 # bytes delivered so far: the next byte's offset
+        self.length: int | None = None     # the stream's total length, once an EOF frame came
+        self.buffered = 0                  # bytes in the reorder buffer
+        self.max_buffered = 0
+        self.duplicate_bytes = 0           # bytes received again and dropped
+        self.incarnation = 0               # highest writer incarnation seen
+        self.eof_conflicts = 0             # EOF frames disagreeing with the first one (see accept)
+        self._early: list[tuple[int, int, memoryview, T]] = []  # heap of (offset, seq, data, token)
+        self._seq = itertools.count()      # ties between equal offsets: arrival order
+        self._held: list[T] = []           # EOF frames: acknowledged when the stream is done
+
+    @property
+    def done(self) -> bool:
+        """Every byte up to the EOF has been delivered."""
+        return self.length is not None and self.delivered >= self.length
+
+    @property
+    def waiting(self) -> int:
+        """Frames in the reorder buffer."""
+        return len(self._early)
+
+    def accept(self, frame: Frame, token: T) -> Step[T]:
+        """Take one frame; say which bytes are now deliverable and which tokens are settled."""
+        step: Step[T] = Step()
+        self.incarnation = max(self.incarnation, frame.incarnation)
+        if self.done:
+            step.ack.append(token)  # anything after the end (duplicate EOF, stray data) is settled
+            return step
+        if frame.eof:
+            if self.length is None:
+                self.length = frame.offset
+                self.eof_conflicts += frame.offset < self.delivered  # more was delivered than it says
+                self._held.append(token)
+            else:
+                # A writer that produced a different stream after a restart (not deterministic):
+                # the first EOF stands, so what was delivered stays a prefix of the stream.
+                self.eof_conflicts += frame.offset != self.length
+                step.ack.append(token)
+        elif frame.end <= self.delivered or not frame.data:
+            self.duplicate_bytes += len(frame.data)
+            step.ack.append(token)
+        elif self.length is not None and frame.offset >= self.length:
+            self.eof_conflicts += 1  # data past the end of the stream: not part of it
+            step.ack.append(token)
+        elif frame.offset <= self.delivered:
+            self._take(frame.offset, frame.data, token, step)
+        else:
+            self._buffer(frame, token, step)
+        self._drain(step)
+        if self.done:
+            step.ack.extend(self._held)
+            step.ack.extend(token for _, _, _, token in self._early)
+            self._held.clear()
+            self._early.clear()
+            self.buffered = 0
+        return step
+
+    def _take(self, offset: int, data: memoryview | bytes, token: T, step: Step[T]) -> None:
+        """Deliver the part of a frame at or after the delivered offset (it starts at or before it)."""
+        end = offset + len(data)
+        if self.length is not None:
+            end = min(end, self.length)  # bytes past the EOF are not part of the stream
+        skip = self.delivered - offset
+        self.duplicate_bytes += skip
+        if end > self.delivered:
+            step.deliver.append(memoryview(data)[skip:end - offset])
+            self.delivered = end
+        step.ack.append(token)
+
+    def _buffer(self, frame: Frame, token: T, step: Step[T]) -> None:
+        size = len(frame.data)
+        while self._early and self.buffered + size > self.reorder_limit:
+            far = max(range(len(self._early)), key=lambda i: self._early[i][0])
+            if self._early[far][0] <= frame.offset:
+                step.retry.append(token)  # the new frame is the farthest ahead: it waits at the broker
+                return
+            _, _, data, far_token = self._early.pop(far)
+            heapq.heapify(self._early)
+            self.buffered -= len(data)
+            step.retry.append(far_token)
+        heapq.heappush(self._early, (frame.offset, next(self._seq), frame.data, token))
+        self.buffered += size
+        self.max_buffered = max(self.max_buffered, self.buffered)
+
+    def _drain(self, step: Step[T]) -> None:
+        """Deliver buffered frames that the delivered offset has reached."""
+        while self._early and self._early[0][0] <= self.delivered:
+            offset, _, data, token = heapq.heappop(self._early)
+            self.buffered -= len(data)
+            self._take(offset, data, token, step)
