@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from oneos import __version__, state
+from oneos.bus import client as bus_client
+from oneos.controller.controller import Controller
 from oneos.controller.election import Election
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError, UsageError
@@ -29,6 +31,7 @@ from oneos.nameserver.client import NameServer, NameServerError, NameServerUnrea
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import hardware
 from oneos.nodeagent.membership import DuplicateRuntime, Membership
+from oneos.nodeagent.supervisor import Supervisor
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -60,6 +63,8 @@ class Runtime:
         self.machine = hardware.describe()
         self.membership: Membership | None = None
         self.election: Election | None = None
+        self.controller: Controller | None = None
+        self.supervisor: Supervisor | None = None
         self._stop = threading.Event()
         self._failed: OneOSError | None = None
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -110,10 +115,23 @@ class Runtime:
         self.membership.join()
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
+        self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
+                                     bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]))
+        self.supervisor.start()
         if self.kernel:
-            self.election = Election(self.ns, self.cfg.id, ttl, lock_delay)
+            self.election = Election(self.ns, self.cfg.id, ttl, lock_delay,
+                                     on_elected=self._lead, on_deposed=self._step_down)
             self.election.start()
         self._heartbeat.start()
+
+    def _lead(self) -> None:
+        self.controller = Controller(self.ns)
+        self.controller.start()
+
+    def _step_down(self) -> None:
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
 
     def _beat(self) -> None:
         """Renew the sessions every TTL/2; re-join if the session was lost; ride out outages."""
@@ -156,6 +174,8 @@ class Runtime:
         self._stop.set()
         if self.election:
             self.election.stop()
+        if self.supervisor:
+            self.supervisor.stop()
         if self.membership:
             try:
                 self.membership.leave()

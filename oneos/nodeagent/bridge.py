@@ -1,0 +1,151 @@
+"""The stdio bridge of one agent process: its stdin, stdout and stderr joined to Pulsar.
+
+- stdin: the link topics of the agents it reads (and, under `oneosctl run`, the pipeline's
+  input stream), through a subscription of this incarnation: a restarted process reads its
+  input again from the start (replay, see oneos/bus/reader.py); nothing to read: /dev/null.
+- stdout: every link topic to the agents that read it (and the pipeline's output stream
+  under `oneosctl run`); an agent nobody reads writes its stdout to its log, as systemd
+  sends it to the journal. The stream ends (EOF) only once the agent is done for good, so
+  readers do not see an end between two runs of a restarted agent.
+- stderr, and lines about the agent from OneOS: the agent's log topic (one per incarnation,
+  read by `oneosctl logs` and `run`) and a local file next to its working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from oneos import state
+from oneos.bus import topics
+from oneos.bus.reader import StreamReader
+from oneos.bus.writer import StreamWriter
+
+log = logging.getLogger("oneos.nodeagent")
+
+FLUSH_S = 30.0
+
+
+def log_topic(namespace: str, uid: str, agent: str, incarnation: int) -> str:
+    """One incarnation's log: logs are not replayed, so each run of the process has its own stream."""
+    return f"{topics.log_topic(namespace, uid, agent)}.{incarnation}"
+
+
+class Bridge:
+    """Created per process start (incarnation); `attach` the process, then `finish` when it exits."""
+
+    def __init__(self, client: Any, namespace: str, key: str, assignment: dict[str, Any], incarnation: int,
+                 log_dir: Path) -> None:
+        pipeline, agent = state.split_agent_id(key)
+        uid = assignment["uid"]
+        spec = assignment["agent"]
+        attached = assignment["attached"]
+        self.client = client
+        self.key = key
+        self.agent = agent
+        self.incarnation = incarnation
+        self.input_topics = [topics.link_topic(namespace, uid, src, agent) for src in assignment["inputs"]]
+        if attached and "stdin" in spec:
+            self.input_topics.append(topics.input_topic(namespace, uid, agent))
+        output_topics = [topics.link_topic(namespace, uid, agent, dst) for dst in assignment["outputs"]]
+        self.to_client = attached and "stdout" in spec
+        if self.to_client:
+            output_topics.append(topics.output_topic(namespace, uid, agent))
+        # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
+        self.output = StreamWriter(client, output_topics, incarnation, name=key) if output_topics else None
+        self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], incarnation,
+                                name=f"{key}.log")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(log_dir / f"{agent}.{incarnation}.log", "ab")
+        self._log_lock = threading.Lock()
+        self.reader: StreamReader | None = None
+        self._threads: list[threading.Thread] = []
+
+    def stdin_mode(self) -> int:
+        return subprocess.PIPE if self.input_topics else subprocess.DEVNULL
+
+    def attach(self, proc: subprocess.Popen) -> None:
+        """Start moving bytes for a process that has just started."""
+        if self.input_topics:
+            fd = os.dup(proc.stdin.fileno())
+            proc.stdin.close()
+            self.reader = StreamReader(self.client, self.input_topics,
+                                       topics.subscription(self.agent, self.incarnation), name=self.key, fd=fd)
+            self.reader.start()
+        stdout = os.dup(proc.stdout.fileno())
+        proc.stdout.close()
+        if self.output is not None:
+            self._threads.append(self.output.pump(stdout, eof=False))
+        else:
+            self._threads.append(self._copy_to_log(stdout, "stdout"))
+        stderr = os.dup(proc.stderr.fileno())
+        proc.stderr.close()
+        self._threads.append(self._copy_to_log(stderr, "stderr"))
+
+    def _copy_to_log(self, fd: int, what: str) -> threading.Thread:
+        def copy() -> None:
+            try:
+                while True:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        return
+                    self._write_log(data)
+            except OSError:
+                return
+            finally:
+                os.close(fd)
+        thread = threading.Thread(target=copy, name=f"{self.key} {what}", daemon=True)
+        thread.start()
+        return thread
+
+    def _write_log(self, data: bytes) -> None:
+        with self._log_lock:
+            self._log_file.write(data)
+            self._log_file.flush()
+            try:
+                self.log.write(data)
+            except Exception as exc:  # noqa: BLE001 - the local file still has it
+                log.debug("%s: log topic: %s", self.key, exc)
+
+    def log_line(self, text: str) -> None:
+        """A line about the agent, from OneOS, in its log."""
+        self._write_log(text.encode("utf-8", "replace") + b"\n")
+
+    def exited(self, final: bool) -> None:
+        """The process ended: send its last output and log bytes; end its stdout stream if `final`."""
+        for thread in self._threads:
+            thread.join(FLUSH_S)
+        if self.output is not None:
+            try:
+                if final and not self.output.closed:
+                    self.output.finish()
+                self.output.flush(FLUSH_S)
+            finally:
+                self.output.close()
+        if self.reader is not None:
+            self.reader.stop()
+            try:
+                self.reader.unsubscribe(self.client)
+            except Exception as exc:  # noqa: BLE001 - only storage is at stake
+                log.debug("%s: unsubscribe: %s", self.key, exc)
+        try:
+            self.log.finish()
+            self.log.flush(FLUSH_S)
+        finally:
+            self.log.close()
+            self._log_file.close()
+
+    def readers_gone(self) -> None:
+        """Every agent reading this one has ended: close its stdout so it gets SIGPIPE, as in a shell."""
+        if self.output is not None and not self.to_client and not self.output.closed:
+            log.info("%s: every reader has ended; closing its stdout", self.key)
+            self.output.close()
+
+    def stop(self) -> None:
+        """Stop moving bytes now (the agent is being stopped)."""
+        if self.reader is not None:
+            self.reader.stop()

@@ -1,0 +1,314 @@
+"""The node agent's supervisor: runs the agents assigned to this node and reports on them.
+
+It watches `oneos/assign/<node>/` with blocking queries. Each assigned agent gets an
+AgentRunner: a thread that prepares the agent's private working directory (with its
+shipped files), starts the process from its argv (never through a shell), bridges its
+stdin/stdout/stderr to Pulsar (bridge.py), restarts it per its restart policy, and
+writes `oneos/status/<pipeline>.<agent>`. An assignment that disappears is stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from oneos import state
+from oneos.documents import DocumentError
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nodeagent.bridge import Bridge
+from oneos.nodeagent.restart import RestartPolicy
+
+log = logging.getLogger("oneos.nodeagent")
+
+STOP_GRACE_S = 5.0
+FINAL = ("Exited", "Failed")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when oneosd dies, even by SIGKILL, so no agent outlives its node agent."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _start_error(program: str, exc: OSError) -> tuple[int, str]:
+    """Why a program could not start, with bash's status: 127 not found, 126 not executable."""
+    if isinstance(exc, FileNotFoundError):
+        return 127, f"{program}: command not found"
+    if isinstance(exc, PermissionError):
+        return 126, f"{program}: permission denied"
+    return 126, f"{program}: {exc.strerror}"
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as bash reports it: 128+N after signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class AgentRunner:
+    """One assigned agent: its process, restarts, bridge and status."""
+
+    def __init__(self, sup: "Supervisor", key: str, assignment: dict[str, Any]) -> None:
+        self.sup = sup
+        self.key = key
+        self.assignment = assignment
+        self.spec = assignment["agent"]
+        self.workdir = sup.workdir / key
+        self.proc: subprocess.Popen | None = None
+        self.bridge = None
+        self.status: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"agent {key}", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the process (SIGTERM to its group, SIGKILL after a grace period) and the runner."""
+        self._stop.set()
+        self._signal(signal.SIGTERM)
+        if self.bridge:
+            self.bridge.stop()
+        if wait:
+            self._thread.join(STOP_GRACE_S + 5)
+
+    def _signal(self, sig: int) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def same_work(self, assignment: dict[str, Any]) -> bool:
+        fields = ("uid", "agent", "inputs", "outputs", "attached", "files")
+        return all(self.assignment.get(f) == assignment.get(f) for f in fields)
+
+    def _run(self) -> None:
+        try:
+            self._supervise()
+        except (NameServerUnreachable, NameServerError) as exc:
+            log.error("%s: %s", self.key, exc)
+        except Exception:  # noqa: BLE001 - reported, never silently lost
+            log.exception("%s: supervision failed", self.key)
+
+    def _supervise(self) -> None:
+        previous = self._previous_status()
+        incarnation = previous.get("incarnation", 0) if previous.get("uid") == self.assignment["uid"] else 0
+        restarts = previous.get("restarts", 0) if previous.get("uid") == self.assignment["uid"] else 0
+        self._prepare_workdir()
+        policy = RestartPolicy(self.spec)
+        while not self._stop.is_set():
+            incarnation += 1
+            policy.started(time.monotonic())
+            self._report("Starting", incarnation=incarnation, restarts=restarts, startedAt=state.utcnow())
+            code, error, decision = self._run_once(incarnation, restarts, policy)
+            if self._stop.is_set():
+                return
+            if error is not None:
+                # Could not even start it (e.g. command not found): as bash, 127/126; not retried.
+                self._report("Failed", exitCode=code, reason=error, finishedAt=state.utcnow(), pid=None)
+                return
+            if not decision.restart:
+                final = "Failed" if decision.reason else "Exited"
+                self._report(final, exitCode=code, reason=decision.reason or None, finishedAt=state.utcnow(),
+                             pid=None)
+                return
+            restarts += 1
+            self._report("Restarting", exitCode=code, restarts=restarts, pid=None,
+                         reason=f"exited with status {code}; starting again in {decision.delay:g}s")
+            if self._stop.wait(decision.delay):
+                return
+
+    def _run_once(self, incarnation: int, restarts: int, policy: RestartPolicy) -> tuple[int, str | None, Any]:
+        """Start the process, bridge it, wait for it to end: (exit status, start error, restart decision)."""
+        self.bridge = bridge = Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
+                                      self.sup.workdir / "logs")
+        argv = list(self.spec["run"])
+        env = dict(os.environ)
+        env.update(self.spec.get("env", {}))
+        env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
+                    "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation)})
+        started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=bridge.stdin_mode(),
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            code, message = _start_error(argv[0], exc)
+            bridge.log_line(f"oneos: {message}")
+            bridge.exited(final=True)
+            return code, message, None
+        self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
+        bridge.attach(self.proc)
+        code = exit_status(self.proc.wait())
+        decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
+        bridge.exited(final=not decision.restart or self._stop.is_set())
+        return code, None, decision
+
+    # -- files and status -------------------------------------------------
+
+    def _prepare_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name, digest in self.assignment["files"].items():
+            target = self.workdir / name
+            data = self.sup.ns.get_raw(state.blob_key(digest))
+            if data is None:
+                raise DocumentError(f"{self.key}: shipped file {name} (blob {digest[:12]}) is missing from the "
+                                    "Name Server; apply the pipeline again")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o755)
+
+    def _previous_status(self) -> dict[str, Any]:
+        _, entry = self.sup.ns.get(state.status_key(self.key))
+        if entry is None:
+            return {}
+        try:
+            return state.decode(entry, "status")
+        except DocumentError:
+            return {}
+
+    def _report(self, new_state: str, **fields: Any) -> None:
+        pipeline, agent = state.split_agent_id(self.key)
+        status = dict(self.status)
+        status.update(pipeline=pipeline, agent=agent, uid=self.assignment["uid"], node=self.sup.node_id,
+                      generation=self.assignment["generation"], state=new_state, updatedAt=state.utcnow())
+        for name, value in fields.items():
+            if value is None:
+                status.pop(name, None)
+            else:
+                status[name] = value
+        if new_state in ("Starting", "Running"):
+            status.pop("reason", None)
+            status.pop("finishedAt", None)
+        self.status = status
+        if self._stop.is_set():
+            return
+        state.put_document(self.sup.ns, state.status_key(self.key), "status", status)
+
+    def remove(self) -> None:
+        """After stop(): forget the agent here (its status, unless another node has taken it)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        _, entry = self.sup.ns.get(state.status_key(self.key))
+        if entry is None:
+            return
+        try:
+            status = state.decode(entry, "status")
+        except DocumentError:
+            status = {}
+        if status.get("node") == self.sup.node_id:
+            self.sup.ns.delete(state.status_key(self.key), cas=entry.modify_index)
+
+
+class Supervisor:
+    """Keeps the set of running agents equal to this node's assignments."""
+
+    def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
+                 bus_factory: Callable[[], Any]) -> None:
+        self.ns = ns
+        self.node_id = node_id
+        self.namespace = boot["pulsar"]["namespace"]
+        self.workdir = workdir
+        self._bus_factory = bus_factory
+        self._bus = None
+        self._bus_lock = threading.Lock()
+        self.runners: dict[str, AgentRunner] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._status_thread = threading.Thread(target=self._watch_readers, name="readers", daemon=True)
+
+    def bus(self) -> Any:
+        """The node's one Pulsar client, opened on first use."""
+        with self._bus_lock:
+            if self._bus is None:
+                self._bus = self._bus_factory()
+            return self._bus
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        self._status_thread.start()
+
+    def stop(self) -> None:
+        """Stop every agent (on oneosd shutdown)."""
+        self._stop.set()
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.stop(wait=False)
+        for runner in runners:
+            runner.stop(wait=True)
+        if self._bus is not None:
+            try:
+                self._bus.close()
+            except Exception:  # noqa: BLE001 - closing on the way out
+                pass
+
+    def _watch(self) -> None:
+        prefix = f"{state.ASSIGN}{self.node_id}/"
+        index = 0
+        while not self._stop.is_set():
+            try:
+                new_index, entries = self.ns.get_tree(prefix, index=index, wait="30s")
+                if new_index != index or index == 0:
+                    self._sync({e.key[len(prefix):]: e for e in entries})
+                index = new_index if new_index >= index else 0
+            except (NameServerUnreachable, NameServerError) as exc:
+                log.warning("watching assignments: %s", exc)
+                index = 0
+                self._stop.wait(1.0)
+
+    def _sync(self, entries: dict[str, Any]) -> None:
+        wanted: dict[str, dict[str, Any]] = {}
+        for key, entry in entries.items():
+            try:
+                wanted[key] = state.decode(entry, "assignment")
+            except DocumentError as exc:
+                log.error("ignoring an invalid assignment: %s", exc)
+        for key in [k for k in self.runners if k not in wanted or not self.runners[k].same_work(wanted[k])]:
+            runner = self.runners.pop(key)
+            log.info("%s: stopping (%s)", key, "unassigned" if key not in wanted else "spec changed")
+            runner.stop()
+            if key not in wanted:
+                runner.remove()
+        for key, doc in wanted.items():
+            if key not in self.runners and not self._stop.is_set():
+                log.info("%s: starting %s", key, " ".join(doc["agent"]["run"]))
+                runner = AgentRunner(self, key, doc)
+                self.runners[key] = runner
+                runner.start()
+
+    def _watch_readers(self) -> None:
+        """Close a writer's stream when every agent reading it has ended: SIGPIPE, as in a shell pipe."""
+        index = 0
+        while not self._stop.is_set():
+            try:
+                index, entries = self.ns.get_tree(state.STATUS, index=index, wait="30s")
+            except (NameServerUnreachable, NameServerError):
+                index = 0
+                self._stop.wait(1.0)
+                continue
+            final = set()
+            for entry in entries:
+                try:
+                    doc = state.decode(entry, "status")
+                except DocumentError:
+                    continue
+                if doc["state"] in FINAL:
+                    final.add(entry.key[len(state.STATUS):])
+            for key, runner in list(self.runners.items()):
+                pipeline, _ = state.split_agent_id(key)
+                readers = [state.agent_id(pipeline, r) for r in runner.assignment["outputs"]]
+                if readers and all(r in final for r in readers) and runner.bridge:
+                    runner.bridge.readers_gone()
