@@ -51,7 +51,7 @@ __all__ = [
 KINDS: dict[str, str] = {"Init": "init", "Pipeline": "pipeline"}
 
 #: Documents that `check` knows, by schema name (schemas/<name>.schema.json).
-DOCUMENTS = ("agent", "boot", "config", "init", "leader", "node", "pipeline")
+DOCUMENTS = ("agent", "assignment", "boot", "config", "init", "leader", "node", "pipeline", "status")
 
 # Consul accepts session TTLs from 10s to 86400s.
 SESSION_TTL_RANGE = (10.0, 86400.0)
@@ -468,25 +468,30 @@ def _link_problems(doc: dict, source: str) -> list[Problem]:
 
 
 def _find_cycle(names: list[str], edges: dict[str, list[tuple[str, int]]]) -> tuple[list[str], int] | None:
-    """The first cycle found (agent names, and the index of the link closing it), or None."""
+    """The first cycle found (agent names, and the index of the link closing it), or None.
+
+    Depth-first with an explicit stack: a pipeline compiled from a long one-liner may have
+    tens of thousands of stages, too deep for recursion.
+    """
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(name: str) -> tuple[list[str], int] | None:
-        state[name] = 1
-        path.append(name)
-        for nxt, index in edges.get(name, []):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt], index
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        path.pop()
-        state[name] = 2
-        return None
-
-    for name in names:
-        if name not in state and (found := visit(name)):
-            return found
+    for start in names:
+        if start in state:
+            continue
+        path = [start]
+        state[start] = 1
+        stack = [iter(edges.get(start, []))]
+        while stack:
+            for nxt, index in stack[-1]:
+                if state.get(nxt) == 1:
+                    return [*path[path.index(nxt):], nxt], index
+                if nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(edges.get(nxt, [])))
+                    break
+            else:
+                state[path.pop()] = 2
+                stack.pop()
     return None
 
 

@@ -22,10 +22,41 @@ BOOT = PREFIX + "boot"
 INIT = PREFIX + "init"
 LEADER = PREFIX + "leader"
 NODES = PREFIX + "nodes/"
+MANIFESTS = PREFIX + "manifests/"
+PIPELINES = MANIFESTS + "Pipeline/"
+ASSIGN = PREFIX + "assign/"
+STATUS = PREFIX + "status/"
+BLOBS = PREFIX + "blobs/"
 
 
 def node_key(node_id: str) -> str:
     return NODES + node_id
+
+
+def pipeline_key(name: str) -> str:
+    return PIPELINES + name
+
+
+def agent_id(pipeline: str, agent: str) -> str:
+    """An agent's cluster-wide id: names are unique within a pipeline, and contain no '.'."""
+    return f"{pipeline}.{agent}"
+
+
+def split_agent_id(agent_key: str) -> tuple[str, str]:
+    pipeline, _, agent = agent_key.partition(".")
+    return pipeline, agent
+
+
+def assign_key(node_id: str, agent_key: str) -> str:
+    return f"{ASSIGN}{node_id}/{agent_key}"
+
+
+def status_key(agent_key: str) -> str:
+    return STATUS + agent_key
+
+
+def blob_key(digest: str) -> str:
+    return BLOBS + digest
 
 
 class BootError(OneOSError):
@@ -135,3 +166,32 @@ def read_leader(ns: NameServer) -> dict[str, Any] | None:
         return decode(entry, "leader")
     except DocumentError:
         return None
+
+
+def read_documents(ns: NameServer, prefix: str, schema: str) -> tuple[int, dict[str, Any], list[str]]:
+    """Every valid document under a prefix (key -> document), and one line per invalid one."""
+    index, entries = ns.get_tree(prefix)
+    docs, problems = {}, []
+    for entry in entries:
+        try:
+            docs[entry.key] = decode(entry, schema)
+        except DocumentError as exc:
+            problems.append(str(exc))
+    return index, docs, problems
+
+
+def read_assignments(ns: NameServer) -> dict[str, tuple[str, dict[str, Any]]]:
+    """agent id -> (node id, assignment), for every assignment in the cluster."""
+    _, docs, _ = read_documents(ns, ASSIGN, "assignment")
+    found = {}
+    for key, doc in docs.items():
+        node_id, _, agent_key = key[len(ASSIGN):].partition("/")
+        found[agent_key] = (node_id, doc)
+    return found
+
+
+def read_statuses(ns: NameServer, pipeline: str | None = None) -> dict[str, dict[str, Any]]:
+    """agent id -> status, for one pipeline or all."""
+    prefix = STATUS + (f"{pipeline}." if pipeline else "")
+    _, docs, _ = read_documents(ns, prefix, "status")
+    return {key[len(STATUS):]: doc for key, doc in docs.items()}

@@ -13,8 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from oneos import __version__, state
+import pulsar
+
+from oneos import __version__, manifests, state
 from oneos.cli import output
+from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
@@ -126,11 +129,156 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- apply
+
+
+def _add_apply(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("apply", help="create or update pipelines from manifests",
+                       description="Create or update each pipeline in the manifests. A pipeline whose spec did "
+                                   "not change is left alone (\"unchanged\").")
+    _add_filename(p, "manifest to apply")
+    p.add_argument("--dry-run", action="store_true", help="say what would change, and change nothing")
+    p.set_defaults(run=cmd_apply)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    ns = _client(args)
+    loaded = []
+    for given in args.files:
+        for name in manifest_paths(given):
+            base = Path.cwd() if name == STDIN else Path(name).resolve().parent
+            loaded += [(doc, base) for doc in read_manifests(name)]
+    for doc, _ in loaded:
+        if doc["kind"] != "Pipeline":
+            raise DocumentError(f"{doc['kind']} {doc['metadata']['name']}: only Pipeline manifests are applied; "
+                                "the init manifest is installed with `oneosctl bootstrap --init FILE --force`")
+    for doc, base in loaded:
+        done = manifests.apply_pipeline(_client(args), doc, base, dry_run=args.dry_run)
+        print(f"pipeline/{done.name} {done.outcome}{' (dry run)' if args.dry_run else ''}")
+    return 0
+
+
+# -------------------------------------------------------------------- delete
+
+
+def _add_delete(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("delete", help="delete a pipeline and stop its agents")
+    p.add_argument("resource", choices=["pipeline", "pipelines"])
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(run=cmd_delete)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    ns = _client(args)
+    status = 0
+    for name in args.names:
+        if manifests.delete_pipeline(ns, name):
+            print(f"pipeline/{name} deleted")
+        else:
+            print(f"{PROG}: pipeline {name!r} not found", file=sys.stderr)
+            status = 1
+    return status
+
+
+# ------------------------------------------------------------------ describe
+
+
+def _add_describe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("describe", help="show a pipeline's agents, where they run, and why any is pending")
+    p.add_argument("resource", choices=["pipeline"])
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(run=cmd_describe)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    ns = _client(args)
+    doc = manifests.read_pipeline(ns, args.name)
+    meta, spec = doc["metadata"], doc["spec"]
+    statuses = state.read_statuses(ns, args.name)
+    lines = [f"Name:         {meta['name']}", f"UID:          {meta['uid']}",
+             f"Generation:   {meta['generation']}", f"Created:      {meta['createdAt']} ({output.age(meta['createdAt'])} ago)",
+             f"Status:       {pipeline_phase(doc, statuses)}", "Agents:"]
+    rows = []
+    notes = []
+    for agent in spec["agents"]:
+        st = statuses.get(state.agent_id(meta["name"], agent["name"]), {})
+        rows.append([agent["name"], st.get("node", "<none>"), agent_state(st), st.get("restarts", 0),
+                     output.command(agent["run"])])
+        if st.get("reason"):
+            notes.append(f"  {agent['name']}: {st['state']}: {st['reason']}")
+    lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "COMMAND"], rows).splitlines()]
+    if notes:
+        lines += ["Reasons:"] + notes
+    links = spec.get("links", [])
+    lines.append("Links:" + ("" if links else "        <none>"))
+    lines += [f"  {link['from']} -> {link['to']}" for link in links]
+    print("\n".join(lines))
+    return 0
+
+
+def agent_state(status: dict) -> str:
+    """Exited(0), Running, Pending... as `get agents` shows a status."""
+    if not status:
+        return "Unknown"
+    if status["state"] in ("Exited", "Failed", "Restarting") and "exitCode" in status:
+        return f"{status['state']}({status['exitCode']})"
+    return status["state"]
+
+
+def pipeline_phase(doc: dict, statuses: dict[str, dict]) -> str:
+    """One word for a pipeline: Pending, Failed, Running, Completed or Starting."""
+    name = doc["metadata"]["name"]
+    states = [statuses.get(state.agent_id(name, a["name"]), {}).get("state") for a in doc["spec"]["agents"]]
+    if "Failed" in states:
+        return "Failed"
+    if "Pending" in states:
+        return "Pending"
+    if all(s == "Exited" for s in states):
+        return "Completed"
+    if all(s in ("Running", "Exited") for s in states):
+        return "Running"
+    return "Starting"
+
+# ----------------------------------------------------------------------- run
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run a shell pipeline across the cluster, as bash would run it here",
+        description="Compile PIPELINE, place its stages, stream the last stage's output here byte for byte, "
+                    "and exit with its status, as bash would; the pipeline is deleted afterwards, Ctrl-C too.")
+    p.add_argument("pipeline", metavar="PIPELINE", help="e.g. 'seq 1 100000 | grep 7 | wc -l'")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr where each stage was placed, once all are running")
+    p.set_defaults(run=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from oneos.cli.run import run
+    return run(_client(args), args.pipeline, verbose=args.verbose)
+
+
+# ---------------------------------------------------------------------- logs
+
+
+def _add_logs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("logs", help="print an agent's log (its stderr), from wherever it runs")
+    p.add_argument("agent", metavar="PIPELINE/AGENT", help="the agent (its name alone if only one pipeline has it)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, across restarts")
+    p.add_argument("-p", "--previous", action="store_true", help="the log of the run before the current one")
+    p.set_defaults(run=cmd_logs)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from oneos.cli.logs import logs
+    return logs(_client(args), args.agent, sys.stdout.buffer, follow=args.follow, previous=args.previous)
+
+
 # ----------------------------------------------------------------------- get
 
 
 def _add_get(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("get", help="list nodes, or show the boot record",
+    p = sub.add_parser("get", help="list nodes, pipelines or agents, or show the boot record",
                        description="Show cluster state from the Name Server, as a table or as documents.")
     p.add_argument("resource", choices=sorted(GETTERS), help="what to show")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table",
@@ -165,11 +313,77 @@ def _get_boot(ns: NameServer, fmt: str) -> int:
     return 0
 
 
+def _get_pipelines(ns: NameServer, fmt: str) -> int:
+    docs = manifests.list_pipelines(ns)
+    if fmt != "table":
+        sys.stdout.write(output.structured({"kind": "PipelineList", "items": docs}, fmt))
+        return 0
+    if not docs:
+        print(f"No pipelines on the cluster at {ns.url}.", file=sys.stderr)
+        return 0
+    statuses = state.read_statuses(ns)
+    rows = []
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        agents = doc["spec"]["agents"]
+        running = sum(1 for a in agents if statuses.get(state.agent_id(name, a["name"]), {}).get("state") == "Running")
+        rows.append([name, f"{running}/{len(agents)}", pipeline_phase(doc, statuses),
+                     output.age(doc["metadata"]["createdAt"])])
+    sys.stdout.write(output.table(["NAME", "RUNNING", "STATUS", "AGE"], rows))
+    return 0
+
+
+def _get_agents(ns: NameServer, fmt: str) -> int:
+    statuses = state.read_statuses(ns)
+    if fmt != "table":
+        sys.stdout.write(output.structured({"kind": "AgentList", "items": [statuses[k] for k in sorted(statuses)]}, fmt))
+        return 0
+    if not statuses:
+        print(f"No agents on the cluster at {ns.url}.", file=sys.stderr)
+        return 0
+    rows = [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st), st.get("restarts", 0),
+             output.age(st["startedAt"]) if "startedAt" in st else "-"]
+            for st in (statuses[k] for k in sorted(statuses))]
+    sys.stdout.write(output.table(["NAME", "NODE", "STATE", "RESTARTS", "AGE"], rows))
+    return 0
+
+
 GETTERS: dict[str, Callable[[NameServer, str], int]] = {
     "nodes": _get_nodes,
     "node": _get_nodes,
     "boot": _get_boot,
+    "pipelines": _get_pipelines,
+    "pipeline": _get_pipelines,
+    "agents": _get_agents,
+    "agent": _get_agents,
 }
+
+
+# ------------------------------------------------------------------- compile
+
+
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile", help="print the manifest a shell pipeline compiles to",
+        description="Compile a shell one-liner, such as 'seq 100 | grep 7 | wc -l', to a Pipeline manifest and "
+                    "print it, without contacting the cluster. Local program files it names (./ctl.py, "
+                    "python3 ctl.py) are looked up in the current directory. A construct that cannot be "
+                    "compiled is shown with a caret under its column, and the exit status is 2.")
+    p.add_argument("pipeline", metavar="PIPELINE", help="the one-liner, quoted as one argument")
+    p.add_argument("--name", help="the pipeline's name (default: the stage names joined by '-')")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
+    p.set_defaults(run=cmd_compile)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Print the manifest of args.pipeline; 2 with the caret message when it cannot be compiled."""
+    try:
+        doc = compile_pipeline(args.pipeline, name=args.name, base_dir=Path.cwd())
+    except CompileError as err:  # its message already starts with "oneosctl: "
+        print(err, file=sys.stderr)
+        return err.exit_code
+    sys.stdout.write(output.structured(doc, args.output))
+    return 0
 
 
 # --------------------------------------------------------------------- main
@@ -177,8 +391,14 @@ GETTERS: dict[str, Callable[[NameServer, str], int]] = {
 # Each entry adds one subcommand; new subcommands (apply, get, describe, ...) add theirs here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_validate,
+    _add_compile,
     _add_bootstrap,
     _add_get,
+    _add_apply,
+    _add_describe,
+    _add_delete,
+    _add_run,
+    _add_logs,
 ]
 
 
@@ -204,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except OneOSError as err:
-        print(f"{PROG}: {err}" if not isinstance(err, DocumentError) else err, file=sys.stderr)
+        # Document and compile errors already say where (FILE: ..., or the line with a caret).
+        print(err if isinstance(err, (DocumentError, CompileError)) else f"{PROG}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
@@ -212,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not complain
         return 141
+    except pulsar.PulsarException as err:
+        print(f"{PROG}: the Pulsar broker refused or failed ({type(err).__name__}: {err}); "
+              "check it is running at the boot record's pulsar.url (`oneosctl get boot`)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

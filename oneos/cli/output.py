@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -35,3 +36,8 @@ def structured(value: Any, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(value, indent=2) + "\n"
     return dump_yaml(value)
+
+
+def command(argv: Sequence[str]) -> str:
+    """An argv as one line a person can read and paste into a shell."""
+    return shlex.join(argv).replace("\n", "\\n")

@@ -24,12 +24,12 @@ from typing import Any
 from oneos import __version__
 from oneos.durations import parse_ns
 from oneos.errors import OneOSError
+from oneos.nameserver.client import KV_MAX_VALUE_SIZE
 from oneos.nameserver.journal import Journal
 from oneos.nameserver.store import Store, StoreError
 
 log = logging.getLogger("oneos.nameserver")
 
-KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default
 TXN_MAX_REQ_LEN = 512 * 1024       # Consul's txn_max_req_len default
 MAX_TXN_OPS = 128
 KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
