@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from oneos.nameserver.client import NameServer
-from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, wait_until
+from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, venv_bin, wait_until
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
 LOCK_DELAY = 3
@@ -22,8 +24,10 @@ class Cluster:
         self.ns = NameServer(self.url)
         self.nodes: list[OneosdProc] = []
 
-    def bootstrap(self) -> None:
-        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", f"pulsar://127.0.0.1:{free_port()}",
+    def bootstrap(self, pulsar_url: str | None = None) -> None:
+        """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on."""
+        pulsar_url = pulsar_url or f"pulsar://127.0.0.1:{free_port()}"
+        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", pulsar_url,
                         "--session-ttl", f"{SESSION_TTL}s", "--lock-delay", f"{LOCK_DELAY}s")
         assert done.returncode == 0, done.stderr
 
@@ -43,6 +47,29 @@ class Cluster:
         if not proc.alive():
             raise AssertionError(f"oneosd {proc.node_id} exited with {proc.popen.returncode}:\n{proc.log()}")
         return proc.node_id in self.node_ids()
+
+    def run(self, line: str, *, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120):
+        """`oneosctl run LINE` as a user types it: stdout as bytes, stderr as text."""
+        done = subprocess.run([venv_bin("oneosctl"), "run", line], input=input or b"", capture_output=True,
+                              env=dict(os.environ, ONEOS_NAMESERVER=self.url), cwd=cwd or self.root,
+                              timeout=timeout)
+        return done.returncode, done.stdout, done.stderr.decode(errors="replace")
+
+    def statuses(self, pipeline: str) -> dict[str, dict]:
+        """agent -> status, as `oneosctl get agents -o json` shows them."""
+        done = self.ctl("get", "agents", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return {s["agent"]: s for s in json.loads(done.stdout)["items"] if s["pipeline"] == pipeline}
+
+    def statuses_all(self) -> list[dict]:
+        done = self.ctl("get", "agents", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["items"]
+
+    def ctl_bytes(self, *argv: str) -> bytes:
+        """oneosctl's stdout as bytes (for logs, which may be binary)."""
+        return subprocess.run([venv_bin("oneosctl"), *argv], capture_output=True, timeout=60,
+                              env=dict(os.environ, ONEOS_NAMESERVER=self.url)).stdout
 
     def get_nodes(self) -> list[dict]:
         """What `oneosctl get nodes -o json` shows."""

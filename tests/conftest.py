@@ -9,7 +9,7 @@ import pytest
 
 from oneos.nameserver.client import NameServer
 from tests.cluster import Cluster
-from tests.procs import NameServerProc
+from tests.procs import BrokerProc, NameServerProc, wait_until
 
 REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
 
@@ -60,3 +60,29 @@ def cluster(builtin_nameserver, tmp_path):
     c.bootstrap()
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory):
+    """A cluster that runs pipelines: Name Server, pulsar-lite, and three runtimes n1 (kernel), n2, n3.
+
+    Shared by the tests of a module, as a user's cluster serves many runs.
+    """
+    if REAL_CONSUL:
+        pytest.skip("starts its own Name Server: built-in Name Server only")
+    root = tmp_path_factory.mktemp("cluster")
+    nameserver = NameServerProc(root / "ns-data").start()
+    broker = BrokerProc(root / "pulsar")
+    c = Cluster(nameserver, root)
+    try:
+        broker.start()
+        c.broker = broker
+        c.bootstrap(broker.url)
+        for node_id in ("n1", "n2", "n3"):
+            c.start(node_id, "--kernel" if node_id == "n1" else "--no-kernel")
+        wait_until(c.leader, 20, "a leader")
+        yield c
+    finally:
+        c.stop()
+        broker.stop()
+        nameserver.stop()

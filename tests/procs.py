@@ -151,3 +151,28 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float =
     """Run one of the project's commands as a user would; stdout and stderr as text."""
     return subprocess.run([venv_bin(argv[0])] + argv[1:], capture_output=True, text=input is None,
                           input=input, env=dict(os.environ, **(env or {})), timeout=timeout)
+
+
+class BrokerProc(Proc):
+    """pulsar-lite through `oneos-broker` on free ports, with its data in `data_dir`; restartable."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.metrics_port = free_port()
+        self.data_dir = data_dir
+        self.url = f"pulsar://127.0.0.1:{self.port}"
+        super().__init__([venv_bin("oneos-broker"), "--listen", f"127.0.0.1:{self.port}", "--data-dir",
+                          str(data_dir), "--metrics", f"127.0.0.1:{self.metrics_port}"],
+                         data_dir.parent / f"{data_dir.name}.log")
+
+    def start(self) -> "BrokerProc":
+        super().start()
+        wait_until(self._ready, 20, f"pulsar-lite on {self.url} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"oneos-broker exited with {self.popen.returncode}:\n{self.log()}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0

@@ -1,0 +1,128 @@
+"""Pipelines on a three-node cluster, driven as a user drives them: oneosctl run, apply, get, describe, delete, logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import textwrap
+from tests.procs import venv_bin, wait_until
+
+
+def placement(stderr: str) -> dict[str, str]:
+    """stage -> node, from the line `oneosctl run -v` prints once every stage is placed."""
+    line = next(line for line in stderr.splitlines() if " on n" in line)
+    return dict(re.findall(r"([a-z0-9-]+) on ([a-z0-9]+)", line.split(": ", 2)[2]))
+
+
+def test_run_prints_what_bash_prints_with_each_stage_on_its_own_node(three_nodes):
+    line = "seq 1 100000 | grep 7 | wc -l"
+    done = subprocess.run([venv_bin("oneosctl"), "run", "-v", line], capture_output=True, timeout=120,
+                          env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
+    expected = subprocess.run(["bash", "-c", line], capture_output=True)
+    assert (done.returncode, done.stdout) == (expected.returncode, expected.stdout) == (0, b"40951\n")
+    where = placement(done.stderr.decode())
+    assert set(where) == {"seq", "grep", "wc"} and len(set(where.values())) == 3
+    # The run is deleted afterwards: nothing left behind.
+    assert three_nodes.ctl("get", "pipelines").stdout == ""
+    wait_until(lambda: not three_nodes.statuses_all(), 20, "every agent of the run to be gone")
+
+
+def test_an_early_exit_stops_the_writers_as_sigpipe_does(three_nodes):
+    code, out, err = three_nodes.run("yes | head -n 3", timeout=60)
+    assert (code, out) == (0, b"y\ny\ny\n"), err
+
+
+def test_the_exit_status_is_the_last_stages_and_stderr_comes_through(three_nodes):
+    code, out, err = three_nodes.run("seq 3 | nosuchprogram-xyz | cat", timeout=60)
+    assert (code, out) == (0, b"")
+    assert "nosuchprogram-xyz: command not found" in err
+    code, out, err = three_nodes.run("seq 3 | nosuchprogram-xyz", timeout=60)
+    assert code == 127
+
+
+def test_stdin_and_file_redirections_are_the_clients(three_nodes, tmp_path):
+    (tmp_path / "words.txt").write_text("pear\napple\npear\n")
+    code, out, err = three_nodes.run("sort < words.txt | uniq -c > counts.txt", cwd=tmp_path)
+    assert (code, out) == (0, b""), err
+    assert (tmp_path / "counts.txt").read_text() == "      1 apple\n      2 pear\n"
+    code, out, err = three_nodes.run("tr a-z A-Z", input=b"typed at the terminal\n")
+    assert (code, out) == (0, b"TYPED AT THE TERMINAL\n")
+
+
+GREETER = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {name: greeter}
+spec:
+  agents:
+    - name: ticker
+      run: [python3, -u, -c, "import sys, time\\nfor i in range(100000):\\n  print(i); print('tick', i, file=sys.stderr); time.sleep(0.1)"]
+    - name: upper
+      run: [tr, "0-9", "a-j"]
+  links:
+    - {from: ticker, to: upper}
+"""
+
+
+def test_apply_keeps_a_pipeline_running_and_delete_stops_it(three_nodes, tmp_path):
+    manifest = tmp_path / "greeter.yaml"
+    manifest.write_text(GREETER)
+    assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter created\n"
+    assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter unchanged\n"
+    wait_until(lambda: all(s["state"] == "Running" for s in three_nodes.statuses("greeter").values())
+               and len(three_nodes.statuses("greeter")) == 2, 30, "both agents running")
+    statuses = three_nodes.statuses("greeter")
+    assert statuses["ticker"]["node"] != statuses["upper"]["node"]
+
+    table = three_nodes.ctl("get", "pipelines").stdout.splitlines()
+    assert table[0].split() == ["NAME", "RUNNING", "STATUS", "AGE"]
+    assert table[1].split()[:3] == ["greeter", "2/2", "Running"]
+    described = three_nodes.ctl("describe", "pipeline", "greeter").stdout
+    assert "ticker -> upper" in described and statuses["ticker"]["node"] in described
+
+    wait_until(lambda: b"tick 3" in three_nodes.ctl_bytes("logs", "greeter/ticker"), 30, "the ticker's log")
+    pid = statuses["ticker"]["pid"]
+    assert three_nodes.ctl("delete", "pipeline", "greeter").stdout == "pipeline/greeter deleted\n"
+    wait_until(lambda: not three_nodes.statuses("greeter"), 30, "the agents to be removed")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the ticker process to end")
+    assert three_nodes.ctl("delete", "pipeline", "greeter").returncode == 1
+
+
+def test_an_unplaceable_agent_is_pending_with_the_reason(three_nodes, tmp_path):
+    manifest = tmp_path / "picky.yaml"
+    manifest.write_text(textwrap.dedent("""\
+        apiVersion: oneos/v1
+        kind: Pipeline
+        metadata: {name: picky}
+        spec:
+          agents:
+            - name: sensor
+              run: [sleep, "1000"]
+              requires: {labels: {gpio: "true"}}
+    """))
+    assert three_nodes.ctl("apply", "-f", str(manifest)).returncode == 0
+    try:
+        wait_until(lambda: three_nodes.statuses("picky").get("sensor", {}).get("state") == "Pending", 30, "Pending")
+        assert three_nodes.statuses("picky")["sensor"]["reason"] == "0/3 nodes: 3 missing label gpio=true"
+        described = three_nodes.ctl("describe", "pipeline", "picky").stdout
+        assert "sensor: Pending: 0/3 nodes: 3 missing label gpio=true" in described
+    finally:
+        three_nodes.ctl("delete", "pipeline", "picky")
+    wait_until(lambda: not three_nodes.statuses("picky"), 20, "the pending status to go with the pipeline")
+
+
+def test_ctrl_c_deletes_the_run(three_nodes):
+    proc = subprocess.Popen([venv_bin("oneosctl"), "run", "sleep 300 | cat"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
+    try:
+        wait_until(lambda: any(s["state"] == "Running" and s["agent"] == "sleep"
+                               for s in three_nodes.statuses_all()), 30, "the run to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: not three_nodes.statuses_all(), 30, "the run's agents to be removed")
