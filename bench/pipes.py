@@ -346,7 +346,7 @@ def report(client: pulsar.Client, hops_list: list[int], megabytes: int, samples:
         print(f"  {label:30s}{mb / bus_s:7.1f}  {lines / bus_s:10.0f}  {raw_s / bus_s:6.2f}   {links * mb / bus_s:9.1f}"
               f"   {mb / unix_s:9.0f}  {unix_s / bus_s:7.3f}")
 
-    print(f"\nlatency, ms                        p50     p99   unix p50  unix p99   added p50 per link")
+    print("\nlatency, ms                        p50     p99   unix p50  unix p99   added p50 per link")
     raw_p50, raw_p99 = raw_latency(client, samples)
     print(f"  raw pulsar-client, 1 link     {raw_p50:6.2f}  {raw_p99:6.2f}")
     for label, hops, batching in rows:

@@ -154,7 +154,12 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float =
 
 
 class BrokerProc(Proc):
-    """pulsar-lite through `oneos-broker` on free ports, with its data in `data_dir`; restartable."""
+    """pulsar-lite through `oneos-broker` on free ports, with its data in `data_dir`.
+
+    It may be killed (`kill9`, a crash: what it stored must survive), paused (`pause`: it
+    accepts nothing and answers nothing, without disconnecting anyone) and started again on
+    the same port and data (`start`).
+    """
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -176,3 +181,26 @@ class BrokerProc(Proc):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGCONT)
+
+    def kill9(self) -> None:
+        self.resume()   # a stopped process dies of SIGKILL too, but its sockets close only once it runs
+        super().kill9()
+
+    def stop(self) -> None:
+        self.resume()
+        super().stop()
+
+    def metric(self, name: str) -> float:
+        """One value from the broker's Prometheus metrics."""
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)

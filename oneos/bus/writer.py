@@ -105,6 +105,17 @@ class StreamWriter:
         for start in range(0, len(view), frames.MAX_DATA):
             self._send(view[start:start + frames.MAX_DATA])
 
+    def announce(self) -> None:
+        """Send an empty frame, so the topic holds a message before the stream has any bytes.
+
+        A reader can then ask the broker where the topic ends (pulsar-lite fails that call,
+        loudly, on a topic nobody has written to). Readers drop empty frames.
+        """
+        with self._lock:
+            if self.closed or self._finished:
+                raise WriterClosed(f"{self.name}: the writer is {'closed' if self.closed else 'finished'}")
+            self._publish(frames.encode(self.incarnation, self.offset))
+
     def finish(self) -> None:
         """End the stream: send the EOF frame that carries its length. Idempotent."""
         with self._lock:

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pulsar
 
@@ -153,7 +154,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             raise DocumentError(f"{doc['kind']} {doc['metadata']['name']}: only Pipeline manifests are applied; "
                                 "the init manifest is installed with `oneosctl bootstrap --init FILE --force`")
     for doc, base in loaded:
-        done = manifests.apply_pipeline(_client(args), doc, base, dry_run=args.dry_run)
+        done = manifests.apply_pipeline(ns, doc, base, dry_run=args.dry_run)
         print(f"pipeline/{done.name} {done.outcome}{' (dry run)' if args.dry_run else ''}")
     return 0
 
@@ -279,44 +280,69 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _add_get(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("get", help="list nodes, pipelines or agents, or show the boot record",
-                       description="Show cluster state from the Name Server, as a table or as documents.")
+                       description="Show cluster state from the Name Server, as a table or as documents. "
+                                   "Names narrow the list: node ids, pipeline names, or for agents a "
+                                   "pipeline name or PIPELINE/AGENT.")
     p.add_argument("resource", choices=sorted(GETTERS), help="what to show")
+    p.add_argument("names", nargs="*", metavar="NAME", help="show only these")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table",
                    help="table (default), or the documents as json or yaml")
     p.set_defaults(run=cmd_get)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    return GETTERS[args.resource](_client(args), args.output)
+    if args.names and args.resource == "boot":
+        raise OneOSError("get boot takes no names: there is one boot record")
+    return GETTERS[args.resource](_client(args), args.output, args.names)
 
 
-def _get_nodes(ns: NameServer, fmt: str) -> int:
+def _select(kind: str, items: list[dict[str, Any]], names: list[str], matches: Callable[[dict, str], bool]
+            ) -> list[dict[str, Any]]:
+    """The items that some name matches (all of them without names); OneOSError for a name that matches none."""
+    if not names:
+        return items
+    missing = [n for n in names if not any(matches(item, n) for item in items)]
+    if missing:
+        raise OneOSError(f"{kind} {', '.join(repr(n) for n in missing)} not found; "
+                         f"`oneosctl get {kind}s` lists them")
+    return [item for item in items if any(matches(item, n) for n in names)]
+
+
+def _print_structured(list_kind: str, items: list[dict[str, Any]], names: list[str], fmt: str) -> None:
+    """One named item as its document, as kubectl prints it; otherwise a list."""
+    if len(names) == 1 and len(items) == 1:
+        sys.stdout.write(output.structured(items[0], fmt))
+    else:
+        sys.stdout.write(output.structured({"kind": list_kind, "items": items}, fmt))
+
+
+def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
     nodes, problems = state.read_nodes(ns)
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
+    items = _select("node", [dict(n.record, leader=n.leader) for n in nodes], names, lambda r, n: r["id"] == n)
     if fmt != "table":
-        items = [dict(n.record, leader=n.leader) for n in nodes]
-        sys.stdout.write(output.structured({"kind": "NodeList", "items": items}, fmt))
+        _print_structured("NodeList", items, names, fmt)
         return 0
-    if not nodes:
+    if not items:
         print(f"No nodes have joined the cluster at {ns.url}.", file=sys.stderr)
         return 0
-    rows = [[r["id"], r["state"], "yes" if n.leader else "no", "yes" if r["kernel"] else "no",
+    rows = [[r["id"], r["state"], "yes" if r["leader"] else "no", "yes" if r["kernel"] else "no",
              ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "<none>", output.age(r["startedAt"])]
-            for n in nodes for r in [n.record]]
+            for r in items]
     sys.stdout.write(output.table(["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"], rows))
     return 0
 
 
-def _get_boot(ns: NameServer, fmt: str) -> int:
+def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
     sys.stdout.write(output.structured(state.read_boot(ns), "yaml" if fmt == "table" else fmt))
     return 0
 
 
-def _get_pipelines(ns: NameServer, fmt: str) -> int:
-    docs = manifests.list_pipelines(ns)
+def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
+    docs = _select("pipeline", manifests.list_pipelines(ns), names, lambda d, n: d["metadata"]["name"] == n)
     if fmt != "table":
-        sys.stdout.write(output.structured({"kind": "PipelineList", "items": docs}, fmt))
+        _print_structured("PipelineList", docs, names, fmt)
         return 0
     if not docs:
         print(f"No pipelines on the cluster at {ns.url}.", file=sys.stderr)
@@ -333,22 +359,24 @@ def _get_pipelines(ns: NameServer, fmt: str) -> int:
     return 0
 
 
-def _get_agents(ns: NameServer, fmt: str) -> int:
+def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     statuses = state.read_statuses(ns)
+    items = _select("agent", [statuses[k] for k in sorted(statuses)], names,
+                    lambda st, n: n in (st["pipeline"], f"{st['pipeline']}/{st['agent']}"))
     if fmt != "table":
-        sys.stdout.write(output.structured({"kind": "AgentList", "items": [statuses[k] for k in sorted(statuses)]}, fmt))
+        _print_structured("AgentList", items, [n for n in names if "/" in n], fmt)
         return 0
-    if not statuses:
+    if not items:
         print(f"No agents on the cluster at {ns.url}.", file=sys.stderr)
         return 0
     rows = [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st), st.get("restarts", 0),
              output.age(st["startedAt"]) if "startedAt" in st else "-"]
-            for st in (statuses[k] for k in sorted(statuses))]
+            for st in items]
     sys.stdout.write(output.table(["NAME", "NODE", "STATE", "RESTARTS", "AGE"], rows))
     return 0
 
 
-GETTERS: dict[str, Callable[[NameServer, str], int]] = {
+GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {
     "nodes": _get_nodes,
     "node": _get_nodes,
     "boot": _get_boot,

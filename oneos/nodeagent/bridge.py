@@ -59,6 +59,7 @@ class Bridge:
         self.output = StreamWriter(client, output_topics, incarnation, name=key) if output_topics else None
         self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], incarnation,
                                 name=f"{key}.log")
+        self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_dir / f"{agent}.{incarnation}.log", "ab")
         self._log_lock = threading.Lock()

@@ -3,85 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import uuid
-from pathlib import Path
 
 import pulsar
 import pytest
-import requests
 
-from oneos.broker import argv_for
 from oneos.bus import client as bus_client
 from oneos.bus import topics
 from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
-from tests.procs import Proc, free_port, wait_until
-
-
-class Broker:
-    """pulsar-lite on free ports with its data in `data_dir`; it may be killed, paused and restarted."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.url = f"pulsar://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        self.proc: Proc | None = None
-
-    def start(self) -> "Broker":
-        argv = argv_for(f"127.0.0.1:{self.port}", self.data_dir, f"127.0.0.1:{self.metrics_port}")
-        self.proc = Proc(argv, self.log_path).start()
-        wait_until(self._ready, 20, f"pulsar-lite on {self.url} (log: {self.log_path})")
-        return self
-
-    def _ready(self) -> bool:
-        if not self.proc.alive():
-            raise AssertionError(f"pulsar-lite exited with {self.proc.popen.returncode}:\n{self.proc.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def kill9(self) -> None:
-        """Crash the broker (SIGKILL): what it stored must survive."""
-        self.resume()
-        self.proc.kill9()
-
-    def restart(self) -> None:
-        """Start the broker again on the same port and data."""
-        self.start()
-
-    def pause(self) -> None:
-        """SIGSTOP: a broker that accepts nothing and answers nothing, without disconnecting anyone."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.proc is not None and self.proc.alive():
-            os.kill(self.proc.pid, signal.SIGCONT)
-
-    def metric(self, name: str) -> float:
-        """One value from the broker's Prometheus metrics."""
-        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.resume()
-            self.proc.stop()
+from tests.procs import BrokerProc
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """One broker for the tests that do not kill or pause it."""
-    b = Broker(tmp_path_factory.mktemp("pulsar") / "data").start()
+    b = BrokerProc(tmp_path_factory.mktemp("pulsar") / "data").start()
     yield b
     b.stop()
 
@@ -96,7 +34,7 @@ def client(broker):
 @pytest.fixture
 def own_broker(tmp_path):
     """A broker of the test's own, which the test may kill, pause and restart."""
-    b = Broker(tmp_path / "pulsar").start()
+    b = BrokerProc(tmp_path / "pulsar").start()
     yield b
     b.stop()
 

@@ -44,7 +44,7 @@ def test_a_broker_crash_mid_stream_loses_and_duplicates_nothing(own_broker, own_
     wait_until(lambda: writer.pending >= 64, 30, "frames to wait for the broker")
     assert feeder.is_alive()  # blocked: 500 frames to go, 64 at most waiting
     assert reader.delivered < len(numbered(0, LINES))
-    own_broker.restart()
+    own_broker.start()
 
     feeder.join(60)
     assert not errors and not feeder.is_alive()

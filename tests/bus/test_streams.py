@@ -59,6 +59,23 @@ def test_empty_stream_ends_with_nothing(client, names, ends):
     assert reader.done.is_set() and out == b""
 
 
+def test_an_announced_topic_has_an_end_to_ask_for_and_delivers_nothing_extra(client, names, ends):
+    topic = names.link()
+    writer = ends.writer(client, [topic])
+    writer.announce()
+    assert writer.flush(DEADLINE)
+    reader = client.create_reader(topic, pulsar.MessageId.earliest)
+    try:
+        assert reader.has_message_available()   # on a topic nobody wrote to, pulsar-lite fails this call
+    finally:
+        reader.close()
+    collector, out = ends.collector(client, [topic])
+    writer.write(b"after the announcement\n")
+    writer.finish()
+    finished(collector)
+    assert out == b"after the announcement\n"
+
+
 def test_no_trailing_newline_and_nul_bytes_are_kept(client, names, ends):
     topic = names.link()
     writer = ends.writer(client, [topic])

@@ -129,8 +129,8 @@ def test_files_are_found_next_to_the_manifest_not_the_working_directory(workdir)
     result = oneosctl("validate", "-f", "garden/p.yaml", cwd=workdir)
     assert result.returncode == 2
     assert result.stderr == (
-        f"garden/p.yaml: spec.agents[2].files[0]: no such file 'count.py' in garden; "
-        f"files are relative to the manifest (line 12, column 15)\n")
+        "garden/p.yaml: spec.agents[2].files[0]: no such file 'count.py' in garden; "
+        "files are relative to the manifest (line 12, column 15)\n")
     (pipeline_dir / "count.py").write_text("print(sum(1 for _ in open(0)))\n")
     assert oneosctl("validate", "-f", "garden/p.yaml", cwd=workdir).stdout == "garden/p.yaml: valid\n"
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import textwrap
@@ -126,3 +129,61 @@ def test_ctrl_c_deletes_the_run(three_nodes):
         if proc.poll() is None:
             proc.kill()
     wait_until(lambda: not three_nodes.statuses_all(), 30, "the run's agents to be removed")
+
+
+def test_a_progress_line_on_a_terminal_only(three_nodes):
+    """On a terminal, stderr shows placement and start-up, rewritten in place; in a pipe, nothing."""
+    env = dict(os.environ, ONEOS_NAMESERVER=three_nodes.url)
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run([venv_bin("oneosctl"), "run", "sleep 1 | echo done"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60)
+        os.close(slave)
+        slave = -1
+        shown = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert (done.returncode, done.stdout) == (0, b"done\n")
+    assert b"placing and starting stages" in shown and b"\r\x1b[K" in shown, shown
+    piped = subprocess.run([venv_bin("oneosctl"), "run", "sleep 1 | echo done"], stdin=subprocess.DEVNULL,
+                           capture_output=True, env=env, timeout=60)
+    assert (piped.returncode, piped.stdout, piped.stderr) == (0, b"done\n", b"")
+
+
+def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(three_nodes, tmp_path):
+    manifest = tmp_path / "greeter.yaml"
+    manifest.write_text(GREETER.replace("greeter", "greeter2"))
+    assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter2 created\n"
+    try:
+        running = lambda: {a: s for a, s in three_nodes.statuses("greeter2").items()  # noqa: E731
+                           if s["state"] == "Running"}
+        wait_until(lambda: len(running()) == 2, 30, "both agents running")
+        before = running()
+        changed = GREETER.replace("greeter", "greeter2")
+        manifest.write_text(changed.replace('[tr, "0-9", "a-j"]', '[sed, -u, "y/0123456789/abcdefghij/"]'))
+        dry = three_nodes.ctl("apply", "--dry-run", "-f", str(manifest))
+        assert dry.stdout == "pipeline/greeter2 configured (dry run)\n"
+        stored = json.loads(three_nodes.ctl("get", "pipeline", "greeter2", "-o", "json").stdout)
+        assert stored["metadata"]["generation"] == 1, stored
+        assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter2 configured\n"
+        wait_until(lambda: running().get("upper", {}).get("generation") == 2, 30, "the changed agent to restart")
+        after = running()
+        assert after["upper"]["pid"] != before["upper"]["pid"]
+        # The agent whose spec did not change kept running, untouched.
+        assert after["ticker"]["pid"] == before["ticker"]["pid"]
+        # The new upper reads its input again from the start; unbuffered, its output (its log,
+        # since nothing reads it) shows at once.
+        wait_until(lambda: b"b\nc\nd\n" in three_nodes.ctl_bytes("logs", "greeter2/upper"), 30,
+                   "upper's new output")
+    finally:
+        three_nodes.ctl("delete", "pipeline", "greeter2")
