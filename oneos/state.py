@@ -14,7 +14,7 @@ from typing import Any
 
 from oneos.documents import DocumentError, check, load_file
 from oneos.errors import OneOSError
-from oneos.nameserver.client import Entry, NameServer
+from oneos.nameserver.client import Entry, NameServer, kv_op
 from oneos.paths import shared
 
 PREFIX = "oneos/"
@@ -80,6 +80,12 @@ def put_document(ns: NameServer, key: str, schema: str, doc: Any, **kwargs: Any)
     """Validate a document against its schema, then write it (kwargs as NameServer.put)."""
     check(schema, doc, key)
     return ns.put(key, encode(doc), **kwargs)
+
+
+def set_document_op(key: str, schema: str, doc: Any) -> dict[str, Any]:
+    """A /v1/txn operation that writes a document, validated first."""
+    check(schema, doc, key)
+    return kv_op("set", key, encode(doc))
 
 
 def read_boot(ns: NameServer) -> dict[str, Any]:

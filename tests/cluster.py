@@ -43,6 +43,10 @@ class Cluster:
             wait_until(lambda: self._joined(proc), 20, f"runtime {node_id} to join (log: {proc.log_path})")
         return proc
 
+    def node(self, node_id: str) -> OneosdProc:
+        """The latest runtime started with this id."""
+        return [p for p in self.nodes if p.node_id == node_id][-1]
+
     def _joined(self, proc: OneosdProc) -> bool:
         if not proc.alive():
             raise AssertionError(f"oneosd {proc.node_id} exited with {proc.popen.returncode}:\n{proc.log()}")

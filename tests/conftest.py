@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -62,15 +63,11 @@ def cluster(builtin_nameserver, tmp_path):
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def three_nodes(tmp_path_factory):
-    """A cluster that runs pipelines: Name Server, pulsar-lite, and three runtimes n1 (kernel), n2, n3.
-
-    Shared by the tests of a module, as a user's cluster serves many runs.
-    """
+@contextlib.contextmanager
+def running_cluster(root, nodes: dict[str, list[str]]):
+    """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end."""
     if REAL_CONSUL:
         pytest.skip("starts its own Name Server: built-in Name Server only")
-    root = tmp_path_factory.mktemp("cluster")
     nameserver = NameServerProc(root / "ns-data").start()
     broker = BrokerProc(root / "pulsar")
     c = Cluster(nameserver, root)
@@ -78,11 +75,22 @@ def three_nodes(tmp_path_factory):
         broker.start()
         c.broker = broker
         c.bootstrap(broker.url)
-        for node_id in ("n1", "n2", "n3"):
-            c.start(node_id, "--kernel" if node_id == "n1" else "--no-kernel")
+        for node_id, flags in nodes.items():
+            c.start(node_id, *flags)
         wait_until(c.leader, 20, "a leader")
         yield c
     finally:
         c.stop()
         broker.stop()
         nameserver.stop()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory):
+    """A cluster that runs pipelines: Name Server, pulsar-lite, and three runtimes n1 (kernel), n2, n3.
+
+    Shared by the tests of a module, as a user's cluster serves many runs.
+    """
+    with running_cluster(tmp_path_factory.mktemp("cluster"),
+                         {"n1": ["--kernel"], "n2": ["--no-kernel"], "n3": ["--no-kernel"]}) as c:
+        yield c

@@ -11,7 +11,14 @@ An EOF frame carries no data; its offset is the stream's total length.
 
 Offsets, not message ids, decide what the receiver delivers: Pulsar redelivers (at least
 once), pulsar-lite duplicates and reorders, and a restarted writer (a new incarnation)
-sends its stream again from offset 0. `Link` keeps the offset delivered so far and turns
+sends its stream again from offset 0.
+
+Fencing. The high 32 bits of an incarnation are the writer's placement epoch (see
+`incarnation`): it grows each time the controller places the agent on a node anew, e.g.
+after its node was lost. Once a frame of a newer epoch has arrived, frames of older epochs
+are dropped: a node that was written off, and comes back still running the agent, cannot
+put its copy's bytes into the stream. Within one epoch (restarts on the same node) any
+incarnation's frames count, by offset. `Link` keeps the offset delivered so far and turns
 whatever arrives into the stream's bytes, each exactly once and in order. It is pure (no
 I/O): the reader feeds it frames with an opaque token (the Pulsar message) and is told
 which bytes to deliver, which tokens to acknowledge and which to hand back for redelivery.
@@ -51,6 +58,20 @@ class Frame:
     def end(self) -> int:
         """Offset just past the frame's last byte (its offset for an EOF frame)."""
         return self.offset + len(self.data)
+
+
+EPOCH_SHIFT = 32
+
+
+def incarnation(epoch: int, run: int) -> int:
+    """The incarnation on the wire: the placement epoch in the high 32 bits, the run count in the low."""
+    if not (0 <= epoch < 1 << 31 and 0 <= run < 1 << EPOCH_SHIFT):
+        raise ValueError(f"epoch {epoch} or run {run} out of range")
+    return (epoch << EPOCH_SHIFT) | run
+
+
+def epoch_of(incarnation: int) -> int:
+    return incarnation >> EPOCH_SHIFT
 
 
 def encode(incarnation: int, offset: int, data: bytes = b"", *, eof: bool = False) -> bytes:
@@ -100,8 +121,11 @@ class Link(Generic[T]):
         self.max_buffered = 0
         self.duplicate_bytes = 0           # bytes received again and dropped
         self.incarnation = 0               # highest writer incarnation seen
+        self.epoch = 0                     # highest placement epoch seen: older ones are fenced off
+        self.fenced = 0                    # frames dropped because their epoch was fenced off
         self.eof_conflicts = 0             # EOF frames disagreeing with the first one (see accept)
-        self._early: list[tuple[int, int, memoryview, T]] = []  # heap of (offset, seq, data, token)
+        # A heap of waiting frames: (offset, seq, data, token, incarnation).
+        self._early: list[tuple[int, int, memoryview, T, int]] = []
         self._seq = itertools.count()      # ties between equal offsets: arrival order
         self._held: list[T] = []           # EOF frames: acknowledged when the stream is done
 
@@ -118,6 +142,14 @@ class Link(Generic[T]):
     def accept(self, frame: Frame, token: T) -> Step[T]:
         """Take one frame; say which bytes are now deliverable and which tokens are settled."""
         step: Step[T] = Step()
+        epoch = epoch_of(frame.incarnation)
+        if epoch < self.epoch:
+            self.fenced += 1  # from a copy of the writer that was placed elsewhere since
+            step.ack.append(token)
+            return step
+        if epoch > self.epoch:
+            self.epoch = epoch
+            self._fence_buffered(step)
         self.incarnation = max(self.incarnation, frame.incarnation)
         if self.done:
             step.ack.append(token)  # anything after the end (duplicate EOF, stray data) is settled
@@ -145,11 +177,23 @@ class Link(Generic[T]):
         self._drain(step)
         if self.done:
             step.ack.extend(self._held)
-            step.ack.extend(token for _, _, _, token in self._early)
+            step.ack.extend(item[3] for item in self._early)
             self._held.clear()
             self._early.clear()
             self.buffered = 0
         return step
+
+    def _fence_buffered(self, step: Step[T]) -> None:
+        """Drop (acknowledge) the waiting frames of epochs older than the current one."""
+        keep = [item for item in self._early if epoch_of(item[4]) >= self.epoch]
+        for item in self._early:
+            if epoch_of(item[4]) < self.epoch:
+                self.fenced += 1
+                self.buffered -= len(item[2])
+                step.ack.append(item[3])
+        if len(keep) != len(self._early):
+            self._early = keep
+            heapq.heapify(self._early)
 
     def _take(self, offset: int, data: memoryview | bytes, token: T, step: Step[T]) -> None:
         """Deliver the part of a frame at or after the delivered offset (it starts at or before it)."""
@@ -170,17 +214,17 @@ class Link(Generic[T]):
             if self._early[far][0] <= frame.offset:
                 step.retry.append(token)  # the new frame is the farthest ahead: it waits at the broker
                 return
-            _, _, data, far_token = self._early.pop(far)
+            _, _, data, far_token, _ = self._early.pop(far)
             heapq.heapify(self._early)
             self.buffered -= len(data)
             step.retry.append(far_token)
-        heapq.heappush(self._early, (frame.offset, next(self._seq), frame.data, token))
+        heapq.heappush(self._early, (frame.offset, next(self._seq), frame.data, token, frame.incarnation))
         self.buffered += size
         self.max_buffered = max(self.max_buffered, self.buffered)
 
     def _drain(self, step: Step[T]) -> None:
         """Deliver buffered frames that the delivered offset has reached."""
         while self._early and self._early[0][0] <= self.delivered:
-            offset, _, data, token = heapq.heappop(self._early)
+            offset, _, data, token, _ = heapq.heappop(self._early)
             self.buffered -= len(data)
             self._take(offset, data, token, step)

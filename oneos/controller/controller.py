@@ -2,16 +2,18 @@
 
 Watches (blocking queries) only say *that* something changed under manifests/ or nodes/;
 each wake-up runs one reconciliation pass over every pipeline, and a periodic pass
-catches anything a watch missed. A deposed leader stops at once.
+catches anything a watch missed. A deposed leader stops at once; one that has not heard
+yet cannot write either, as every write checks that it still holds the lock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from oneos import state
-from oneos.controller.reconciler import reconcile_all
+from oneos.controller.reconciler import NotLeader, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 
 log = logging.getLogger("oneos.controller")
@@ -22,8 +24,12 @@ RESYNC_S = 5.0
 class Controller:
     """Reconciliation loop with its watches; start() when elected, stop() when deposed."""
 
-    def __init__(self, ns: NameServer) -> None:
+    def __init__(self, ns: NameServer, leader_session: Callable[[], str | None] | None = None) -> None:
+        """`leader_session` gives the session holding the leader lock: every write checks it still does.
+
+        Without it (tools, tests) writes are not fenced."""
         self.ns = ns
+        self.leader_session = leader_session
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -63,7 +69,13 @@ class Controller:
                 return
             self._dirty.clear()
             try:
-                reconcile_all(self.ns)
+                session = self.leader_session() if self.leader_session else None
+                if self.leader_session and session is None:
+                    raise NotLeader("the leader session is gone; stopping the controller")
+                reconcile_all(self.ns, session)
+            except NotLeader as exc:
+                log.warning("%s", exc)
+                return
             except (NameServerUnreachable, NameServerError) as exc:
                 log.warning("reconcile: %s; trying again", exc)
                 self._stop.wait(1.0)

@@ -15,9 +15,45 @@ from typing import Any
 from oneos import state
 from oneos.controller.scheduler import Demand, NodeInfo, Usage, place
 from oneos.documents import DocumentError
-from oneos.nameserver.client import NameServer
+from oneos.errors import OneOSError
+from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 
 log = logging.getLogger("oneos.controller")
+
+FINAL = ("Exited", "Failed")
+
+
+class NotLeader(OneOSError):
+    """The leader lock is no longer held by this controller: it must stop writing."""
+
+
+class Writes:
+    """The controller's writes, each one transaction fenced by the leader lock.
+
+    Every transaction first checks that `oneos/leader` is still held by the leader's
+    session, so a deposed controller that has not noticed yet (paused, partitioned) cannot
+    write: its transaction fails and it stops. Without a session (tests, tools) the check
+    is left out.
+    """
+
+    def __init__(self, ns: NameServer, leader_session: str | None = None) -> None:
+        self.ns = ns
+        self.leader_session = leader_session
+
+    def commit(self, *ops: dict[str, Any]) -> None:
+        fence = [kv_op("check-session", state.LEADER, session=self.leader_session)] if self.leader_session else []
+        try:
+            self.ns.txn(fence + list(ops))
+        except TxnConflict as exc:
+            if fence and any(index == 0 for index, _ in exc.errors):
+                raise NotLeader("this runtime no longer holds the leader lock; stopping the controller") from None
+            raise
+
+    def put(self, key: str, schema: str, doc: dict[str, Any]) -> None:
+        self.commit(state.set_document_op(key, schema, doc))
+
+    def delete(self, key: str) -> None:
+        self.commit(kv_op("delete", key))
 
 
 @dataclass
@@ -64,7 +100,7 @@ def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return wanted
 
 
-def _same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two assignments run the same thing (the generation alone does not matter)."""
     fields = ("uid", "agent", "inputs", "outputs", "attached", "files")
     return all(a.get(f) == b.get(f) for f in fields)
@@ -75,8 +111,18 @@ def _neighbors(key: str, doc: dict[str, Any]) -> set[str]:
     return {state.agent_id(pipeline, other) for other in doc["inputs"] + doc["outputs"]}
 
 
-def reconcile(ns: NameServer, name: str, view: ClusterView) -> None:
+def _epoch_after(key: str, view: ClusterView, lost: dict[str, Any] | None) -> int:
+    """The epoch of a new placement: past every earlier placement of this agent (same uid)."""
+    latest = lost["epoch"] if lost else 0
+    status = view.statuses.get(key)
+    if status and (lost is None or status.get("uid") == lost["uid"]):
+        latest = max(latest, status.get("epoch", 0))
+    return latest + 1
+
+
+def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | None = None) -> None:
     """Make the assignments of pipeline `name` match its manifest (or remove them if it is gone)."""
+    writes = writes or Writes(ns)
     _, entry = ns.get(state.pipeline_key(name))
     manifest = None
     if entry is not None:
@@ -92,50 +138,85 @@ def reconcile(ns: NameServer, name: str, view: ClusterView) -> None:
     for key, (node_id, _) in mine.items():
         if key not in wanted:
             log.info("%s: removing from %s", key, node_id)
-            ns.delete(state.assign_key(node_id, key))
+            writes.delete(state.assign_key(node_id, key))
             del view.assignments[key]
+    # Statuses no node will remove are ours: those of agents that are not placed (Pending,
+    # Lost) and no longer wanted, and any whose node is gone.
+    for key, status in list(view.statuses.items()):
+        if key.startswith(prefix) and key not in view.assignments and key not in wanted and (
+                status["state"] in ("Pending", "Lost") or not view.alive(status.get("node", ""))):
+            writes.delete(state.status_key(key))
+            del view.statuses[key]
     if manifest is None:
-        # Statuses of agents that never ran (Pending) are ours to remove; nodes remove the others.
-        for key, status in view.statuses.items():
-            if key.startswith(prefix) and key not in view.assignments and status["state"] == "Pending":
-                ns.delete(state.status_key(key))
         return
 
     for key, doc in wanted.items():
         current = mine.get(key)
+        lost = None
         if current is not None:
             node_id, placed = current
-            if view.alive(node_id):
-                if not _same_work(placed, doc):
+            status = view.statuses.get(key, {})
+            done = (status.get("state") in FINAL and status.get("node") == node_id
+                    and status.get("epoch") == placed["epoch"] and same_work(placed, doc))
+            if view.alive(node_id) or done:
+                # A finished agent stays finished, even when its node has gone since.
+                if not same_work(placed, doc) or placed["generation"] != doc["generation"]:
                     log.info("%s: spec changed, updating it on %s", key, node_id)
-                    state.put_document(ns, state.assign_key(node_id, key), "assignment",
-                                       dict(doc, assignedAt=state.utcnow()))
-                    view.assignments[key] = (node_id, doc)
+                    updated = dict(doc, epoch=placed["epoch"], assignedAt=state.utcnow())
+                    writes.put(state.assign_key(node_id, key), "assignment", updated)
+                    view.assignments[key] = (node_id, updated)
                 continue
-            log.warning("%s: node %s is gone, placing it again", key, node_id)
-            ns.delete(state.assign_key(node_id, key))
-            del view.assignments[key]
+            lost = dict(placed, node=node_id)
         demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc))
         placement = place(demand, view.nodes, view.usage)
+        epoch = _epoch_after(key, view, lost)
+        ops = []
+        if lost is not None:
+            # Its node is gone (its session ended): the agent is Lost there and placed anew,
+            # with a higher epoch that fences off the copy, should that node come back.
+            log.warning("%s: node %s is gone; the agent is lost there, placing it again", key, lost["node"])
+            ops.append(kv_op("delete", state.assign_key(lost["node"], key)))
+            del view.assignments[key]
         if placement.node is None:
-            _set_pending(ns, view, key, doc, placement.reason)
+            reason = placement.reason if lost is None else \
+                f"its node {lost['node']} was lost, and it fits nowhere else: {placement.reason}"
+            _set_pending(writes, view, key, doc, reason, epoch - 1, ops)
             continue
         log.info("%s: placed on %s", key, placement.node)
-        state.put_document(ns, state.assign_key(placement.node, key), "assignment",
-                           dict(doc, assignedAt=state.utcnow()))
-        view.assignments[key] = (placement.node, doc)
+        assignment = dict(doc, epoch=epoch, assignedAt=state.utcnow())
+        ops.append(state.set_document_op(state.assign_key(placement.node, key), "assignment", assignment))
+        if lost is not None:
+            ops.append(state.set_document_op(state.status_key(key), "status", _lost_status(key, view, lost)))
+        writes.commit(*ops)
+        view.assignments[key] = (placement.node, assignment)
         view.usage.add(placement.node, demand)
 
 
-def _set_pending(ns: NameServer, view: ClusterView, key: str, doc: dict[str, Any], reason: str) -> None:
+def _lost_status(key: str, view: ClusterView, lost: dict[str, Any]) -> dict[str, Any]:
+    """The agent's status once its node is gone: Lost, with what was known of it there."""
+    pipeline, agent = state.split_agent_id(key)
+    status = {k: v for k, v in view.statuses.get(key, {}).items() if k in ("incarnation", "restarts", "exitCode")}
+    status.update(pipeline=pipeline, agent=agent, uid=lost["uid"], node=lost["node"], state="Lost",
+                  generation=lost["generation"], epoch=lost["epoch"], updatedAt=state.utcnow(),
+                  reason=f"node {lost['node']} is gone (its session ended); placing the agent again")
+    view.statuses[key] = status
+    return status
+
+
+def _set_pending(writes: Writes, view: ClusterView, key: str, doc: dict[str, Any], reason: str, epoch: int,
+                 ops: list[dict[str, Any]]) -> None:
+    """Pending with the reason (and, with `ops`, whatever else must change with it)."""
     current = view.statuses.get(key)
-    if current and current["state"] == "Pending" and current.get("reason") == reason:
+    if not ops and current and current["state"] == "Pending" and current.get("reason") == reason:
         return
     log.info("%s: pending: %s", key, reason)
     pipeline, agent = state.split_agent_id(key)
     status = {"pipeline": pipeline, "agent": agent, "uid": doc["uid"], "state": "Pending",
-              "generation": doc["generation"], "reason": reason, "updatedAt": state.utcnow()}
-    state.put_document(ns, state.status_key(key), "status", status)
+              "generation": doc["generation"], "epoch": epoch, "reason": reason, "updatedAt": state.utcnow()}
+    for kept in ("incarnation", "restarts", "exitCode"):
+        if current and current.get("uid") == doc["uid"] and kept in current:
+            status[kept] = current[kept]
+    writes.commit(*ops, state.set_document_op(state.status_key(key), "status", status))
     view.statuses[key] = status
 
 
@@ -148,11 +229,12 @@ def pipeline_names(ns: NameServer, view: ClusterView) -> set[str]:
     return names
 
 
-def reconcile_all(ns: NameServer) -> None:
-    """One pass over every pipeline; an error in one does not stop the others."""
+def reconcile_all(ns: NameServer, leader_session: str | None = None) -> None:
+    """One pass over every pipeline; an error in one does not stop the others (NotLeader stops all)."""
     view = ClusterView.read(ns)
+    writes = Writes(ns, leader_session)
     for name in sorted(pipeline_names(ns, view)):
         try:
-            reconcile(ns, name, view)
-        except DocumentError as exc:
+            reconcile(ns, name, view, writes)
+        except (DocumentError, TxnConflict) as exc:
             log.error("pipeline %s: %s", name, exc)

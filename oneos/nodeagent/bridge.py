@@ -39,7 +39,10 @@ class Bridge:
     """Created per process start (incarnation); `attach` the process, then `finish` when it exits."""
 
     def __init__(self, client: Any, namespace: str, key: str, assignment: dict[str, Any], incarnation: int,
-                 log_dir: Path) -> None:
+                 log_dir: Path, wire: int | None = None) -> None:
+        """`incarnation` counts the agent's starts (it names the log); `wire`, the incarnation its
+        frames and subscriptions carry, adds the placement epoch (oneos.bus.frames.incarnation)."""
+        wire = incarnation if wire is None else wire
         pipeline, agent = state.split_agent_id(key)
         uid = assignment["uid"]
         spec = assignment["agent"]
@@ -48,6 +51,7 @@ class Bridge:
         self.key = key
         self.agent = agent
         self.incarnation = incarnation
+        self.wire = wire
         self.input_topics = [topics.link_topic(namespace, uid, src, agent) for src in assignment["inputs"]]
         if attached and "stdin" in spec:
             self.input_topics.append(topics.input_topic(namespace, uid, agent))
@@ -56,8 +60,8 @@ class Bridge:
         if self.to_client:
             output_topics.append(topics.output_topic(namespace, uid, agent))
         # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
-        self.output = StreamWriter(client, output_topics, incarnation, name=key) if output_topics else None
-        self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], incarnation,
+        self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
+        self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], wire,
                                 name=f"{key}.log")
         self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,7 @@ class Bridge:
             fd = os.dup(proc.stdin.fileno())
             proc.stdin.close()
             self.reader = StreamReader(self.client, self.input_topics,
-                                       topics.subscription(self.agent, self.incarnation), name=self.key, fd=fd)
+                                       topics.subscription(self.agent, self.wire), name=self.key, fd=fd)
             self.reader.start()
         stdout = os.dup(proc.stdout.fileno())
         proc.stdout.close()

@@ -49,6 +49,9 @@ def local_address(nameserver: str) -> str:
         return "127.0.0.1"
 
 
+FENCE_AFTER = 0.8   # of the session TTL without a renewal, after which the node stops its agents
+
+
 class Runtime:
     """One OneOS runtime: membership, heartbeat and (on kernel runtimes) the election."""
 
@@ -68,6 +71,8 @@ class Runtime:
         self._stop = threading.Event()
         self._failed: OneOSError | None = None
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch_lease, name="watchdog", daemon=True)
+        self._renewed = time.monotonic()   # when the membership session was last known to be alive
 
     def record(self) -> dict[str, Any]:
         """This runtime's node record, as stored at oneos/nodes/<id>."""
@@ -115,9 +120,13 @@ class Runtime:
         self.membership.join()
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
+        membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
-                                     bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]))
+                                     bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
+                                     lease=lambda: membership.session)
         self.supervisor.start()
+        self._renewed = time.monotonic()
+        self._watchdog.start()
         if self.kernel:
             self.election = Election(self.ns, self.cfg.id, ttl, lock_delay,
                                      on_elected=self._lead, on_deposed=self._step_down)
@@ -125,7 +134,8 @@ class Runtime:
         self._heartbeat.start()
 
     def _lead(self) -> None:
-        self.controller = Controller(self.ns)
+        election = self.election
+        self.controller = Controller(self.ns, leader_session=lambda: election.session if election else None)
         self.controller.start()
 
     def _step_down(self) -> None:
@@ -140,9 +150,16 @@ class Runtime:
         unreachable_since: float | None = None
         while not self._stop.wait(interval if unreachable_since is None else 1.0):
             try:
-                if not self.membership.renew():
+                if self.membership.renew():
+                    self._renewed = time.monotonic()
+                    self.supervisor.resume()
+                else:
+                    # The cluster has written this node off: what ran here may run elsewhere now.
+                    self.supervisor.suspend("the membership session ended (the cluster took this node for dead)")
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
+                    self._renewed = time.monotonic()
+                    self.supervisor.resume()
                 if self.election:
                     self.election.renew()
                 if unreachable_since is not None:
@@ -158,6 +175,22 @@ class Runtime:
                 self._stop.set()
             except NameServerError as exc:
                 log.warning("heartbeat: %s; retrying", exc)
+
+    def _watch_lease(self) -> None:
+        """Stop every agent before the cluster can take this node for dead (self-fencing).
+
+        The Name Server ends a session no sooner than TTL after its last renewal, and the
+        controller places the node's agents elsewhere only then; so when no renewal has
+        succeeded for FENCE_AFTER x TTL (the Name Server unreachable, this process paused),
+        the node stops its agents itself: an agent never runs in two places at once.
+        """
+        assert self.membership is not None and self.supervisor is not None
+        limit = FENCE_AFTER * self.membership.ttl
+        while not self._stop.wait(0.2):
+            silent = time.monotonic() - self._renewed
+            if silent > limit:
+                self.supervisor.suspend(f"no contact with the Name Server for {silent:.0f}s (session TTL "
+                                        f"{self.membership.ttl}s): its agents may be placed elsewhere")
 
     def wait(self) -> None:
         """Block until stop() or a fatal error; raises that error."""

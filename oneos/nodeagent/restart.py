@@ -1,9 +1,14 @@
-"""Restart policy, in systemd's words and with its defaults.
+"""Restart policy, in systemd's words and with its defaults where systemd has them.
 
-Restart=no|on-failure|always, RestartSec= (default 100ms), a delay that doubles on each
-consecutive restart up to RestartMaxDelaySec= (default 30s) and starts over after a
-healthy run, and a start limit: more than StartLimitBurst= (default 5) starts within
-StartLimitIntervalSec= (default 10s) and the agent is Failed with that reason.
+Restart=no|on-failure|always, RestartSec= (default 100ms, as systemd) and a start limit:
+more than StartLimitBurst= (default 5) starts within StartLimitIntervalSec= (default 10s)
+and the agent is Failed with that reason. As systemd, a process killed by SIGHUP, SIGINT,
+SIGTERM or SIGPIPE exited cleanly: on-failure does not restart it (a writer stopped by
+SIGPIPE because its reader ended is done, as in a shell).
+
+Not systemd's: the delay doubles on each consecutive restart up to RestartMaxDelaySec=
+(OneOS default 30s; systemd has no backoff unless RestartSteps= is set), and the doubling
+starts over after a healthy run of 10s (systemd resets only on a manual start).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ DEFAULT_MAX_DELAY_SEC = 30.0
 DEFAULT_BURST = 5
 DEFAULT_INTERVAL_SEC = 10.0
 HEALTHY_RUN_SEC = 10.0
+# Exit statuses (as bash reports them, 128+N) of the signals systemd counts as a clean exit.
+CLEAN_SIGNALS = {128 + 1, 128 + 2, 128 + 15, 128 + 13}   # SIGHUP, SIGINT, SIGTERM, SIGPIPE
 
 
 def seconds(value: Any, default: float) -> float:
@@ -55,7 +62,7 @@ class RestartPolicy:
 
     def after_exit(self, code: int, ran_for: float, now: float) -> Decision:
         """What to do now that the process exited with `code` after running `ran_for` seconds."""
-        failed = code != 0
+        failed = code != 0 and code not in CLEAN_SIGNALS
         if self.mode == "no" or (self.mode == "on-failure" and not failed):
             return Decision(False)
         if ran_for >= HEALTHY_RUN_SEC:

@@ -5,6 +5,15 @@ AgentRunner: a thread that prepares the agent's private working directory (with 
 shipped files), starts the process from its argv (never through a shell), bridges its
 stdin/stdout/stderr to Pulsar (bridge.py), restarts it per its restart policy, and
 writes `oneos/status/<pipeline>.<agent>`. An assignment that disappears is stopped.
+
+Fencing: an agent runs in at most one place. Every status write (and so every start) is
+a transaction that checks that this node still holds its membership session and that the
+assignment is still here, at the index the runner knows. When either check fails, the
+controller has written this node off (or moved the agent): the runner stops its process
+at once. When the node cannot renew its session for most of a TTL, `suspend()` stops
+every agent before the cluster can declare the node dead; `resume()` starts what is
+still assigned here once the node is back. The bytes of a written-off copy are fenced
+off downstream by the assignment's epoch (see oneos/bus/frames.py).
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from oneos import state
+from oneos.bus import frames
 from oneos.documents import DocumentError
-from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 from oneos.nodeagent.bridge import Bridge
 from oneos.nodeagent.restart import RestartPolicy
 
@@ -57,10 +67,13 @@ def exit_status(returncode: int) -> int:
 class AgentRunner:
     """One assigned agent: its process, restarts, bridge and status."""
 
-    def __init__(self, sup: "Supervisor", key: str, assignment: dict[str, Any]) -> None:
+    def __init__(self, sup: "Supervisor", key: str, assignment: dict[str, Any], index: int) -> None:
         self.sup = sup
         self.key = key
         self.assignment = assignment
+        self.index = index           # the assignment's ModifyIndex: status writes check it is unchanged
+        self.epoch = assignment["epoch"]
+        self.fenced = False          # this node may no longer run the agent
         self.spec = assignment["agent"]
         self.workdir = sup.workdir / key
         self.proc: subprocess.Popen | None = None
@@ -92,7 +105,7 @@ class AgentRunner:
                 pass
 
     def same_work(self, assignment: dict[str, Any]) -> bool:
-        fields = ("uid", "agent", "inputs", "outputs", "attached", "files")
+        fields = ("uid", "epoch", "agent", "inputs", "outputs", "attached", "files")
         return all(self.assignment.get(f) == assignment.get(f) for f in fields)
 
     def _run(self) -> None:
@@ -105,14 +118,23 @@ class AgentRunner:
 
     def _supervise(self) -> None:
         previous = self._previous_status()
-        incarnation = previous.get("incarnation", 0) if previous.get("uid") == self.assignment["uid"] else 0
-        restarts = previous.get("restarts", 0) if previous.get("uid") == self.assignment["uid"] else 0
+        same = previous.get("uid") == self.assignment["uid"]
+        if (same and previous.get("state") in FINAL and previous.get("node") == self.sup.node_id
+                and previous.get("epoch") == self.epoch and previous.get("generation") == self.assignment["generation"]):
+            log.info("%s: already %s here (exit status %s); not running it again", self.key,
+                     previous["state"], previous.get("exitCode"))
+            self.status = previous
+            return
+        incarnation = previous.get("incarnation", 0) if same else 0
+        restarts = previous.get("restarts", 0) if same else 0
         self._prepare_workdir()
         policy = RestartPolicy(self.spec)
         while not self._stop.is_set():
             incarnation += 1
             policy.started(time.monotonic())
             self._report("Starting", incarnation=incarnation, restarts=restarts, startedAt=state.utcnow())
+            if self._stop.is_set():
+                return   # fenced: this node may no longer run it
             code, error, decision = self._run_once(incarnation, restarts, policy)
             if self._stop.is_set():
                 return
@@ -134,7 +156,7 @@ class AgentRunner:
     def _run_once(self, incarnation: int, restarts: int, policy: RestartPolicy) -> tuple[int, str | None, Any]:
         """Start the process, bridge it, wait for it to end: (exit status, start error, restart decision)."""
         self.bridge = bridge = Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
-                                      self.sup.workdir / "logs")
+                                      self.sup.workdir / "logs", wire=frames.incarnation(self.epoch, incarnation))
         argv = list(self.spec["run"])
         env = dict(os.environ)
         env.update(self.spec.get("env", {}))
@@ -154,7 +176,9 @@ class AgentRunner:
         bridge.attach(self.proc)
         code = exit_status(self.proc.wait())
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
-        bridge.exited(final=not decision.restart or self._stop.is_set())
+        # The stream ends (EOF) only when the agent ended by itself for good: a process stopped
+        # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
+        bridge.exited(final=not decision.restart and not self._stop.is_set())
         return code, None, decision
 
     # -- files and status -------------------------------------------------
@@ -184,7 +208,8 @@ class AgentRunner:
         pipeline, agent = state.split_agent_id(self.key)
         status = dict(self.status)
         status.update(pipeline=pipeline, agent=agent, uid=self.assignment["uid"], node=self.sup.node_id,
-                      generation=self.assignment["generation"], state=new_state, updatedAt=state.utcnow())
+                      generation=self.assignment["generation"], epoch=self.epoch, state=new_state,
+                      updatedAt=state.utcnow())
         for name, value in fields.items():
             if value is None:
                 status.pop(name, None)
@@ -196,7 +221,50 @@ class AgentRunner:
         self.status = status
         if self._stop.is_set():
             return
-        state.put_document(self.sup.ns, state.status_key(self.key), "status", status)
+        if not self._write_status(status):
+            self.fence("this node no longer holds the agent's assignment (it was moved, or the node was written off)")
+
+    def _write_status(self, status: dict[str, Any]) -> bool:
+        """Write the status, fenced (see the module doc); False when this node may no longer run the agent.
+
+        While the Name Server is unreachable it keeps trying (the process runs on meanwhile):
+        the node's watchdog suspends every agent if the outage outlasts the session.
+        """
+        op = state.set_document_op(state.status_key(self.key), "status", status)
+        assign_key = state.assign_key(self.sup.node_id, self.key)
+        for _ in range(3):
+            session = self.sup.lease()
+            if session is None:
+                return False
+            try:
+                self.sup.ns.txn([kv_op("check-session", state.node_key(self.sup.node_id), session=session),
+                                 kv_op("check-index", assign_key, index=self.index), op])
+                return True
+            except TxnConflict:
+                # The assignment may only have been rewritten (a new generation, same work): look.
+                _, entry = self.sup.ns.get(assign_key)
+                try:
+                    current = state.decode(entry, "assignment") if entry else None
+                except DocumentError:
+                    current = None
+                if current is None or not self.same_work(current):
+                    return False
+                self.index = entry.modify_index
+            except NameServerUnreachable as exc:
+                log.warning("%s: status not written (%s); retrying", self.key, exc)
+                if self._stop.wait(1.0):
+                    return True
+        return False
+
+    def fence(self, why: str) -> None:
+        """Kill the process now (no grace period): it may run elsewhere already."""
+        if not self.fenced:
+            log.warning("%s: killing it: %s", self.key, why)
+        self.fenced = True
+        self._stop.set()
+        self._signal(signal.SIGKILL)
+        if self.bridge:
+            self.bridge.stop()
 
     def remove(self) -> None:
         """After stop(): forget the agent here (its status, unless another node has taken it)."""
@@ -208,7 +276,7 @@ class AgentRunner:
             status = state.decode(entry, "status")
         except DocumentError:
             status = {}
-        if status.get("node") == self.sup.node_id:
+        if status.get("node") == self.sup.node_id and status.get("epoch") == self.epoch and status["state"] != "Lost":
             self.sup.ns.delete(state.status_key(self.key), cas=entry.modify_index)
 
 
@@ -216,9 +284,13 @@ class Supervisor:
     """Keeps the set of running agents equal to this node's assignments."""
 
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
-                 bus_factory: Callable[[], Any]) -> None:
+                 bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None) -> None:
+        """`lease` gives the membership session that holds this node's record (None: not a member now)."""
         self.ns = ns
         self.node_id = node_id
+        self.lease = lease
+        self._suspended: str | None = None   # why every agent is stopped, while the node is cut off
+        self._sync_lock = threading.RLock()
         self.namespace = boot["pulsar"]["namespace"]
         self.workdir = workdir
         self._bus_factory = bus_factory
@@ -269,23 +341,57 @@ class Supervisor:
                 index = 0
                 self._stop.wait(1.0)
 
+    def suspend(self, why: str) -> None:
+        """Stop every agent now and start none until `resume()`: this node may be written off."""
+        with self._sync_lock:
+            if self._suspended is None:
+                log.warning("stopping every agent on this node: %s", why)
+            self._suspended = why
+            runners, self.runners = list(self.runners.values()), {}
+            for runner in runners:
+                runner.fence(why)
+        for runner in runners:
+            runner.stop(wait=True)
+
+    def resume(self) -> None:
+        """The node is a member again: run what is (still) assigned to it."""
+        if self._suspended is None:
+            return
+        prefix = f"{state.ASSIGN}{self.node_id}/"
+        _, entries = self.ns.get_tree(prefix)
+        with self._sync_lock:
+            if self._suspended is None:
+                return
+            log.info("this node is a member again; starting what is still assigned to it")
+            self._suspended = None
+            self._sync_locked({e.key[len(prefix):]: e for e in entries})
+
     def _sync(self, entries: dict[str, Any]) -> None:
-        wanted: dict[str, dict[str, Any]] = {}
+        with self._sync_lock:
+            if self._suspended is None:
+                self._sync_locked(entries)
+
+    def _sync_locked(self, entries: dict[str, Any]) -> None:
+        wanted: dict[str, tuple[dict[str, Any], int]] = {}
         for key, entry in entries.items():
             try:
-                wanted[key] = state.decode(entry, "assignment")
+                wanted[key] = (state.decode(entry, "assignment"), entry.modify_index)
             except DocumentError as exc:
                 log.error("ignoring an invalid assignment: %s", exc)
-        for key in [k for k in self.runners if k not in wanted or not self.runners[k].same_work(wanted[k])]:
+        for key in [k for k in self.runners
+                    if k not in wanted or self.runners[k].fenced or not self.runners[k].same_work(wanted[k][0])]:
             runner = self.runners.pop(key)
-            log.info("%s: stopping (%s)", key, "unassigned" if key not in wanted else "spec changed")
+            if not runner.fenced:
+                log.info("%s: stopping (%s)", key, "unassigned" if key not in wanted else "spec changed")
             runner.stop()
             if key not in wanted:
                 runner.remove()
-        for key, doc in wanted.items():
-            if key not in self.runners and not self._stop.is_set():
+        for key, (doc, index) in wanted.items():
+            if key in self.runners:
+                self.runners[key].index = index   # same work; the assignment was rewritten
+            elif not self._stop.is_set():
                 log.info("%s: starting %s", key, " ".join(doc["agent"]["run"]))
-                runner = AgentRunner(self, key, doc)
+                runner = AgentRunner(self, key, doc, index)
                 self.runners[key] = runner
                 runner.start()
 

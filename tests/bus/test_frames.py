@@ -194,3 +194,28 @@ def test_any_mix_of_duplicates_reordering_and_restarts_delivers_the_stream_once(
     assert feed.link.buffered == 0 and feed.link.waiting == 0
     # Every frame is settled exactly once: acknowledged, or handed back and then acknowledged.
     assert len(feed.acked) == len(set(feed.acked))
+
+
+def test_incarnation_carries_the_placement_epoch_above_the_run_count():
+    assert frames.incarnation(3, 7) == (3 << 32) | 7 and frames.epoch_of(frames.incarnation(3, 7)) == 3
+    with pytest.raises(ValueError):
+        frames.incarnation(1, 1 << 32)
+
+
+def test_a_newer_epoch_fences_off_the_frames_of_an_older_one():
+    old, new = frames.incarnation(1, 5), frames.incarnation(2, 1)
+    feed = Feed()(f(0, b"ab", old), "old-1")(f(4, b"XX", old), "old-early")
+    # The agent is placed anew (epoch 2): its stream starts again from 0, as any restart's.
+    feed(f(0, b"abcd", new), "new-1")
+    assert feed.out == b"abcd" and "old-early" in feed.acked and feed.link.waiting == 0
+    # The written-off copy comes back and sends more: dropped, whatever its offsets.
+    feed(f(4, b"ZZ", old), "old-late")(eof(6, old), "old-eof")
+    assert feed.out == b"abcd" and feed.link.fenced == 3 and not feed.link.done
+    feed(f(4, b"ef", new), "new-2")(eof(6, new), "new-eof")
+    assert feed.out == b"abcdef" and feed.link.done
+
+
+def test_restarts_within_one_epoch_are_not_fenced():
+    first, second = frames.incarnation(1, 1), frames.incarnation(1, 2)
+    feed = Feed()(f(0, b"ab", second), "2")(f(2, b"cd", first), "late frame of the first run")(eof(4, second))
+    assert feed.out == b"abcd" and feed.link.done and feed.link.fenced == 0

@@ -28,6 +28,13 @@ def test_no_never_restarts_and_on_failure_only_after_a_failure():
     assert [d.restart for d in run(RestartPolicy({"restart": "always"}), [0, 0])] == [True, True]
 
 
+def test_death_by_hup_int_term_or_pipe_is_a_clean_exit_as_in_systemd():
+    for clean in (129, 130, 143, 141):
+        assert [d.restart for d in run(RestartPolicy({"restart": "on-failure"}), [clean])] == [False]
+        assert [d.restart for d in run(RestartPolicy({"restart": "always"}), [clean])] == [True]
+    assert [d.restart for d in run(RestartPolicy({"restart": "on-failure"}), [137])] == [True]   # SIGKILL
+
+
 def test_the_delay_doubles_up_to_the_cap_and_resets_after_a_healthy_run():
     policy = RestartPolicy({"restart": "always", "restartSec": "1s", "restartMaxDelaySec": 5,
                             "startLimitBurst": 0})

@@ -1,0 +1,122 @@
+"""Node loss and fencing, with real processes: a node's agents are placed again when its
+session ends, their pipes resume exactly, and a node that comes back leaves no second copy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import SESSION_TTL
+from tests.conftest import running_cluster
+from tests.faults.numbered import NumberedStream
+from tests.procs import wait_until
+
+WORKER = ["--no-kernel", "--label", "role=worker"]
+ON_BASE = {"node": "n1"}
+ON_WORKERS = {"labels": {"role": "worker"}}
+LOSS_DEADLINE = 2 * SESSION_TTL + 15   # the session expires within 2xTTL; then placement and start-up
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """n1 (kernel, the leader) and three workers n2, n3, n4."""
+    with running_cluster(tmp_path, {"n1": ["--kernel"], "n2": WORKER, "n3": WORKER, "n4": WORKER}) as c:
+        yield c
+
+
+def agent_pids(pipeline: str, agent: str) -> list[int]:
+    """Live processes of an agent on this machine, whichever node started them (by their environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if (f"ONEOS_PIPELINE={pipeline}".encode() in env and f"ONEOS_AGENT={agent}".encode() in env
+                and stat.rsplit(")", 1)[1].split()[0] != "Z"):
+            found.append(int(entry.name))
+    return found
+
+
+def running_elsewhere(cluster, pipeline: str, agent: str, lost_node: str):
+    status = cluster.statuses(pipeline).get(agent, {})
+    return status if status.get("state") == "Running" and status.get("node") != lost_node else None
+
+
+def test_a_lost_nodes_agent_is_placed_again_and_its_pipes_resume_exactly(workers, tmp_path):
+    stream = NumberedStream(tmp_path, lines=50_000, gate_at=30_000,
+                            requires={"source": ON_BASE, "sink": ON_BASE, "relay": ON_WORKERS})
+    stream.apply(workers)
+    stream.wait_for_lines(5_000)
+    before = workers.statuses(stream.name)["relay"]
+    lost = before["node"]
+
+    workers.node(lost).kill9()   # the node dies, and its agents with it
+    wait_until(lambda: not agent_pids(stream.name, "relay"), 10, "the relay to die with its node")
+    killed = time.monotonic()
+    after = wait_until(lambda: running_elsewhere(workers, stream.name, "relay", lost), LOSS_DEADLINE,
+                       "the relay to run on another worker")
+    assert lost not in workers.node_ids()
+    assert after["epoch"] == before["epoch"] + 1, (before, after)
+    print(f"relay Running on {after['node']} {time.monotonic() - killed:.1f}s after {lost} was killed")
+
+    stream.open_gate()
+    wait_until(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
+               f"the sink to finish ({stream.count()} lines so far)")
+    stream.assert_exact()
+
+
+def test_an_agent_that_fits_nowhere_else_is_pending_with_the_reason_until_its_node_returns(workers, tmp_path):
+    manifest = tmp_path / "pinned.yaml"
+    manifest.write_text("apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {name: pinned}\nspec:\n  agents:\n"
+                        "    - {name: waiter, run: [sleep, '1000'], requires: {node: n2}}\n")
+    assert workers.ctl("apply", "-f", str(manifest)).returncode == 0
+    wait_until(lambda: workers.statuses("pinned").get("waiter", {}).get("state") == "Running", 30, "Running on n2")
+
+    workers.node("n2").kill9()
+    reason = "its node n2 was lost, and it fits nowhere else: 0/3 nodes: 3 not node n2"
+    wait_until(lambda: workers.statuses("pinned")["waiter"]["state"] == "Pending", LOSS_DEADLINE, "Pending")
+    assert workers.statuses("pinned")["waiter"]["reason"] == reason
+    assert f"waiter: Pending: {reason}" in workers.ctl("describe", "pipeline", "pinned").stdout
+
+    workers.start("n2", *WORKER)   # the node comes back (same id): the agent runs there again
+    status = wait_until(lambda: running_elsewhere(workers, "pinned", "waiter", "nowhere"), 30, "Running again")
+    assert status["node"] == "n2" and len(agent_pids("pinned", "waiter")) == 1
+
+
+def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, tmp_path):
+    stream = NumberedStream(tmp_path, lines=50_000, gate_at=30_000,
+                            requires={"source": ON_BASE, "sink": ON_BASE, "relay": ON_WORKERS})
+    stream.apply(workers)
+    stream.wait_for_lines(5_000)
+    before = workers.statuses(stream.name)["relay"]
+    paused = workers.node(before["node"])
+
+    # The node's runtime stops answering (SIGSTOP): the cluster writes it off and places the
+    # relay elsewhere, while the old copy still exists on the paused node.
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        moved = wait_until(lambda: running_elsewhere(workers, stream.name, "relay", paused.node_id),
+                           LOSS_DEADLINE, "the relay to run on another worker")
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    # Back, the runtime finds it was written off: it kills its copy at once and joins again.
+    wait_until(lambda: agent_pids(stream.name, "relay") == [moved["pid"]], 10,
+               f"the old copy (pid {before['pid']}) to be gone, leaving only {moved['pid']}")
+    wait_until(lambda: paused.node_id in workers.node_ids(), 20, f"{paused.node_id} to join again")
+    current = workers.statuses(stream.name)["relay"]
+    assert (current["node"], current["pid"], current["epoch"]) == (moved["node"], moved["pid"], before["epoch"] + 1)
+
+    stream.open_gate()
+    wait_until(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
+               f"the sink to finish ({stream.count()} lines so far)")
+    stream.assert_exact()
+    assert agent_pids(stream.name, "relay") == []
