@@ -27,6 +27,7 @@ class Applied:
     name: str
     outcome: str              # created | configured | unchanged
     manifest: dict[str, Any]
+    previous: dict[str, Any] | None = None    # the stored manifest before this apply; None when created
 
 
 def _client_files(manifest: dict[str, Any]) -> list[str]:
@@ -88,19 +89,19 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
         meta.update(uid=old["uid"], generation=old["generation"] + (1 if changed else 0),
                     createdAt=old["createdAt"])
         if not changed and old.get("labels") == meta.get("labels"):
-            return Applied(name, "unchanged", current)
+            return Applied(name, "unchanged", current, current)
         outcome = "configured"
     doc["metadata"] = {k: meta[k] for k in ("name", "labels", "uid", "generation", "createdAt", "fileDigests")
                        if k in meta}
     check("pipeline", doc, f"pipeline {name}")
     if dry_run:
-        return Applied(name, outcome, doc)
+        return Applied(name, outcome, doc, current)
     for data in files.values():
         ns.put(state.blob_key(hashlib.sha256(data).hexdigest()), data)
     if not state.put_document(ns, state.pipeline_key(name), "pipeline", doc,
                               cas=entry.modify_index if entry else 0):
         raise OneOSError(f"pipeline {name} was changed by someone else while it was being applied; apply again")
-    return Applied(name, outcome, doc)
+    return Applied(name, outcome, doc, current)
 
 
 def read_pipeline(ns: NameServer, name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pulsar
 
-from oneos import __version__, manifests, state
+from oneos import __version__, diff, manifests, state
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
@@ -136,9 +136,15 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def _add_apply(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="create or update pipelines from manifests",
                        description="Create or update each pipeline in the manifests. A pipeline whose spec did "
-                                   "not change is left alone (\"unchanged\").")
+                                   "not change is left alone (\"unchanged\"). On an update only the agents "
+                                   "whose work changed restart (their spec, their links, their shipped files' "
+                                   "content); the others keep running.")
     _add_filename(p, "manifest to apply")
-    p.add_argument("--dry-run", action="store_true", help="say what would change, and change nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would change (+ added, - removed, ~ changed) and which agents would "
+                        "restart, start, stop or keep running; change nothing")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print what changed and which agents restart, as --dry-run does")
     p.set_defaults(run=cmd_apply)
 
 
@@ -153,10 +159,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if doc["kind"] != "Pipeline":
             raise DocumentError(f"{doc['kind']} {doc['metadata']['name']}: only Pipeline manifests are applied; "
                                 "the init manifest is installed with `oneosctl bootstrap --init FILE --force`")
+    detailed = args.dry_run or args.verbose
     for doc, base in loaded:
+        where = agents_where(ns, doc["metadata"]["name"]) if detailed else {}
         done = manifests.apply_pipeline(ns, doc, base, dry_run=args.dry_run)
         print(f"pipeline/{done.name} {done.outcome}{' (dry run)' if args.dry_run else ''}")
+        if detailed and done.outcome != "unchanged":
+            change = diff.diff_pipelines(done.previous, done.manifest)
+            for line in change.change_lines() + change.plan_lines(where):
+                print(f"  {line}")
     return 0
+
+
+def agents_where(ns: NameServer, pipeline: str) -> dict[str, str]:
+    """agent -> its state and node now ("Running on n2"), for the agents of a pipeline that have a status."""
+    found = {}
+    for st in state.read_statuses(ns, pipeline).values():
+        if st["pipeline"] == pipeline:
+            found[st["agent"]] = agent_state(st) + (f" on {st['node']}" if st.get("node") else "")
+    return found
 
 
 # -------------------------------------------------------------------- delete
@@ -185,7 +206,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _add_describe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("describe", help="show a pipeline's agents, where they run, and why any is pending")
+    p = sub.add_parser("describe", help="show a pipeline's agents: where they run, their restarts and last exit, "
+                                        "and why any is pending or failed")
     p.add_argument("resource", choices=["pipeline"])
     p.add_argument("name", metavar="NAME")
     p.set_defaults(run=cmd_describe)
@@ -203,11 +225,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
     notes = []
     for agent in spec["agents"]:
         st = statuses.get(state.agent_id(meta["name"], agent["name"]), {})
-        rows.append([agent["name"], st.get("node", "<none>"), agent_state(st), st.get("restarts", 0),
+        rows.append([agent["name"], st.get("node", "<none>"), agent_state(st), restarts(st), last_exit(st),
                      output.command(agent["run"])])
         if st.get("reason"):
-            notes.append(f"  {agent['name']}: {st['state']}: {st['reason']}")
-    lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "COMMAND"], rows).splitlines()]
+            hint = f"; see `{PROG} logs {meta['name']}/{agent['name']}`" if st["state"] == "Failed" else ""
+            notes.append(f"  {agent['name']}: {st['state']}: {st['reason']}{hint}")
+    lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "COMMAND"],
+                                                   rows).splitlines()]
     if notes:
         lines += ["Reasons:"] + notes
     links = spec.get("links", [])
@@ -224,6 +248,26 @@ def agent_state(status: dict) -> str:
     if status["state"] in ("Exited", "Failed", "Restarting") and "exitCode" in status:
         return f"{status['state']}({status['exitCode']})"
     return status["state"]
+
+
+def restarts(status: dict) -> str:
+    """How many times the agent was restarted, and when last, as kubectl shows it: 3 (12s ago)."""
+    count = status.get("restarts", 0)
+    if count and "startedAt" in status:
+        return f"{count} ({output.age(status['startedAt'])} ago)"
+    return str(count)
+
+
+def last_exit(status: dict) -> str:
+    """The last exit status, with its signal and when if known: 1 (4s ago), 143 SIGTERM (2m ago); - if none."""
+    if "exitCode" not in status:
+        return "-"
+    code = status["exitCode"]
+    text = f"{code} {output.signal_name(code)}" if output.signal_name(code) else str(code)
+    # The node records when an agent ended for good (finishedAt), and when it went to Restarting.
+    when = {"Exited": status.get("finishedAt"), "Failed": status.get("finishedAt"),
+            "Restarting": status.get("updatedAt")}.get(status["state"])
+    return f"{text} ({output.age(when)} ago)" if when else text
 
 
 def pipeline_phase(doc: dict, statuses: dict[str, dict]) -> str:
@@ -369,10 +413,10 @@ def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     if not items:
         print(f"No agents on the cluster at {ns.url}.", file=sys.stderr)
         return 0
-    rows = [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st), st.get("restarts", 0),
-             output.age(st["startedAt"]) if "startedAt" in st else "-"]
+    rows = [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st), restarts(st),
+             last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"]
             for st in items]
-    sys.stdout.write(output.table(["NAME", "NODE", "STATE", "RESTARTS", "AGE"], rows))
+    sys.stdout.write(output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"], rows))
     return 0
 
 

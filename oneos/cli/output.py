@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -41,3 +42,13 @@ def structured(value: Any, fmt: str) -> str:
 def command(argv: Sequence[str]) -> str:
     """An argv as one line a person can read and paste into a shell."""
     return shlex.join(argv).replace("\n", "\\n")
+
+
+def signal_name(status: int) -> str | None:
+    """SIGTERM for 143: the signal an exit status of 128+N reports, as bash reports it; else None."""
+    if 128 < status <= 128 + 64:
+        try:
+            return signal.Signals(status - 128).name
+        except ValueError:
+            return None
+    return None

@@ -172,7 +172,8 @@ def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(th
         changed = GREETER.replace("greeter", "greeter2")
         manifest.write_text(changed.replace('[tr, "0-9", "a-j"]', '[sed, -u, "y/0123456789/abcdefghij/"]'))
         dry = three_nodes.ctl("apply", "--dry-run", "-f", str(manifest))
-        assert dry.stdout == "pipeline/greeter2 configured (dry run)\n"
+        assert dry.stdout.splitlines()[0] == "pipeline/greeter2 configured (dry run)"
+        assert "  restart upper (Running on " in dry.stdout and "  keep ticker (Running on " in dry.stdout
         stored = json.loads(three_nodes.ctl("get", "pipeline", "greeter2", "-o", "json").stdout)
         assert stored["metadata"]["generation"] == 1, stored
         assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter2 configured\n"

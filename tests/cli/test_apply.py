@@ -1,0 +1,115 @@
+"""`oneosctl apply --dry-run`, `apply -v`, `get agents` and `describe` against a Name Server, without nodes.
+
+The agents' statuses are written here as a node would write them, so that what the commands
+print can be checked line by line; tests/e2e/test_updates.py and test_restarts.py run them for real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from oneos import state
+from tests.procs import run_cli
+
+MANIFEST = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  agents:
+    - name: ticker
+      run: [seq, "100"]
+    - name: upper
+      run: [{upper}]
+  links:
+    - {{from: ticker, to: upper}}
+"""
+
+
+def ago(seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def name(ns):
+    name = f"upd-{uuid.uuid4().hex[:8]}"
+    yield name
+    ns.delete(state.pipeline_key(name))
+    ns.delete(f"{state.STATUS}{name}.", recurse=True)
+
+
+@pytest.fixture
+def ctl(nameserver_url):
+    return lambda *argv: run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": nameserver_url})
+
+
+def write(tmp_path, name, upper):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(MANIFEST.format(name=name, upper=upper))
+    return str(path)
+
+
+def put_status(ns, pipeline, agent, **fields):
+    doc = {"pipeline": pipeline, "agent": agent, "updatedAt": ago(0), **fields}
+    assert state.put_document(ns, state.status_key(state.agent_id(pipeline, agent)), "status", doc)
+
+
+def test_dry_run_of_a_new_pipeline_lists_it_and_creates_nothing(ctl, name, tmp_path):
+    path = write(tmp_path, name, "cat")
+    done = ctl("apply", "--dry-run", "-f", path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [f"pipeline/{name} created (dry run)", "  + agent ticker", "  + agent upper",
+                                        "  + link ticker -> upper", "  start ticker", "  start upper"]
+    assert ctl("get", "pipeline", name).returncode == 1
+
+
+def test_dry_run_says_what_changes_and_what_restarts_and_changes_nothing(ctl, ns, name, tmp_path):
+    assert ctl("apply", "-f", write(tmp_path, name, "cat")).stdout == f"pipeline/{name} created\n"
+    put_status(ns, name, "ticker", state="Running", node="n1", pid=100)
+    put_status(ns, name, "upper", state="Running", node="n2", pid=101)
+    path = write(tmp_path, name, "tr, a-z, A-Z")
+    expected = ["  ~ agent upper: run [cat] -> [tr, a-z, A-Z]",
+                "  restart upper (Running on n2): run changed",
+                "  keep ticker (Running on n1)"]
+
+    dry = ctl("apply", "--dry-run", "-f", path)
+    assert dry.stdout.splitlines() == [f"pipeline/{name} configured (dry run)"] + expected
+    stored = json.loads(ctl("get", "pipeline", name, "-o", "json").stdout)
+    assert (stored["metadata"]["generation"], stored["spec"]["agents"][1]["run"]) == (1, ["cat"])
+
+    assert ctl("apply", "-f", path).stdout == f"pipeline/{name} configured\n"
+    assert ctl("apply", "-v", "-f", path).stdout == f"pipeline/{name} unchanged\n"
+    assert ctl("apply", "--dry-run", "-f", path).stdout == f"pipeline/{name} unchanged (dry run)\n"
+    verbose = ctl("apply", "-v", "-f", write(tmp_path, name, "cat"))
+    assert verbose.stdout.splitlines() == [
+        f"pipeline/{name} configured", "  ~ agent upper: run [tr, a-z, A-Z] -> [cat]",
+        "  restart upper (Running on n2): run changed", "  keep ticker (Running on n1)"]
+
+
+def test_get_agents_and_describe_show_restarts_and_the_last_exit(ctl, ns, name, tmp_path):
+    assert ctl("apply", "-f", write(tmp_path, name, "cat")).returncode == 0
+    put_status(ns, name, "ticker", state="Failed", node="n1", restarts=4, exitCode=1, startedAt=ago(3),
+               finishedAt=ago(2), reason="start limit hit: 5 starts within 10s (startLimitBurst=5)")
+    put_status(ns, name, "upper", state="Running", node="n2", pid=7, restarts=2, exitCode=143,
+               startedAt=ago(30))
+
+    table = ctl("get", "agents", name).stdout.splitlines()
+    assert re.split(r"\s{2,}", table[0]) == ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"]
+    rows = {re.split(r"\s{2,}", row)[0]: re.split(r"\s{2,}", row)[1:5] for row in table[1:]}
+    assert rows[f"{name}/ticker"][:2] == ["n1", "Failed(1)"]
+    assert re.fullmatch(r"4 \(\d+s ago\)", rows[f"{name}/ticker"][2])
+    assert re.fullmatch(r"1 \(\d+s ago\)", rows[f"{name}/ticker"][3])
+    assert rows[f"{name}/upper"][1] == "Running"
+    assert re.fullmatch(r"2 \(\d+s ago\)", rows[f"{name}/upper"][2])
+    assert rows[f"{name}/upper"][3] == "143 SIGTERM"
+
+    described = ctl("describe", "pipeline", name).stdout
+    assert re.search(r"NAME\s+NODE\s+STATE\s+RESTARTS\s+LAST EXIT\s+COMMAND", described)
+    assert re.search(r"ticker\s+n1\s+Failed\(1\)\s+4 \(\d+s ago\)\s+1 \(\d+s ago\)\s+seq 100", described)
+    assert (f"ticker: Failed: start limit hit: 5 starts within 10s (startLimitBurst=5); "
+            f"see `oneosctl logs {name}/ticker`") in described

@@ -1,0 +1,102 @@
+"""Restart policies on three nodes, as a user sees them in `oneosctl get agents` and `describe`."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+from tests.procs import wait_until
+
+
+def apply(cluster, tmp_path, name: str, agent: str) -> None:
+    manifest = tmp_path / f"{name}.yaml"
+    manifest.write_text(textwrap.dedent(f"""\
+        apiVersion: oneos/v1
+        kind: Pipeline
+        metadata: {{name: {name}}}
+        spec:
+          agents:
+        """) + textwrap.indent(textwrap.dedent(agent), "    "))
+    done = cluster.ctl("apply", "-f", str(manifest))
+    assert done.stdout == f"pipeline/{name} created\n", done.stderr
+
+
+def row(cluster, agent_id: str) -> list[str]:
+    """The cells of one agent's row in `oneosctl get agents` (columns are two or more spaces apart)."""
+    table = cluster.ctl("get", "agents", agent_id).stdout.splitlines()
+    assert re.split(r"\s{2,}", table[0]) == ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"]
+    return re.split(r"\s{2,}", table[1])
+
+
+def delete(cluster, name: str) -> None:
+    cluster.ctl("delete", "pipeline", name)
+    wait_until(lambda: not cluster.statuses(name), 30, f"the agents of {name} to be removed")
+
+
+def test_on_failure_gives_up_at_the_start_limit_and_says_why(three_nodes, tmp_path):
+    apply(three_nodes, tmp_path, "flaky", """\
+        - name: crash
+          run: [sh, -c, "echo trying >&2; exit 1"]
+          restart: on-failure
+          restartSec: 0.1
+        """)
+    try:
+        status = wait_until(lambda: three_nodes.statuses("flaky").get("crash", {}).get("state") == "Failed"
+                            and three_nodes.statuses("flaky")["crash"], 60, "the agent to fail")
+        # systemd's defaults: 5 starts within 10s, then no more (4 restarts after the first start).
+        assert (status["restarts"], status["exitCode"]) == (4, 1)
+        assert status["reason"] == "start limit hit: 5 starts within 10s (startLimitBurst=5)"
+
+        cells = row(three_nodes, "flaky/crash")
+        assert cells[:3] == ["flaky/crash", status["node"], "Failed(1)"]
+        assert re.fullmatch(r"4 \(\d+[smh] ago\)", cells[3]), cells
+        assert re.fullmatch(r"1 \(\d+[smh] ago\)", cells[4]), cells
+
+        described = three_nodes.ctl("describe", "pipeline", "flaky").stdout
+        assert re.search(r"crash\s+" + status["node"] + r"\s+Failed\(1\)\s+4 \(\d+[smh] ago\)\s+1 \(\d+[smh] ago\)",
+                         described), described
+        assert ("crash: Failed: start limit hit: 5 starts within 10s (startLimitBurst=5); "
+                "see `oneosctl logs flaky/crash`") in described
+        assert "Status:       Failed" in described
+        # Each of the five runs left its line in the log.
+        assert three_nodes.ctl_bytes("logs", "flaky/crash").count(b"trying\n") >= 1
+    finally:
+        delete(three_nodes, "flaky")
+
+
+def test_always_restarts_an_agent_that_exits_cleanly(three_nodes, tmp_path):
+    apply(three_nodes, tmp_path, "again", """\
+        - name: once
+          run: [sh, -c, "echo done"]
+          restart: always
+          restartSec: 0.1
+        """)
+    try:
+        status = wait_until(lambda: three_nodes.statuses("again").get("once", {}).get("restarts", 0) >= 2
+                            and three_nodes.statuses("again")["once"], 60, "the agent to be restarted twice")
+        assert status["exitCode"] == 0 and status["state"] != "Exited"
+        cells = row(three_nodes, "again/once")
+        assert re.fullmatch(r"\d+ \(\d+[smh] ago\)", cells[3]) and int(cells[3].split()[0]) >= 2, cells
+        assert cells[4] == "0" or re.fullmatch(r"0 \(\d+[smh] ago\)", cells[4]), cells
+    finally:
+        delete(three_nodes, "again")
+
+
+def test_no_leaves_an_exited_agent_with_its_status(three_nodes, tmp_path):
+    apply(three_nodes, tmp_path, "oneshot", """\
+        - name: three
+          run: [sh, -c, "exit 3"]
+          restart: "no"
+        """)
+    try:
+        status = wait_until(lambda: three_nodes.statuses("oneshot").get("three", {}).get("state") == "Exited"
+                            and three_nodes.statuses("oneshot")["three"], 60, "the agent to exit")
+        assert (status["exitCode"], status.get("restarts", 0)) == (3, 0)
+        cells = row(three_nodes, "oneshot/three")
+        assert cells[2:4] == ["Exited(3)", "0"], cells
+        assert re.fullmatch(r"3 \(\d+[smh] ago\)", cells[4]), cells
+        described = three_nodes.ctl("describe", "pipeline", "oneshot").stdout
+        assert re.search(r"three\s+" + status["node"] + r"\s+Exited\(3\)\s+0\s+3 \(\d+[smh] ago\)\s+sh -c 'exit 3'",
+                         described), described
+    finally:
+        delete(three_nodes, "oneshot")
