@@ -2,7 +2,10 @@
 
 It writes pulsar-lite's config (metrics moved off 0.0.0.0:8080 to a loopback port) and
 then becomes pulsar-lite (exec), so signals reach the broker itself. Without --listen it
-serves the Pulsar URL of the boot record: that is how the init manifest runs it.
+serves the Pulsar URL of the boot record: that is how the init manifest runs it, as a
+kernel agent. Defaults may come from the environment: ONEOS_BROKER_DATA (else
+$ONEOS_DATA_DIR/pulsar, the node's data folder a node agent gives its agents, else
+./pulsar) and ONEOS_BROKER_METRICS (else a free loopback port).
 """
 
 from __future__ import annotations
@@ -64,8 +67,13 @@ def _listen_from_boot(nameserver: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oneos-broker", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", metavar="HOST:PORT", help="broker address (default: the boot record's Pulsar URL)")
-    parser.add_argument("--data-dir", metavar="DIR", default="pulsar", help="where messages are stored (default ./pulsar)")
-    parser.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus metrics address (default: a free loopback port)")
+    data_default = os.environ.get("ONEOS_BROKER_DATA") or (
+        str(Path(os.environ["ONEOS_DATA_DIR"]) / "pulsar") if os.environ.get("ONEOS_DATA_DIR") else "pulsar")
+    parser.add_argument("--data-dir", metavar="DIR", default=data_default,
+                        help="where messages are stored (default $ONEOS_BROKER_DATA, else $ONEOS_DATA_DIR/pulsar, "
+                             "else ./pulsar)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", default=os.environ.get("ONEOS_BROKER_METRICS"),
+                        help="Prometheus metrics address (default $ONEOS_BROKER_METRICS, else a free loopback port)")
     parser.add_argument("--nameserver", metavar="URL", help="the Name Server to read the boot record from")
     parser.add_argument("--log-level", default="warn", choices=["error", "warn", "info", "debug", "trace"])
     args = parser.parse_args(argv)

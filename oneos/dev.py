@@ -1,8 +1,10 @@
 """`oneosd --dev`: the whole system on one machine.
 
-Starts the built-in Name Server and pulsar-lite as children, writes the boot record and
-the init manifest where absent, and runs one local kernel runtime in this process. One
-ready line says where everything listens. Ctrl-C or SIGTERM stops the runtime (so its
+Starts the built-in Name Server as a child, writes the boot record and the init manifest
+where absent, and runs one local kernel runtime in this process. The broker (pulsar-lite)
+is a kernel agent of the init manifest: the runtime's controller places it on this node
+and its supervisor keeps it running (restart: always), as systemd keeps a unit. One
+ready line says where everything listens, once the broker answers. Ctrl-C or SIGTERM stops the runtime (so its
 node leaves at once), then every child; children also die with this process if it is
 killed, so nothing is left behind.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -126,6 +129,25 @@ def _write_boot(ns: NameServer, pulsar_url: str, node_id: str) -> None:
         raise OneOSError("the boot record changed while --dev was updating it; start again")
 
 
+BROKER_WAIT_S = 30.0
+
+
+def _wait_for_broker(ns: NameServer, port: int, log_dir: Path, stop: threading.Event) -> None:
+    """Wait until the broker kernel agent answers on its port; a clear error if it does not."""
+    deadline = time.monotonic() + BROKER_WAIT_S
+    while not _tcp_ready("127.0.0.1", port):
+        if stop.is_set():
+            raise OneOSError("stopped while waiting for the broker")
+        if time.monotonic() > deadline:
+            statuses = {k: v for k, v in state.read_statuses(ns).items() if v.get("node")}
+            brokers = [f"{k.replace('.', '/', 1)} {v['state']}" + (f" ({v['reason']})" if v.get("reason") else "")
+                       for k, v in statuses.items() if "pulsar" in k]
+            raise OneOSError(f"the broker did not answer on port {port} within {BROKER_WAIT_S:g}s: "
+                             f"{', '.join(brokers) or 'no broker kernel agent in the init manifest'}; "
+                             f"its log is in {log_dir}")
+        time.sleep(0.1)
+
+
 def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | None, verbose: bool) -> int:
     """Run the one-machine cluster until Ctrl-C or SIGTERM; the exit status."""
     listen = listen or DEFAULT_LISTEN
@@ -157,15 +179,14 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         port = _pulsar_port(ns)
         pulsar_url = f"pulsar://127.0.0.1:{port}"
         metrics = f"127.0.0.1:{broker.free_port()}"
-        pulsar = Child("pulsar", [sys.executable, "-m", "oneos.broker", "--listen", f"127.0.0.1:{port}",
-                                  "--data-dir", str(data / "pulsar"), "--metrics", metrics],
-                       data / "logs" / "pulsar.log")
-        children.append(pulsar)
-        _wait(f"pulsar-lite on port {port}", lambda: _tcp_ready("127.0.0.1", port), pulsar)
         _write_boot(ns, pulsar_url, cfg.id)
+        # The broker kernel agent inherits these: its data and metrics address (oneos/broker.py).
+        os.environ["ONEOS_BROKER_DATA"] = str(data / "pulsar")
+        os.environ["ONEOS_BROKER_METRICS"] = metrics
 
         runtime = Runtime(cfg, wait_s=10)
         runtime.start()
+        _wait_for_broker(ns, port, cfg.data_dir / "agents" / "logs", stop)
         print(f"oneosd --dev: ready. Name Server {url}, Pulsar {pulsar_url} (metrics http://{metrics}/metrics), "
               f"kernel node {cfg.id}; data in {data}; Ctrl-C stops", flush=True)
         while not stop.wait(0.5):

@@ -70,6 +70,7 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
     elif doc["spec"].get("attached") or _client_files(doc):
         raise DocumentError(f"pipeline {name}: only `oneosctl run` serves the client's terminal and files "
                             f"({', '.join(_client_files(doc)) or 'spec.attached'}); remove them to apply it")
+    _refuse_init_name(ns, name)
     files = _digests(doc, Path(base_dir))
     digests = {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}
 
@@ -102,6 +103,18 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
                               cas=entry.modify_index if entry else 0):
         raise OneOSError(f"pipeline {name} was changed by someone else while it was being applied; apply again")
     return Applied(name, outcome, doc, current)
+
+
+def _refuse_init_name(ns: NameServer, name: str) -> None:
+    """The init manifest's name belongs to the kernel agents: no pipeline may take it."""
+    _, entry = ns.get(state.read_boot(ns).get("initManifest", state.INIT))
+    try:
+        init_name = state.decode(entry, "init")["metadata"]["name"] if entry else None
+    except DocumentError:
+        init_name = None
+    if name == init_name:
+        raise DocumentError(f"pipeline {name}: the name belongs to the init manifest's kernel agents; "
+                            "give the pipeline another metadata.name")
 
 
 def read_pipeline(ns: NameServer, name: str) -> dict[str, Any]:

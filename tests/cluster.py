@@ -12,6 +12,7 @@ from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, venv_bin
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
 LOCK_DELAY = 3
+EMPTY_INIT = "apiVersion: oneos/v1\nkind: Init\nmetadata: {name: oneos-init}\nspec: {agents: []}\n"
 
 
 class Cluster:
@@ -24,10 +25,16 @@ class Cluster:
         self.ns = NameServer(self.url)
         self.nodes: list[OneosdProc] = []
 
-    def bootstrap(self, pulsar_url: str | None = None) -> None:
-        """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on."""
+    def bootstrap(self, pulsar_url: str | None = None, init: str = EMPTY_INIT) -> None:
+        """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on.
+
+        The init manifest has no kernel agents by default: the test owns the broker (it kills
+        and restarts it), so a kernel agent must not start one of its own.
+        """
         pulsar_url = pulsar_url or f"pulsar://127.0.0.1:{free_port()}"
-        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", pulsar_url,
+        init_path = self.root / "init.yaml"
+        init_path.write_text(init)
+        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", pulsar_url, "--init", str(init_path),
                         "--session-ttl", f"{SESSION_TTL}s", "--lock-delay", f"{LOCK_DELAY}s")
         assert done.returncode == 0, done.stderr
 

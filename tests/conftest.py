@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from oneos.nameserver.client import NameServer
-from tests.cluster import Cluster
+from tests.cluster import EMPTY_INIT, Cluster
 from tests.procs import BrokerProc, NameServerProc, wait_until
 
 REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
@@ -64,7 +64,7 @@ def cluster(builtin_nameserver, tmp_path):
 
 
 @contextlib.contextmanager
-def running_cluster(root, nodes: dict[str, list[str]]):
+def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT):
     """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end."""
     if REAL_CONSUL:
         pytest.skip("starts its own Name Server: built-in Name Server only")
@@ -74,7 +74,7 @@ def running_cluster(root, nodes: dict[str, list[str]]):
     try:
         broker.start()
         c.broker = broker
-        c.bootstrap(broker.url)
+        c.bootstrap(broker.url, init)
         for node_id, flags in nodes.items():
             c.start(node_id, *flags)
         wait_until(c.leader, 20, "a leader")

@@ -169,3 +169,22 @@ def test_dev_refuses_a_busy_port_with_one_line(tmp_path):
         assert f"127.0.0.1:{busy.port}" in last and "in use" in last
     finally:
         busy.stop()
+
+
+def test_the_broker_is_a_kernel_agent_kept_running_like_a_unit(dev):
+    dev.start()
+
+    def broker():
+        items = json.loads(dev.ctl("get", "agents", "-o", "json").stdout)["items"]
+        return next((a for a in items if (a["pipeline"], a["agent"]) == ("oneos-init", "pulsar")), {})
+
+    first = broker()
+    assert (first["state"], first["node"], first["epoch"]) == ("Running", "devnode", 1)
+    os.kill(first["pid"], signal.SIGKILL)   # the broker crashes: its restart policy (always) starts it again
+    again = wait_until(lambda: (b := broker()).get("state") == "Running" and b.get("restarts") == 1 and b, 30,
+                       "the broker to run again")
+    assert again["pid"] != first["pid"]
+    boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
+    done = subprocess.run([venv_bin("oneosctl"), "run", "seq 3 | wc -l"], capture_output=True, timeout=60,
+                          env=dict(dev.env, ONEOS_NAMESERVER=dev.url))
+    assert (done.returncode, done.stdout) == (0, b"3\n"), (done.stderr, boot)

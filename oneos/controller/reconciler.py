@@ -8,6 +8,8 @@ runs, so a newly elected controller carries on where the last one stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,7 @@ class ClusterView:
     assignments: dict[str, tuple[str, dict[str, Any]]]     # agent id -> (node, assignment)
     statuses: dict[str, dict[str, Any]]                     # agent id -> status
     usage: Usage
+    kernel_ids: frozenset[str] = frozenset()                # live kernel nodes
 
     @classmethod
     def read(cls, ns: NameServer) -> "ClusterView":
@@ -73,10 +76,33 @@ class ClusterView:
         usage = Usage()
         for key, (node_id, doc) in assignments.items():
             usage.add(node_id, Demand.from_spec(key, doc["agent"]))
-        return cls(infos, assignments, state.read_statuses(ns), usage)
+        return cls(infos, assignments, state.read_statuses(ns), usage,
+                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]))
 
     def alive(self, node_id: str) -> bool:
         return any(n.id == node_id for n in self.nodes)
+
+    def kernel_only(self) -> "ClusterView":
+        """The same view (shared state) where only kernel nodes exist: where kernel agents may run."""
+        return dataclasses.replace(self, nodes=[n for n in self.nodes if n.id in self.kernel_ids])
+
+
+def init_as_pipeline(ns: NameServer) -> dict[str, Any] | None:
+    """The init manifest as a pipeline of kernel agents (named as the manifest), or None if there is none.
+
+    Its uid is fixed by its name and its generation is the key's ModifyIndex, so rewriting
+    the init manifest updates the kernel agents like re-applying a pipeline.
+    """
+    key = state.read_boot(ns).get("initManifest", state.INIT)
+    _, entry = ns.get(key)
+    if entry is None:
+        return None
+    init = state.decode(entry, "init")
+    name = init["metadata"]["name"]
+    return {"apiVersion": "oneos/v1", "kind": "Init",
+            "metadata": {"name": name, "uid": hashlib.sha256(f"init/{name}".encode()).hexdigest()[:32],
+                         "generation": max(1, entry.modify_index)},
+            "spec": {"agents": init["spec"]["agents"], "links": []}}
 
 
 def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -97,6 +123,8 @@ def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "attached": bool(spec.get("attached", False)),
             "files": {f: digests[f] for f in agent.get("files", []) if f in digests},
         }
+        if manifest.get("kind") == "Init":
+            wanted[state.agent_id(meta["name"], name)]["kernel"] = True
     return wanted
 
 
@@ -120,17 +148,26 @@ def _epoch_after(key: str, view: ClusterView, lost: dict[str, Any] | None) -> in
     return latest + 1
 
 
-def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | None = None) -> None:
-    """Make the assignments of pipeline `name` match its manifest (or remove them if it is gone)."""
+def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | None = None, *,
+              init: dict[str, Any] | None = None) -> None:
+    """Make the assignments of pipeline `name` match its manifest (or remove them if it is gone).
+
+    With `init` (see init_as_pipeline), the pipeline is the init manifest's kernel agents,
+    placed on kernel nodes only.
+    """
     writes = writes or Writes(ns)
-    _, entry = ns.get(state.pipeline_key(name))
-    manifest = None
-    if entry is not None:
-        try:
-            manifest = state.decode(entry, "pipeline")
-        except DocumentError as exc:
-            log.error("pipeline %s: stored manifest is invalid, leaving it alone: %s", name, exc)
-            return
+    if init is not None:
+        manifest = init
+        view = view.kernel_only()
+    else:
+        _, entry = ns.get(state.pipeline_key(name))
+        manifest = None
+        if entry is not None:
+            try:
+                manifest = state.decode(entry, "pipeline")
+            except DocumentError as exc:
+                log.error("pipeline %s: stored manifest is invalid, leaving it alone: %s", name, exc)
+                return
     prefix = f"{name}."
     mine = {k: v for k, v in view.assignments.items() if k.startswith(prefix)}
     wanted = desired_assignments(manifest) if manifest else {}
@@ -233,8 +270,14 @@ def reconcile_all(ns: NameServer, leader_session: str | None = None) -> None:
     """One pass over every pipeline; an error in one does not stop the others (NotLeader stops all)."""
     view = ClusterView.read(ns)
     writes = Writes(ns, leader_session)
-    for name in sorted(pipeline_names(ns, view)):
+    try:
+        init = init_as_pipeline(ns)
+    except (DocumentError, state.BootError) as exc:
+        log.error("kernel agents: %s", exc)
+        init = None
+    init_name = init["metadata"]["name"] if init else None
+    for name in sorted(pipeline_names(ns, view) | ({init_name} if init_name else set())):
         try:
-            reconcile(ns, name, view, writes)
+            reconcile(ns, name, view, writes, init=init if name == init_name else None)
         except (DocumentError, TxnConflict) as exc:
             log.error("pipeline %s: %s", name, exc)

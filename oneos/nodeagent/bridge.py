@@ -9,6 +9,7 @@
   readers do not see an end between two runs of a restarted agent.
 - stderr, and lines about the agent from OneOS: the agent's log topic (one per incarnation,
   read by `oneosctl logs` and `run`) and a local file next to its working directory.
+  Kernel agents (such as the broker itself) do without the bus: their log is the file.
 """
 
 from __future__ import annotations
@@ -59,13 +60,20 @@ class Bridge:
         self.to_client = attached and "stdout" in spec
         if self.to_client:
             output_topics.append(topics.output_topic(namespace, uid, agent))
-        # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
-        self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
-        self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], wire,
-                                name=f"{key}.log")
-        self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
+        if client is None:
+            # Without the bus (kernel agents, the broker among them): the local log file only.
+            if self.input_topics or output_topics:
+                raise ValueError(f"{key}: an agent with links needs the message bus")
+            self.output = self.log = None
+        else:
+            # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
+            self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
+            self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], wire,
+                                    name=f"{key}.log")
+            self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log_dir / f"{agent}.{incarnation}.log", "ab")
+        self.log_path = log_dir / f"{key}.{incarnation}.log"
+        self._log_file = open(self.log_path, "ab")
         self._log_lock = threading.Lock()
         self.reader: StreamReader | None = None
         self._threads: list[threading.Thread] = []
@@ -111,6 +119,8 @@ class Bridge:
         with self._log_lock:
             self._log_file.write(data)
             self._log_file.flush()
+            if self.log is None:
+                return
             try:
                 self.log.write(data)
             except Exception as exc:  # noqa: BLE001 - the local file still has it
@@ -138,10 +148,12 @@ class Bridge:
             except Exception as exc:  # noqa: BLE001 - only storage is at stake
                 log.debug("%s: unsubscribe: %s", self.key, exc)
         try:
-            self.log.finish()
-            self.log.flush(FLUSH_S)
+            if self.log is not None:
+                self.log.finish()
+                self.log.flush(FLUSH_S)
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
             self._log_file.close()
 
     def readers_gone(self) -> None:

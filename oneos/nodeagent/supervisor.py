@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -155,13 +156,20 @@ class AgentRunner:
 
     def _run_once(self, incarnation: int, restarts: int, policy: RestartPolicy) -> tuple[int, str | None, Any]:
         """Start the process, bridge it, wait for it to end: (exit status, start error, restart decision)."""
-        self.bridge = bridge = Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
-                                      self.sup.workdir / "logs", wire=frames.incarnation(self.epoch, incarnation))
+        bridge = self._bridge(incarnation)
+        if bridge is None:
+            return 0, None, None   # stopped while waiting for the bus
+        self.bridge = bridge
         argv = list(self.spec["run"])
         env = dict(os.environ)
+        # OneOS's own commands (oneos-broker, oneos-gpio) are found next to this Python.
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in env.get("PATH", "").split(os.pathsep):
+            env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
         env.update(self.spec.get("env", {}))
         env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
-                    "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation)})
+                    "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
+                    "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
         started = time.monotonic()
         try:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=bridge.stdin_mode(),
@@ -180,6 +188,27 @@ class AgentRunner:
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
         bridge.exited(final=not decision.restart and not self._stop.is_set())
         return code, None, decision
+
+    def _bridge(self, incarnation: int) -> Bridge | None:
+        """The stdio bridge of this start; while the message bus is unreachable, keep trying (None: stopped)."""
+        wire = frames.incarnation(self.epoch, incarnation)
+        if self.assignment.get("kernel"):
+            # Kernel agents (the broker itself among them) do without the bus: local log only.
+            return Bridge(None, self.sup.namespace, self.key, self.assignment, incarnation, self.sup.workdir / "logs",
+                          wire=wire)
+        delay, told = 0.5, False
+        while not self._stop.is_set():
+            try:
+                return Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
+                              self.sup.workdir / "logs", wire=wire)
+            except Exception as exc:  # noqa: BLE001 - pulsar raises its own exception types
+                if not told:
+                    log.warning("%s: waiting for the message bus before starting it: %s", self.key, exc)
+                    self._report("Starting", reason=f"waiting for the message bus: {exc}")
+                    told = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return None
 
     # -- files and status -------------------------------------------------
 
@@ -210,14 +239,14 @@ class AgentRunner:
         status.update(pipeline=pipeline, agent=agent, uid=self.assignment["uid"], node=self.sup.node_id,
                       generation=self.assignment["generation"], epoch=self.epoch, state=new_state,
                       updatedAt=state.utcnow())
+        if new_state in ("Starting", "Running"):
+            status.pop("reason", None)
+            status.pop("finishedAt", None)
         for name, value in fields.items():
             if value is None:
                 status.pop(name, None)
             else:
                 status[name] = value
-        if new_state in ("Starting", "Running"):
-            status.pop("reason", None)
-            status.pop("finishedAt", None)
         self.status = status
         if self._stop.is_set():
             return
@@ -337,6 +366,8 @@ class Supervisor:
                     self._sync({e.key[len(prefix):]: e for e in entries})
                 index = new_index if new_index >= index else 0
             except (NameServerUnreachable, NameServerError) as exc:
+                if self._stop.is_set():
+                    return
                 log.warning("watching assignments: %s", exc)
                 index = 0
                 self._stop.wait(1.0)
