@@ -29,6 +29,8 @@ import referencing.jsonschema
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from oneos.controller.selectors import SelectorError
+from oneos.controller.selectors import parse as parse_selector
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError, UsageError
 
@@ -429,6 +431,23 @@ def _agent_problems(doc: dict, source: str, base_dir: Path | None) -> list[Probl
                 problems.append(_problem(doc, ("spec", "agents", i, "files", j),
                                          f"no such file {file!r} in {base_dir}; files are relative to the manifest",
                                          source))
+        problems += _selector_problems(doc, i, agent, source)
+    return problems
+
+
+def _selector_problems(doc: dict, i: int, agent: dict, source: str) -> list[Problem]:
+    """Label selectors (requires.selector, prefers[].selector) that do not parse, with the column in them."""
+    places = [(("requires", "selector"), agent.get("requires", {}).get("selector"))]
+    places += [(("prefers", j, "selector"), term["selector"]) for j, term in enumerate(agent.get("prefers", []))]
+    problems = []
+    for where, text in places:
+        if text is None:
+            continue
+        try:
+            parse_selector(text)
+        except SelectorError as err:
+            problems.append(_problem(doc, ("spec", "agents", i, *where), f"{err.what} at column {err.column} of "
+                                     f"the selector {text!r}; {err.hint}", source))
     return problems
 
 

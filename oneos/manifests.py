@@ -107,7 +107,11 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
 
 def _refuse_init_name(ns: NameServer, name: str) -> None:
     """The init manifest's name belongs to the kernel agents: no pipeline may take it."""
-    _, entry = ns.get(state.read_boot(ns).get("initManifest", state.INIT))
+    try:
+        key = state.read_boot(ns).get("initManifest", state.INIT)
+    except state.BootError:
+        key = state.INIT
+    _, entry = ns.get(key)
     try:
         init_name = state.decode(entry, "init")["metadata"]["name"] if entry else None
     except DocumentError:

@@ -601,3 +601,88 @@ def test_every_memory_quantity_the_schema_accepts_is_one_the_scheduler_can_read(
 def test_every_duration_the_schema_accepts_is_one_go_and_consul_read(value):
     assert check("boot", boot(lockDelay=value), "oneos/boot")
     assert parse_seconds(value) >= 0
+
+
+# ---------------------------------------------------------------- placement
+
+PLACED = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata:
+  name: greenhouse
+spec:
+  placement: {distinctNodes: true, spreadBy: zone}
+  agents:
+    - name: sensor
+      run: [oneos-gpio, watch, D4]
+      requires:
+        labels: {gpio: "true"}
+        selector: "room in (greenhouse, shed), !broken"
+      prefers:
+        - {weight: 80, selector: "tier=edge"}
+        - {weight: 20, selector: "kubernetes.io/arch=arm64"}
+    - name: log
+      run: [tee, log]
+      requires: {selector: "room notin (cellar),gpio!=false,camera"}
+"""
+
+
+def test_a_pipeline_with_selectors_prefers_and_placement_is_valid():
+    [doc] = load_text(PLACED, "p.yaml")
+    assert doc["spec"]["placement"] == {"distinctNodes": True, "spreadBy": "zone"}
+
+
+@pytest.mark.parametrize("fields, path, message", [
+    ({"requires": {"selector": "room in (a,b"}}, "spec.agents[0].requires.selector",
+     "no ')' closes the '(' at column 9 of the selector 'room in (a,b'; write room in (A,B)"),
+    ({"requires": {"selector": "room is cellar"}}, "spec.agents[0].requires.selector",
+     "expected '=', '!=', 'in', 'notin', ',' or the end after label key 'room', found 'is' at column 6 of the "
+     "selector 'room is cellar'; write KEY=VALUE, KEY!=VALUE, KEY in (A,B), KEY notin (A,B), KEY or !KEY, joined by ','"),
+    ({"requires": {"selector": ""}}, "spec.agents[0].requires.selector", "'' is not a valid label selector; a label selector is"),
+    ({"requires": {"selector": ["gpio"]}}, "spec.agents[0].requires.selector", "['gpio'] is not of type 'string'"),
+    ({"prefers": [{"weight": 10, "selector": "-x"}]}, "spec.agents[0].prefers[0].selector",
+     "'-x' is not a valid label key at column 1 of the selector '-x'; a label key is letters"),
+    ({"prefers": [{"weight": 0, "selector": "a"}]}, "spec.agents[0].prefers[0].weight", "0 is less than the minimum of 1"),
+    ({"prefers": [{"weight": 101, "selector": "a"}]}, "spec.agents[0].prefers[0].weight",
+     "101 is greater than the maximum of 100"),
+    ({"prefers": [{"selector": "a"}]}, "spec.agents[0].prefers[0]", "'weight' is a required property"),
+    ({"prefers": [{"weight": 5, "selecter": "a"}]}, "spec.agents[0].prefers[0]",
+     "'selector' is a required property"),
+    ({"prefers": {"weight": 5, "selector": "a"}}, "spec.agents[0].prefers", "{'weight': 5, 'selector': 'a'} is not of type 'array'"),
+    ({"requires": {"selectors": "a"}}, "spec.agents[0].requires",
+     "Additional properties are not allowed ('selectors' was unexpected); did you mean 'selector'?"),
+])
+def test_placement_errors_name_the_field(fields, path, message):
+    found = problems_of(pipeline(**fields))
+    assert any(p == path and m.startswith(message) for p, m in found), found
+
+
+@pytest.mark.parametrize("placement, path, message", [
+    ({"distinctHosts": True}, "spec.placement",
+     "Additional properties are not allowed ('distinctHosts' was unexpected); did you mean 'distinctNodes'?"),
+    ({"distinctNodes": "yes"}, "spec.placement.distinctNodes", "'yes' is not of type 'boolean'"),
+    ({"spreadBy": "bad key"}, "spec.placement.spreadBy", "'bad key' is not a valid label key"),
+    ({"spreadBy": ""}, "spec.placement.spreadBy", "'' is not a valid label key"),
+])
+def test_pipeline_placement_errors_name_the_field(placement, path, message):
+    doc = pipeline()
+    doc["spec"]["placement"] = placement
+    found = problems_of(doc)
+    assert any(p == path and m.startswith(message) for p, m in found), found
+
+
+def test_a_selector_error_is_located_in_the_file_and_in_the_selector():
+    text = PLACED.replace("camera", "camera,")
+    with pytest.raises(DocumentError) as err:
+        load_text(text, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml: spec.agents[1].requires.selector: nothing after ',' at column 40 of the selector "
+        "'room notin (cellar),gpio!=false,camera,'; write KEY=VALUE, KEY!=VALUE, KEY in (A,B), KEY notin (A,B), "
+        "KEY or !KEY, joined by ',' (line 18, column 28)")
+
+
+def test_init_manifest_agents_get_their_selectors_checked_too():
+    doc = {"apiVersion": "oneos/v1", "kind": "Init", "metadata": {"name": "init"},
+           "spec": {"agents": [{"name": "k", "run": ["x"], "requires": {"selector": "a in ()"}}]}}
+    assert problems_of(doc) == [("spec.agents[0].requires.selector",
+                                 "an empty list after 'a in' at column 7 of the selector 'a in ()'; write a in (A,B)")]

@@ -16,7 +16,9 @@ Accepted:
     machine running `oneosctl run`; the first stage otherwise reads the pipeline's
     stdin and the last writes its stdout;
   - `@ NODE_ID` or `@ LABEL=VALUE[,LABEL=VALUE...]` ending a stage -> requires.node
-    or requires.labels (`@` only as an unquoted word of its own);
+    or requires.labels; `LABEL!=VALUE`, `LABEL` (it exists) and `!LABEL` (it does not)
+    among them -> requires.selector (`@` only as an unquoted word of its own; a lone
+    word without '=' or '!' is a node id);
   - a relative command path (./ctl.py) or an interpreter's script (python3 ctl.py),
     when the file exists in the base directory -> the agent's files;
   - a `$` that starts no expansion (`a$`, `$/`), `#` inside a word (a#b), `{x}`,

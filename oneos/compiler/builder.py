@@ -180,38 +180,85 @@ def _place(line: str, stage: _Stage, at: Word, criterion: Token | None) -> None:
         raise CompileError("'@' needs a command before it (write COMMAND ARGS @ NODE_ID or @ LABEL=VALUE)",
                            line, at.column)
     if not isinstance(criterion, Word) or criterion.raw == _PLACEMENT:
-        raise CompileError("'@' needs a node id or LABEL=VALUE after it (write COMMAND @ NODE_ID, "
-                           "or COMMAND @ LABEL=VALUE[,LABEL=VALUE...])", line, at.column)
+        raise CompileError("'@' needs a node id or label requirements after it (write COMMAND @ NODE_ID, "
+                           "or COMMAND @ LABEL=VALUE[,LABEL!=VALUE,LABEL,!LABEL...])", line, at.column)
     stage.placed_at = at.column
     stage.requires = _requirement(line, criterion)
 
 
+_REQUIREMENTS_HINT = ("after '@' give one node id, or requirements joined by ',': LABEL=VALUE, LABEL!=VALUE, "
+                      "LABEL (it exists) or !LABEL (it does not)")
+# What a value compared with '!=' cannot hold: it goes into a label selector (oneos.controller.selectors).
+_NOT_IN_SELECTOR_VALUE = re.compile(r"[\s!=(),<>]")
+_SET_BASED = re.compile(r"\s(notin|in)\s*\(")
+
+
 def _requirement(line: str, word: Word) -> dict[str, Any]:
-    """`requires` from the word after '@': a node id, or comma-separated LABEL=VALUE."""
+    """`requires` from the word after '@': a node id, or comma-separated LABEL=VALUE, LABEL!=VALUE, LABEL, !LABEL.
+
+    A lone word without '=' or '!' is a node id, as before; a lone LABEL that cannot be a node id
+    (kubernetes.io/arch) is a label that must exist. Equalities go to requires.labels, the rest to
+    requires.selector, in the Kubernetes syntax.
+    """
     text = word.text
-    if "=" not in text:
+    if not any(c in text for c in "=,/") and not text.startswith("!"):
         if not _NODE_ID.fullmatch(text):
             raise CompileError(f"{snippet(text)} is not a node id (a node id is letters, digits, '-', '_' and '.', "
                                "starting with a letter or digit, at most 63 characters; or write LABEL=VALUE)",
                                line, word.column)
         return {"node": text}
+    set_based = _SET_BASED.search(text)
+    if set_based:
+        column = word.column + set_based.start(1) if word.raw == text else word.column
+        raise CompileError(f"{snippet(set_based.group(1) + ' (...)')} (a set of values) is not supported after "
+                           "'@' (write the requirement in a manifest's requires.selector, or use LABEL=VALUE)",
+                           line, column)
     labels: dict[str, str] = {}
+    selector: list[str] = []
     offset = 0
     for part in text.split(","):
-        # Point at the pair itself when the word is written as it reads.
+        # Point at the requirement itself when the word is written as it reads.
         column = word.column + offset if word.raw == text else word.column
-        key, equals, value = part.partition("=")
-        if not equals:
-            raise CompileError(f"{snippet(part)} is not LABEL=VALUE (after '@' give one node id, or "
-                               "LABEL=VALUE pairs joined by ',')", line, column)
+        offset += len(part) + 1
+        if part == "":
+            raise CompileError(f"{snippet(part)} is not LABEL=VALUE ({_REQUIREMENTS_HINT})", line, column)
+        if "!=" in part:
+            key, _, value = part.partition("!=")
+            op = "!="
+        elif "=" in part:
+            key, _, value = part.partition("=")
+            op = "="
+            if value.startswith("="):       # LABEL==VALUE, as Kubernetes also reads it
+                value = value[1:]
+        elif part.startswith("!"):
+            key, value, op = part[1:], "", "!"
+        else:
+            key, value, op = part, "", ""
+        key_column = column + 1 if op == "!" and word.raw == text else column
+        if key.startswith("!") and op in ("=", "!="):
+            raise CompileError(f"{snippet(part)} puts '!' before a comparison ('!' goes before a label alone: write "
+                               "!LABEL, or LABEL!=VALUE)", line, column)
         if len(key) > _LABEL_KEY_MAX or not _LABEL_KEY.fullmatch(key):
             raise CompileError(f"{snippet(key)} is not a valid label key (a label key is letters, digits, '-', "
-                               "'_', '.' and '/', starting and ending with a letter or digit)", line, column)
-        if key in labels:
-            raise CompileError(f"label {snippet(key)} is given twice (give each label once)", line, column)
-        labels[key] = value
-        offset += len(part) + 1
-    return {"labels": labels}
+                               "'_', '.' and '/', starting and ending with a letter or digit)", line, key_column)
+        if op == "=":
+            if key in labels:
+                raise CompileError(f"label {snippet(key)} is given twice (give each label once)", line, column)
+            labels[key] = value
+        elif op == "!=":
+            if _NOT_IN_SELECTOR_VALUE.search(value):
+                raise CompileError(f"{snippet(value)} cannot follow '!=' (a value compared with '!=' has no spaces "
+                                   "and none of !=(),<>; such a value can only be required equal, with "
+                                   "LABEL=VALUE)", line, column)
+            selector.append(f"{key}!={value}")
+        else:
+            selector.append(f"{op}{key}")
+    requires: dict[str, Any] = {}
+    if labels:
+        requires["labels"] = labels
+    if selector:
+        requires["selector"] = ",".join(selector)
+    return requires
 
 
 def _check_command(line: str, word: Word) -> None:

@@ -204,7 +204,7 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
                     view.assignments[key] = (node_id, updated)
                 continue
             lost = dict(placed, node=node_id)
-        demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc))
+        demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc), manifest["spec"].get("placement"))
         placement = place(demand, view.nodes, view.usage)
         epoch = _epoch_after(key, view, lost)
         ops = []

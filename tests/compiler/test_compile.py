@@ -206,6 +206,32 @@ def test_a_quoted_criterion():
     assert agents("cat @ 'room=living room'")[0]["requires"] == {"labels": {"room": "living room"}}
 
 
+@pytest.mark.parametrize("criterion, requires", [
+    ("zone!=north", {"selector": "zone!=north"}),
+    ("gpio", {"node": "gpio"}),                                # a lone word is a node id, as before
+    ("kubernetes.io/arch", {"selector": "kubernetes.io/arch"}),  # cannot be a node id: the label exists
+    ("!broken", {"selector": "!broken"}),
+    ("gpio,!broken", {"selector": "gpio,!broken"}),
+    ("gpio=true,zone!=north,camera,!broken",
+     {"labels": {"gpio": "true"}, "selector": "zone!=north,camera,!broken"}),
+    ("gpio==true", {"labels": {"gpio": "true"}}),              # == is = (Kubernetes reads it so)
+    ("zone!=", {"selector": "zone!="}),
+    ("'room=living room',!broken", {"labels": {"room": "living room"}, "selector": "!broken"}),
+])
+def test_placement_by_selector_operators(criterion, requires):
+    assert agents(f"cat @ {criterion}")[0]["requires"] == requires
+
+
+def test_placement_selectors_compile_to_what_the_scheduler_reads():
+    from oneos.controller.scheduler import Demand, NodeInfo, Usage, place
+
+    nodes = [NodeInfo("pi-1", {"gpio": "true", "zone": "north"}, set(), 4, 2**30),
+             NodeInfo("pi-2", {"gpio": "true", "zone": "south"}, set(), 4, 2**30),
+             NodeInfo("pi-3", {"gpio": "true", "zone": "south", "broken": "yes"}, set(), 4, 2**30)]
+    [agent] = agents("oneos-gpio watch D4 @ gpio=true,zone!=north,!broken")
+    assert place(Demand.from_spec("p.sensor", agent), nodes, Usage()).node == "pi-2"
+
+
 # ---------------------------------------------------------- shipped files
 
 
@@ -450,7 +476,15 @@ REFUSED = [
     ("cat @ " + "n" * 64, 7, "not a node id"),
     ("cat @ gpio=true,", 17, "not LABEL=VALUE"),
     ("cat @ gpio=true,,a=b", 17, "not LABEL=VALUE"),
-    ("cat @ gpio=1,node1", 14, "not LABEL=VALUE"),
+    ("cat @ gpio=1,,x", 14, "not LABEL=VALUE"),
+    ("cat @ gpio,!", 13, "not a valid label key"),
+    ("cat @ gpio,!-x", 13, "not a valid label key"),
+    ("cat @ zone!=a,!x=1", 15, "puts '!' before a comparison"),
+    ("cat @ 'zone!=a b'", 7, "cannot follow '!='"),
+    ("cat @ zone!=a=b", 7, "cannot follow '!='"),
+    ("cat @ 'zone in (a,b)'", 7, "a set of values"),
+    ("cat @ 'gpio,zone notin (a)'", 7, "a set of values"),
+    ("cat @ !gpio,-zone", 13, "not a valid label key"),
     ("cat @ gpio=1,gpio=2", 14, "given twice"),
     ("cat @ -x=1", 7, "not a valid label key"),
     ("cat @ =1", 7, "not a valid label key"),
