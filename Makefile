@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipes.py
+	$(BIN)/python bench/control.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

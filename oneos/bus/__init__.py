@@ -25,7 +25,17 @@ replay (see reader.py). Memory per link is bounded: a writer holds at most 128 f
 64 KiB waiting for the broker, a reader prefetches 64 frames and buffers 4 MiB out of order.
 """
 
-from oneos.bus.reader import StreamReader, unsubscribe
-from oneos.bus.writer import StreamWriter, WriterClosed
+from typing import Any
 
 __all__ = ["StreamReader", "StreamWriter", "WriterClosed", "unsubscribe"]
+
+_LAZY = {"StreamReader": "reader", "unsubscribe": "reader", "StreamWriter": "writer", "WriterClosed": "writer"}
+
+
+def __getattr__(name: str) -> Any:
+    # The Pulsar client library costs ~10 MB of memory: loaded only once a stream is made,
+    # so an idle node agent (and `frames`/`topics` users) do without it.
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"oneos.bus.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'oneos.bus' has no attribute {name!r}")

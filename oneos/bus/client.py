@@ -12,9 +12,12 @@ import logging
 import os
 import re
 
-import pulsar
+from typing import TYPE_CHECKING
 
 from oneos.errors import OneOSError
+
+if TYPE_CHECKING:
+    import pulsar
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,13 @@ CONNECTION_TIMEOUT = 5.0   # seconds for one TCP connection attempt to a broker
 
 
 def connect(url: str, *, operation_timeout: float = OPERATION_TIMEOUT,
-            connection_timeout: float = CONNECTION_TIMEOUT) -> pulsar.Client:
+            connection_timeout: float = CONNECTION_TIMEOUT) -> "pulsar.Client":
     """A Pulsar client for `url` (pulsar://HOST:PORT or pulsar+ssl://...), logging to stderr.
 
     Creating the client does not connect yet: an unreachable broker shows up as an error
     when the first producer or consumer is created, after `operation_timeout` seconds.
     """
+    import pulsar   # here, not at the top: ~10 MB that an idle process does without
     if not _URL.match(url):
         raise OneOSError(f"Pulsar URL {url!r} is not pulsar://HOST:PORT or pulsar+ssl://HOST:PORT; "
                          f"fix pulsar.url in the boot record")
@@ -38,7 +42,7 @@ def connect(url: str, *, operation_timeout: float = OPERATION_TIMEOUT,
                          connection_timeout_ms=int(connection_timeout * 1000), logger=_stderr_logger())
 
 
-def close(client: pulsar.Client) -> None:
+def close(client: "pulsar.Client") -> None:
     """Close the client and every producer and consumer it made; never raises."""
     try:
         client.close()
@@ -46,10 +50,11 @@ def close(client: pulsar.Client) -> None:
         log.debug("closing the Pulsar client: %s", exc)
 
 
-def _stderr_logger() -> pulsar.FileLogger | logging.Logger:
+def _stderr_logger() -> "pulsar.FileLogger | logging.Logger":
     # The C++ file logger writes without calling back into Python (a Python logger is called
     # from the client's threads and is gone during interpreter shutdown). /dev/stderr cannot
     # be opened when stderr is a socket (systemd's journal): then Python logging it is.
+    import pulsar
     try:
         os.close(os.open("/dev/stderr", os.O_WRONLY | os.O_APPEND))
         return pulsar.FileLogger(pulsar.LoggerLevel.Warn, "/dev/stderr")

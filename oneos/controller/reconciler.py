@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from oneos import state
-from oneos.controller.scheduler import Demand, NodeInfo, Usage, place
+from oneos.controller.scheduler import (DevicesPresent, Demand, LabelsMatch, NodeInfo, NodeNamed, SelectorMatches, Usage,
+                                       place)
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer, TxnConflict, kv_op
@@ -189,13 +190,15 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
 
     for key, doc in wanted.items():
         current = mine.get(key)
-        lost = None
+        lost = moved = None
         if current is not None:
             node_id, placed = current
             status = view.statuses.get(key, {})
             done = (status.get("state") in FINAL and status.get("node") == node_id
                     and status.get("epoch") == placed["epoch"] and same_work(placed, doc))
-            if view.alive(node_id) or done:
+            if view.alive(node_id) and not done and not _still_fits(view, node_id, key, placed, doc):
+                moved = dict(placed, node=node_id)
+            elif view.alive(node_id) or done:
                 # A finished agent stays finished, even when its node has gone since.
                 if not same_work(placed, doc) or placed["generation"] != doc["generation"]:
                     log.info("%s: spec changed, updating it on %s", key, node_id)
@@ -203,20 +206,28 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
                     writes.put(state.assign_key(node_id, key), "assignment", updated)
                     view.assignments[key] = (node_id, updated)
                 continue
-            lost = dict(placed, node=node_id)
+            else:
+                lost = dict(placed, node=node_id)
         demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc), manifest["spec"].get("placement"))
         placement = place(demand, view.nodes, view.usage)
-        epoch = _epoch_after(key, view, lost)
+        epoch = _epoch_after(key, view, lost or moved)
         ops = []
         if lost is not None:
             # Its node is gone (its session ended): the agent is Lost there and placed anew,
             # with a higher epoch that fences off the copy, should that node come back.
             log.warning("%s: node %s is gone; the agent is lost there, placing it again", key, lost["node"])
-            ops.append(kv_op("delete", state.assign_key(lost["node"], key)))
-            del view.assignments[key]
+        elif moved is not None:
+            log.info("%s: its new requirements rule out %s; placing it again", key, moved["node"])
+        for previous in (lost, moved):
+            if previous is not None:
+                ops.append(kv_op("delete", state.assign_key(previous["node"], key)))
+                del view.assignments[key]
         if placement.node is None:
-            reason = placement.reason if lost is None else \
-                f"its node {lost['node']} was lost, and it fits nowhere else: {placement.reason}"
+            reason = placement.reason
+            if lost is not None:
+                reason = f"its node {lost['node']} was lost, and it fits nowhere else: {reason}"
+            elif moved is not None:
+                reason = f"its new requirements rule out {moved['node']}, and it fits nowhere else: {reason}"
             _set_pending(writes, view, key, doc, reason, epoch - 1, ops)
             continue
         log.info("%s: placed on %s", key, placement.node)
@@ -227,6 +238,19 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
         writes.commit(*ops)
         view.assignments[key] = (placement.node, assignment)
         view.usage.add(placement.node, demand)
+
+
+def _still_fits(view: ClusterView, node_id: str, key: str, placed: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether a changed spec may stay on its node: its node, labels and devices requirements still hold.
+
+    Resources are not checked again: the agent's own share is already counted there.
+    """
+    if placed["agent"].get("requires") == doc["agent"].get("requires"):
+        return True
+    node = next(n for n in view.nodes if n.id == node_id)
+    demand = Demand.from_spec(key, doc["agent"])
+    return all(check.reason(node, demand, Usage()) is None
+               for check in (NodeNamed(), LabelsMatch(), SelectorMatches(), DevicesPresent()))
 
 
 def _lost_status(key: str, view: ClusterView, lost: dict[str, Any]) -> dict[str, Any]:

@@ -28,14 +28,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from oneos import state
 from oneos.bus import frames
 from oneos.documents import DocumentError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
-from oneos.nodeagent.bridge import Bridge
 from oneos.nodeagent.restart import RestartPolicy
+
+if TYPE_CHECKING:
+    from oneos.nodeagent.bridge import Bridge
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -189,8 +191,9 @@ class AgentRunner:
         bridge.exited(final=not decision.restart and not self._stop.is_set())
         return code, None, decision
 
-    def _bridge(self, incarnation: int) -> Bridge | None:
+    def _bridge(self, incarnation: int) -> "Bridge | None":
         """The stdio bridge of this start; while the message bus is unreachable, keep trying (None: stopped)."""
+        from oneos.nodeagent.bridge import Bridge   # with it the Pulsar client library: only once an agent runs
         wire = frames.incarnation(self.epoch, incarnation)
         if self.assignment.get("kernel"):
             # Kernel agents (the broker itself among them) do without the bus: local log only.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tests.procs import wait_until
 
 PIPELINE = """\
@@ -88,3 +90,24 @@ def test_an_added_stage_starts_and_restarts_only_the_end_it_is_linked_to(three_n
     finally:
         three_nodes.ctl("delete", "pipeline", "grow")
     wait_until(lambda: not three_nodes.statuses("grow"), 30, "the agents to be removed")
+
+
+def test_an_agent_whose_new_requirements_rule_out_its_node_moves(three_nodes, tmp_path):
+    manifest = tmp_path / "mover.yaml"
+    pinned = ("apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {name: mover}\nspec:\n  agents:\n"
+              "    - {name: waiter, run: [sleep, '100000'], requires: {node: NODE}}\n")
+    manifest.write_text(pinned.replace("NODE", "n2"))
+    assert three_nodes.ctl("apply", "-f", str(manifest)).returncode == 0
+    try:
+        def waiter():
+            return three_nodes.statuses("mover").get("waiter", {})
+        before = wait_until(lambda: waiter().get("state") == "Running" and waiter(), 30, "Running on n2")
+        assert before["node"] == "n2"
+        manifest.write_text(pinned.replace("NODE", "n3"))
+        assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/mover configured\n"
+        after = wait_until(lambda: (w := waiter()).get("node") == "n3" and w.get("state") == "Running" and w, 30,
+                           "the waiter to move to n3")
+        assert after["epoch"] == before["epoch"] + 1
+        wait_until(lambda: not os.path.exists(f"/proc/{before['pid']}"), 10, "the copy on n2 to stop")
+    finally:
+        three_nodes.ctl("delete", "pipeline", "mover")
