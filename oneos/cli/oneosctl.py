@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pulsar
-
 from oneos import __version__, diff, manifests, state
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
@@ -505,7 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not complain
         return 141
-    except pulsar.PulsarException as err:
+    except Exception as err:
+        pulsar = sys.modules.get("pulsar")   # loaded only by the commands that use the bus
+        if pulsar is None or not isinstance(err, pulsar.PulsarException):
+            raise
         print(f"{PROG}: the Pulsar broker refused or failed ({type(err).__name__}: {err}); "
               "check it is running at the boot record's pulsar.url (`oneosctl get boot`)", file=sys.stderr)
         return 1
