@@ -37,6 +37,7 @@ class RuntimeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
     home: Path = field(default_factory=oneos_home)
+    gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
 
     @property
     def data_dir(self) -> Path:
@@ -199,4 +200,18 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         labels=labels,
         devices=dict(saved.get("devices") or {}),
         home=home,
+        gpio_simulate=gpio_simulate(saved, path),
     )
+
+
+def gpio_simulate(saved: dict[str, Any], path: Path) -> Path | None:
+    """The simulated GPIO board: $ONEOS_GPIO_SIM, else the config's `gpio.simulate` (relative
+    to the config file); absolute, since agents run in directories of their own."""
+    from oneos.gpio.pins import SIM_ENV
+    given = os.environ.get(SIM_ENV, "").strip()
+    if given:
+        return Path(os.path.abspath(Path(given).expanduser()))
+    configured = (saved.get("gpio") or {}).get("simulate")
+    if not configured:
+        return None
+    return Path(os.path.abspath(path.parent / Path(configured).expanduser()))

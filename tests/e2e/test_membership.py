@@ -6,6 +6,7 @@ import socket
 import time
 
 from oneos import state
+from oneos.nodeagent.hardware import detect_labels
 from tests.cluster import LOCK_DELAY, SESSION_TTL
 from tests.procs import wait_until
 
@@ -21,7 +22,7 @@ def test_three_runtimes_are_listed_with_one_leader(cluster):
     nodes = {n["id"]: n for n in cluster.get_nodes()}
     assert set(nodes) == {"node-a", "node-b", "node-c"}
     assert [n["kernel"] for n in (nodes["node-a"], nodes["node-b"], nodes["node-c"])] == [True, True, False]
-    assert nodes["node-a"]["labels"] == {"room": "lab"}
+    assert nodes["node-a"]["labels"] == {**detect_labels(), "room": "lab"}   # detected, then configured
     assert cluster.leader() in ("node-a", "node-b")   # only kernel runtimes contend
     for n in nodes.values():
         assert n["host"] == socket.gethostname()
@@ -34,8 +35,10 @@ def test_three_runtimes_are_listed_with_one_leader(cluster):
     assert lines[0].split() == ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"]
     row = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(row) == {"node-a", "node-b", "node-c"}
-    assert row["node-a"][1:5] == ["Ready", "yes" if cluster.leader() == "node-a" else "no", "yes", "room=lab"]
-    assert row["node-c"][3:5] == ["no", "<none>"]
+    shown = lambda labels: ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"   # noqa: E731
+    assert row["node-a"][1:5] == ["Ready", "yes" if cluster.leader() == "node-a" else "no", "yes",
+                                  shown({**detect_labels(), "room": "lab"})]
+    assert row["node-c"][3:5] == ["no", shown(detect_labels())]
 
 
 def test_sigterm_makes_a_node_leave_at_once(cluster):

@@ -10,11 +10,17 @@ import uuid
 import yaml
 
 from oneos import state
+from oneos.nodeagent.hardware import detect_labels
 from tests.procs import OneosdProc, free_port, venv_bin, wait_until
 
 
 def node(cluster, node_id):
     return next((n for n in cluster.get_nodes() if n["id"] == node_id), None)
+
+
+def with_detected(labels):
+    """A node's labels: those its hardware earns (board=..., gpio=true, ...), overridden by its own."""
+    return {**detect_labels(), **labels}
 
 
 def test_without_an_id_a_uuid4_is_generated_saved_and_reused(cluster, tmp_path):
@@ -59,7 +65,7 @@ def test_first_run_on_a_terminal_asks_and_saves_the_answers(cluster, tmp_path):
         wait_until(lambda: node(cluster, "asker"), 20, "the runtime configured on the terminal to join")
         joined = node(cluster, "asker")
         assert joined["kernel"] is True
-        assert joined["labels"] == {"room": "greenhouse", "floor": "1"}
+        assert joined["labels"] == with_detected({"room": "greenhouse", "floor": "1"})
         assert joined["capacity"]["memory"] == 256 * 2**20
         saved = yaml.safe_load((home / "config.yaml").read_text())
         assert saved == {"nameserver": cluster.url, "kernel": True, "memory": "256Mi",
@@ -77,9 +83,10 @@ def test_without_a_terminal_flags_and_environment_are_used(cluster, tmp_path):
     cluster.start("flagged", "--label", "zone=south", "--memory", "64Mi",
                   env={"ONEOS_LABELS": "zone=north,extra=1"})
     envy, flagged = node(cluster, "envy"), node(cluster, "flagged")
-    assert (envy["labels"], envy["kernel"], envy["capacity"]["memory"]) == ({"zone": "north"}, True, 2**30)
+    assert envy["labels"] == with_detected({"zone": "north"})
+    assert (envy["kernel"], envy["capacity"]["memory"]) == (True, 2**30)
     # Flags win over the environment, as a whole setting.
-    assert (flagged["labels"], flagged["capacity"]["memory"]) == ({"zone": "south"}, 64 * 2**20)
+    assert (flagged["labels"], flagged["capacity"]["memory"]) == (with_detected({"zone": "south"}), 64 * 2**20)
     assert not (tmp_path / "home-envy" / "config.yaml").exists()   # nothing asked, nothing generated
 
 
@@ -87,7 +94,7 @@ def test_a_config_file_is_read(cluster, tmp_path):
     config = tmp_path / "node.yaml"
     config.write_text(f"nameserver: {cluster.url}\nkernel: true\nlabels: {{gpio: 'true'}}\n")
     cluster.start("configured", "--config", str(config), env={"ONEOS_NAMESERVER": ""})
-    assert node(cluster, "configured")["labels"] == {"gpio": "true"}
+    assert node(cluster, "configured")["labels"] == with_detected({"gpio": "true"})
 
 
 def run_oneosd(home, *argv, nameserver):
