@@ -27,6 +27,7 @@ PIPELINES = MANIFESTS + "Pipeline/"
 ASSIGN = PREFIX + "assign/"
 STATUS = PREFIX + "status/"
 BLOBS = PREFIX + "blobs/"
+DEVICES = PREFIX + "devices/"
 
 
 def node_key(node_id: str) -> str:
@@ -53,6 +54,16 @@ def assign_key(node_id: str, agent_key: str) -> str:
 
 def status_key(agent_key: str) -> str:
     return STATUS + agent_key
+
+
+def device_key(device: str) -> str:
+    return f"{DEVICES}{device}"
+
+
+def read_devices(ns: NameServer) -> dict[str, dict[str, Any]]:
+    """device (KIND/NAME) -> its registration: which node has it."""
+    _, docs, _ = read_documents(ns, DEVICES, "device")
+    return {key[len(DEVICES):]: doc for key, doc in docs.items()}
 
 
 def blob_key(digest: str) -> str:

@@ -43,7 +43,10 @@ class Cluster:
 
     def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
               env: dict[str, str] | None = None) -> OneosdProc:
-        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.url, list(extra), env=env)
+        # Nodes have no GPIO unless a test gives them a board, whatever this machine has.
+        bare = {"ONEOS_GPIO_SIM": "", "ONEOS_HW_ROOT": str(self.root / "no-hardware")}
+        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.url, list(extra),
+                          env={**bare, **(env or {})})
         self.nodes.append(proc)
         proc.start()
         if wait:

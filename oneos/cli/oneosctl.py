@@ -183,7 +183,7 @@ def agents_where(ns: NameServer, pipeline: str) -> dict[str, str]:
 
 def _add_delete(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("delete", help="delete a pipeline and stop its agents")
-    p.add_argument("resource", choices=["pipeline", "pipelines"])
+    p.add_argument("resource", choices=["pipeline", "pipelines", "device", "devices"])
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(run=cmd_delete)
 
@@ -191,6 +191,16 @@ def _add_delete(sub: argparse._SubParsersAction) -> None:
 def cmd_delete(args: argparse.Namespace) -> int:
     ns = _client(args)
     status = 0
+    if args.resource.startswith("device"):
+        registered = state.read_devices(ns)
+        for name in args.names:
+            if name in registered:
+                ns.delete(state.device_key(name))   # its node registers it again when it starts
+                print(f"device/{name} deleted")
+            else:
+                print(f"{PROG}: device {name!r} not found", file=sys.stderr)
+                status = 1
+        return status
     for name in args.names:
         if manifests.delete_pipeline(ns, name):
             print(f"pipeline/{name} deleted")
@@ -418,7 +428,25 @@ def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     return 0
 
 
+def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
+    registered = state.read_devices(ns)
+    items = _select("device", [registered[k] for k in sorted(registered)], names, lambda d, n: d["device"] == n)
+    if fmt != "table":
+        _print_structured("DeviceList", items, names, fmt)
+        return 0
+    if not items:
+        print(f"No devices registered on the cluster at {ns.url}.", file=sys.stderr)
+        return 0
+    alive = {n.record["id"] for n in state.read_nodes(ns)[0]}
+    rows = [[d["device"], d["node"], "Ready" if d["node"] in alive else "NodeDown",
+             ",".join(f"{k}={v}" for k, v in sorted(d["settings"].items())) or "<none>"] for d in items]
+    sys.stdout.write(output.table(["DEVICE", "NODE", "STATE", "SETTINGS"], rows))
+    return 0
+
+
 GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {
+    "devices": _get_devices,
+    "device": _get_devices,
     "nodes": _get_nodes,
     "node": _get_nodes,
     "boot": _get_boot,
@@ -436,19 +464,29 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compile", help="print the manifest a shell pipeline compiles to",
         description="Compile a shell one-liner, such as 'seq 100 | grep 7 | wc -l', to a Pipeline manifest and "
-                    "print it, without contacting the cluster. Local program files it names (./ctl.py, "
-                    "python3 ctl.py) are looked up in the current directory. A construct that cannot be "
-                    "compiled is shown with a caret under its column, and the exit status is 2.")
+                    "print it. Local program files it names (./ctl.py, python3 ctl.py) are looked up in the "
+                    "current directory. If the cluster's Name Server answers, /dev/KIND/NAME paths of its "
+                    "registered devices (and oneos-gpio's pins) become device requirements; without it they "
+                    "stay plain paths. A construct that cannot be compiled is shown with a caret under its "
+                    "column, and the exit status is 2.")
     p.add_argument("pipeline", metavar="PIPELINE", help="the one-liner, quoted as one argument")
     p.add_argument("--name", help="the pipeline's name (default: the stage names joined by '-')")
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
     p.set_defaults(run=cmd_compile)
 
 
+def _known_devices(args: argparse.Namespace) -> set[str]:
+    """The devices registered in the cluster, if its Name Server answers; none when it does not."""
+    try:
+        return set(state.read_devices(NameServer(args.nameserver, timeout=2.0)))
+    except OneOSError:
+        return set()
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     """Print the manifest of args.pipeline; 2 with the caret message when it cannot be compiled."""
     try:
-        doc = compile_pipeline(args.pipeline, name=args.name, base_dir=Path.cwd())
+        doc = compile_pipeline(args.pipeline, name=args.name, base_dir=Path.cwd(), devices=_known_devices(args))
     except CompileError as err:  # its message already starts with "oneosctl: "
         print(err, file=sys.stderr)
         return err.exit_code

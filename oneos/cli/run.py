@@ -85,7 +85,7 @@ class Run:
         self.stderr = stderr
         self.progress = progress
         self.name = f"run-{uuid.uuid4().hex[:10]}"
-        self.manifest = compile_pipeline(line, name=self.name, base_dir=cwd)
+        self.manifest = compile_pipeline(line, name=self.name, base_dir=cwd, devices=state.read_devices(ns))
         self.client = None
         self.readers: list[StreamReader] = []
         self.log_readers: dict[tuple[str, int], StreamReader] = {}
@@ -110,7 +110,7 @@ class Run:
 
     def _serve_stdout(self, agents: list[dict[str, Any]]) -> None:
         for agent in agents:
-            if "stdout" not in agent:
+            if "stdout" not in agent or "device" in agent["stdout"]:
                 continue
             spec = agent["stdout"]
             target = self.stdout
@@ -124,7 +124,7 @@ class Run:
 
     def _serve_stdin(self, agents: list[dict[str, Any]]) -> None:
         for agent in agents:
-            if "stdin" not in agent:
+            if "stdin" not in agent or "device" in agent["stdin"]:
                 continue
             writer = StreamWriter(self.client, [topics.input_topic(self.namespace, self.uid, agent["name"])], 0,
                                   name=f"{self.name}.{agent['name']}.in")

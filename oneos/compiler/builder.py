@@ -7,6 +7,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from oneos.compiler.errors import CompileError, snippet
@@ -72,11 +73,15 @@ class _Stage:
     placed_at: int = 0  # the column of '@', once seen
 
 
-def compile_pipeline(line: str, *, name: str | None = None, base_dir: str | Path | None = None) -> dict:
+def compile_pipeline(line: str, *, name: str | None = None, base_dir: str | Path | None = None,
+                     devices: Collection[str] = ()) -> dict:
     """The Pipeline manifest for shell one-liner `line`; CompileError says what cannot be compiled.
 
     Local program files named in `line` are looked up in `base_dir` (default: the
-    current directory) and listed in the agents' `files`.
+    current directory) and listed in the agents' `files`. `devices` are the registered
+    devices (KIND/NAME): `/dev/KIND/NAME` named as an argument, or as the file of `<` or
+    `>`, makes the stage require that device (so it runs on the node that has it), and
+    the node serves it; any other `/dev/` path is the node's own (such as /dev/null).
     """
     if name is not None and not (len(name) <= _NAME_MAX and _NAME.fullmatch(name)):
         raise CompileError(f"{snippet(name)} is not a valid pipeline name (a name is lowercase letters, digits "
@@ -87,6 +92,8 @@ def compile_pipeline(line: str, *, name: str | None = None, base_dir: str | Path
         raise CompileError(f"{len(groups)} stages; a pipeline may have at most {MAX_STAGES} (split it into several "
                            "pipelines)", line, _pipe_column(groups[MAX_STAGES]))
     stages = [_parse_stage(line, group, first=i == 0, last=i == len(groups) - 1) for i, group in enumerate(groups)]
+    for stage in stages:
+        _use_devices(line, stage, frozenset(devices))
     names = _unique_names([stage_name(stage.words[0].text) for stage in stages])
     agents = [_agent(line, stage, agent_name, base) for stage, agent_name in zip(stages, names)]
     agents[0].setdefault("stdin", {})  # the pipeline's standard input: the terminal of oneosctl run
@@ -122,6 +129,32 @@ def _split_stages(line: str, tokens: list[Token]) -> list[list[Token]]:
     if not groups[-1]:
         raise CompileError("no command after this '|' (end the pipeline with a command)", line, last_pipe)
     return groups
+
+
+DEVICE_ROOT = "/dev/"
+GPIO_VERBS = ("watch", "read", "write")
+
+
+def _use_devices(line: str, stage: _Stage, devices: frozenset[str]) -> None:
+    """Registered devices named as /dev/KIND/NAME: arguments, `<` and `>` files -> requires.devices."""
+    used = []
+    argv = [w.text for w in stage.words]
+    if len(argv) >= 3 and argv[0] == "oneos-gpio" and argv[1] in GPIO_VERBS and f"gpio/{argv[2]}" in devices:
+        used.append(f"gpio/{argv[2]}")   # oneos-gpio's pin is a device too: run where it is
+    for word in stage.words[1:]:
+        if word.text.startswith(DEVICE_ROOT) and word.text[len(DEVICE_ROOT):] in devices:
+            used.append(word.text[len(DEVICE_ROOT):])
+    for stream, target in list(stage.streams.items()):
+        path = target.get("file", "")
+        if path.startswith(DEVICE_ROOT) and path[len(DEVICE_ROOT):] in devices:
+            if stream == "stderr" or target.get("append"):
+                raise CompileError(f"{path} is a device: redirect stdin (<) or stdout (>) to it, not "
+                                   f"{'stderr' if stream == 'stderr' else 'with >>'}", line, stage.column)
+            stage.streams[stream] = {"device": path[len(DEVICE_ROOT):]}
+            used.append(path[len(DEVICE_ROOT):])
+    if used:
+        requires = stage.requires.setdefault("devices", [])
+        requires.extend(d for d in dict.fromkeys(used) if d not in requires)
 
 
 def _parse_stage(line: str, tokens: list[Token], *, first: bool, last: bool) -> _Stage:

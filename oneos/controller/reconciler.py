@@ -68,6 +68,7 @@ class ClusterView:
     statuses: dict[str, dict[str, Any]]                     # agent id -> status
     usage: Usage
     kernel_ids: frozenset[str] = frozenset()                # live kernel nodes
+    device_owners: dict[str, str] = dataclasses.field(default_factory=dict)   # device -> its node
 
     @classmethod
     def read(cls, ns: NameServer) -> "ClusterView":
@@ -78,7 +79,8 @@ class ClusterView:
         for key, (node_id, doc) in assignments.items():
             usage.add(node_id, Demand.from_spec(key, doc["agent"]))
         return cls(infos, assignments, state.read_statuses(ns), usage,
-                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]))
+                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
+                   {name: doc["node"] for name, doc in state.read_devices(ns).items()})
 
     def alive(self, node_id: str) -> bool:
         return any(n.id == node_id for n in self.nodes)
@@ -224,7 +226,12 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
                 del view.assignments[key]
         if placement.node is None:
             reason = placement.reason
-            if lost is not None:
+            away = [f"device {d} is on node {view.device_owners[d]}, which is down"
+                    for d in doc["agent"].get("requires", {}).get("devices", [])
+                    if d in view.device_owners and not view.alive(view.device_owners[d])]
+            if away:
+                reason = f"{'; '.join(away)}: {reason}"
+            elif lost is not None:
                 reason = f"its node {lost['node']} was lost, and it fits nowhere else: {reason}"
             elif moved is not None:
                 reason = f"its new requirements rule out {moved['node']}, and it fits nowhere else: {reason}"

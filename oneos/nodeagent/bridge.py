@@ -54,10 +54,10 @@ class Bridge:
         self.incarnation = incarnation
         self.wire = wire
         self.input_topics = [topics.link_topic(namespace, uid, src, agent) for src in assignment["inputs"]]
-        if attached and "stdin" in spec:
+        if attached and "stdin" in spec and "device" not in spec["stdin"]:
             self.input_topics.append(topics.input_topic(namespace, uid, agent))
         output_topics = [topics.link_topic(namespace, uid, agent, dst) for dst in assignment["outputs"]]
-        self.to_client = attached and "stdout" in spec
+        self.to_client = attached and "stdout" in spec and "device" not in spec["stdout"]
         if self.to_client:
             output_topics.append(topics.output_topic(namespace, uid, agent))
         if client is None:
@@ -89,12 +89,13 @@ class Bridge:
             self.reader = StreamReader(self.client, self.input_topics,
                                        topics.subscription(self.agent, self.wire), name=self.key, fd=fd)
             self.reader.start()
-        stdout = os.dup(proc.stdout.fileno())
-        proc.stdout.close()
-        if self.output is not None:
-            self._threads.append(self.output.pump(stdout, eof=False))
-        else:
-            self._threads.append(self._copy_to_log(stdout, "stdout"))
+        if proc.stdout is not None:   # else it goes to a device of the node
+            stdout = os.dup(proc.stdout.fileno())
+            proc.stdout.close()
+            if self.output is not None:
+                self._threads.append(self.output.pump(stdout, eof=False))
+            else:
+                self._threads.append(self._copy_to_log(stdout, "stdout"))
         stderr = os.dup(proc.stderr.fileno())
         proc.stderr.close()
         self._threads.append(self._copy_to_log(stderr, "stderr"))

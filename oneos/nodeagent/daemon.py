@@ -27,9 +27,10 @@ from oneos.controller.controller import Controller
 from oneos.controller.election import Election
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError, UsageError
+from oneos.gpio.pins import SIM_ENV
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
-from oneos.nodeagent import hardware
+from oneos.nodeagent import devices, hardware
 from oneos.nodeagent.membership import DuplicateRuntime, Membership
 from oneos.nodeagent.supervisor import Supervisor
 
@@ -64,6 +65,7 @@ class Runtime:
         self.started_at = state.utcnow()
         self.address = local_address(cfg.nameserver)
         self.machine = hardware.describe()
+        self.detected = hardware.detect_labels(simulated_gpio=cfg.gpio_simulate)
         self.membership: Membership | None = None
         self.election: Election | None = None
         self.controller: Controller | None = None
@@ -83,7 +85,7 @@ class Runtime:
             "pid": os.getpid(),
             "kernel": self.kernel,
             "state": "Ready",
-            "labels": dict(self.cfg.labels),
+            "labels": hardware.node_labels(self.detected, self.cfg.labels),
             "devices": dict(self.cfg.devices),
             "capacity": {"cpu": self.machine["cpu"], "memory": self.cfg.memory or self.machine["memory"]},
             "arch": self.machine["arch"],
@@ -91,6 +93,12 @@ class Runtime:
             "versions": {"oneos": __version__, "python": platform.python_version()},
             "startedAt": self.started_at,
         }
+
+    def agent_env(self) -> dict[str, str]:
+        """What this node adds to its agents' environment: the simulated GPIO board, if it has one."""
+        if self.cfg.gpio_simulate is None:
+            return {}
+        return {SIM_ENV: str(self.cfg.gpio_simulate)}
 
     def _read_boot(self) -> dict[str, Any]:
         """The boot record, retrying with backoff while the Name Server is unreachable."""
@@ -117,13 +125,18 @@ class Runtime:
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
         self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
+        log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
+        # Agents inherit this process's environment (AgentRunner copies os.environ): a node
+        # with a simulated GPIO board gives it to its agents, as an absolute path.
+        os.environ.update(self.agent_env())
         self.membership.join()
+        devices.register(self.ns, self.cfg.id, self.cfg.devices)
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
         membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
                                      bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
-                                     lease=lambda: membership.session)
+                                     lease=lambda: membership.session, devices=self.cfg.devices)
         self.supervisor.start()
         self._renewed = time.monotonic()
         self._watchdog.start()

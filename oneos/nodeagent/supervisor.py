@@ -34,6 +34,7 @@ from oneos import state
 from oneos.bus import frames
 from oneos.documents import DocumentError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
+from oneos.nodeagent.devices import DeviceError, DeviceServer
 from oneos.nodeagent.restart import RestartPolicy
 
 if TYPE_CHECKING:
@@ -173,18 +174,27 @@ class AgentRunner:
                     "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
                     "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
         started = time.monotonic()
+        served = DeviceServer(self.workdir, self.sup.devices, env)
         try:
-            self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=bridge.stdin_mode(),
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
-        except OSError as exc:
-            code, message = _start_error(argv[0], exc)
+            required = self.spec.get("requires", {}).get("devices", [])
+            argv = served.argv(argv, required)
+            stdin_device = self.spec.get("stdin", {}).get("device")
+            stdout_device = self.spec.get("stdout", {}).get("device")
+            self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env,
+                                         stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
+                                         stdout=served.stdout(stdout_device) if stdout_device else subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+        except (OSError, DeviceError) as exc:
+            served.close()
+            code, message = _start_error(argv[0], exc) if isinstance(exc, OSError) else (126, str(exc))
             bridge.log_line(f"oneos: {message}")
             bridge.exited(final=True)
             return code, message, None
+        served.after_start()
         self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
         bridge.attach(self.proc)
         code = exit_status(self.proc.wait())
+        served.close()
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
         # The stream ends (EOF) only when the agent ended by itself for good: a process stopped
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
@@ -316,9 +326,12 @@ class Supervisor:
     """Keeps the set of running agents equal to this node's assignments."""
 
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
-                 bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None) -> None:
-        """`lease` gives the membership session that holds this node's record (None: not a member now)."""
+                 bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
+                 devices: dict[str, dict[str, Any]] | None = None) -> None:
+        """`lease` gives the membership session that holds this node's record (None: not a member now);
+        `devices` are the node's, from its config (see devices.py)."""
         self.ns = ns
+        self.devices = devices or {}
         self.node_id = node_id
         self.lease = lease
         self._suspended: str | None = None   # why every agent is stopped, while the node is cut off

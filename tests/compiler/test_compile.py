@@ -603,3 +603,42 @@ def test_every_c0_control_character_is_refused_where_it_is():
 def test_errors_are_usage_errors_with_exit_status_2():
     err = refused("a;b")
     assert isinstance(err, UsageError) and err.exit_code == 2
+
+
+# ------------------------------------------------------------------ devices as files
+
+DEVICES = {"gpio/D4", "gpio/D7"}
+
+
+def test_a_registered_device_named_as_a_file_becomes_a_requirement():
+    found = agents("cat /dev/gpio/D4 | tr 01 xy", devices=DEVICES)
+    assert found[0] == {"name": "cat", "run": ["cat", "/dev/gpio/D4"], "requires": {"devices": ["gpio/D4"]},
+                        "stdin": {}}
+    assert "requires" not in found[1]
+
+
+def test_redirections_to_devices_join_the_stage_to_the_device_not_to_the_client():
+    found = agents("cat < /dev/gpio/D4 | tr 01 xy > /dev/gpio/D7", devices=DEVICES)
+    assert (found[0]["stdin"], found[0]["requires"]) == ({"device": "gpio/D4"}, {"devices": ["gpio/D4"]})
+    assert (found[1]["stdout"], found[1]["requires"]) == ({"device": "gpio/D7"}, {"devices": ["gpio/D7"]})
+
+
+def test_oneos_gpio_pins_are_devices_too_and_placement_merges():
+    found = agents("oneos-gpio watch D4 @ room=shed | cat | oneos-gpio write D7", devices=DEVICES)
+    assert found[0]["requires"] == {"labels": {"room": "shed"}, "devices": ["gpio/D4"]}
+    assert found[2]["requires"] == {"devices": ["gpio/D7"]}
+
+
+def test_other_dev_paths_and_unregistered_devices_are_the_nodes_own():
+    assert "requires" not in agents("cat /dev/null /dev/gpio/D9", devices=DEVICES)[0]
+    assert agents("cat < /dev/null")[0]["stdin"] == {"file": "/dev/null"}
+    assert "requires" not in agents("cat /dev/gpio/D4")[0]     # no registry given: a plain path
+
+
+@pytest.mark.parametrize("line, what", [
+    ("seq 3 2> /dev/gpio/D7", "not stderr"),
+    ("seq 3 >> /dev/gpio/D7", "not with >>"),
+])
+def test_a_device_takes_stdin_or_stdout_only(line, what):
+    with pytest.raises(CompileError, match=what):
+        compile_pipeline(line, devices=DEVICES)

@@ -1,0 +1,174 @@
+"""A node's devices: registered in the Name Server, and served to the agents that use them.
+
+Devices are declared in the node's config, by name (KIND/NAME) with their properties:
+
+    devices:
+      gpio/D4: {pin: D4, direction: in}
+      gpio/D7: {pin: D7, direction: out}
+
+At start the node registers each one at `oneos/devices/<kind>/<name>` (see
+schemas/device.schema.json): the record names the owner and outlives its session, so a
+device name stays known (the compiler turns `/dev/gpio/D4` into a requirement) and an agent
+that requires it waits, Pending with the reason, while the owner is down. A name that
+another node has registered is refused: names are the cluster's, not the node's.
+
+Serving: an agent that requires a gpio device and names `/dev/gpio/NAME` in its argv gets
+a FIFO in its working directory in its place; `stdin: {device}` / `stdout: {device}` join
+its stdin/stdout to the device. A device is served by an `oneos-gpio` process (watch for
+an input pin, write for an output pin), the same program a pipeline stage would run, so
+the node agent needs no GPIO library of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from oneos import state
+from oneos.documents import DocumentError
+from oneos.errors import OneOSError
+from oneos.nameserver.client import NameServer
+
+log = logging.getLogger("oneos.nodeagent")
+
+DIRECTIONS = ("in", "out")
+WRITER_DRAIN_S = 5.0   # how long an agent's last lines may take to reach its output device
+
+
+class DeviceError(OneOSError):
+    """A device of the node's config cannot be registered or served."""
+
+
+def check(devices: dict[str, dict[str, Any]]) -> None:
+    """The properties a kind of device needs: gpio needs its `pin` (and `direction` in|out, default in)."""
+    for name, props in devices.items():
+        kind = name.split("/", 1)[0]
+        if kind != "gpio":
+            continue
+        if not isinstance(props.get("pin"), str) or not props["pin"]:
+            raise DeviceError(f"config: devices.{name}: a gpio device needs its pin, e.g. {{pin: D4, direction: in}}")
+        if props.get("direction", "in") not in DIRECTIONS:
+            raise DeviceError(f"config: devices.{name}.direction: {props['direction']!r} is not in or out")
+
+
+def register(ns: NameServer, node_id: str, devices: dict[str, dict[str, Any]]) -> None:
+    """Register this node as the owner of its devices; DeviceError if another node owns one of the names."""
+    check(devices)
+    for name, props in sorted(devices.items()):
+        key = state.device_key(name)
+        _, entry = ns.get(key)
+        current = None
+        if entry is not None:
+            try:
+                current = state.decode(entry, "device")
+            except DocumentError:
+                current = None
+        if current and current["node"] != node_id:
+            raise DeviceError(f"device {name} is registered to node {current['node']}; a device name is the "
+                              f"cluster's: rename it in this node's config, or `oneosctl delete device {name}` "
+                              "if that node is gone for good")
+        if current and current["settings"] == props:
+            continue
+        doc = {"device": name, "node": node_id, "settings": props, "registeredAt": state.utcnow()}
+        if not state.put_document(ns, key, "device", doc, cas=entry.modify_index if entry else 0):
+            raise DeviceError(f"device {name} was registered by someone else at the same moment; start again")
+        log.info("registered device %s (%s)", name, ", ".join(f"{k}={v}" for k, v in props.items()))
+
+
+def _gpio_argv(props: dict[str, Any], reading: bool) -> list[str]:
+    """The oneos-gpio command that serves a pin: watch it (the agent reads) or write it (the agent writes)."""
+    return [os.path.join(os.path.dirname(sys.executable), "oneos-gpio"), "watch" if reading else "write",
+            props["pin"]]
+
+
+class DeviceServer:
+    """The device streams of one process start: FIFOs for argv paths, pipes for stdin/stdout; `close()` ends them."""
+
+    def __init__(self, workdir: Path, devices: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.devices = devices
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+        self.writers: list[subprocess.Popen] = []   # stdout -> device: drained before the agent counts as ended
+
+    def _props(self, name: str) -> dict[str, Any]:
+        props = self.devices.get(name)
+        if props is None:
+            raise DeviceError(f"device {name} is not on this node (its config does not declare it)")
+        if not name.startswith("gpio/"):
+            raise DeviceError(f"device {name}: only gpio devices can be served as files")
+        return props
+
+    def _spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, env=self.env, stderr=subprocess.DEVNULL, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def argv(self, argv: list[str], required: list[str]) -> list[str]:
+        """argv with each /dev/KIND/NAME of a required device replaced by a FIFO that serves it."""
+        out = list(argv)
+        for i, word in enumerate(argv[1:], start=1):
+            name = word[len("/dev/"):] if word.startswith("/dev/") else None
+            if name not in required:
+                continue
+            props = self._props(name)
+            fifo = self.workdir / "dev" / name
+            fifo.parent.mkdir(parents=True, exist_ok=True)
+            if fifo.exists():
+                fifo.unlink()
+            os.mkfifo(fifo)
+            # O_RDWR does not wait for the other end: the server holds the FIFO while the agent opens it.
+            fd = os.open(fifo, os.O_RDWR)
+            try:
+                reading = props.get("direction", "in") == "in"
+                # (A FIFO's server holds both ends, so it never sees an end: it is stopped with the agent.)
+                self._spawn(_gpio_argv(props, reading), **({"stdout": fd} if reading else {"stdin": fd}))
+            finally:
+                os.close(fd)
+            out[i] = str(fifo)
+        return out
+
+    def stdin(self, name: str) -> int:
+        """A file descriptor to give the agent as stdin: the device's values as lines."""
+        proc = self._spawn(_gpio_argv(self._props(name), True), stdout=subprocess.PIPE)
+        return proc.stdout.fileno()
+
+    def stdout(self, name: str) -> int:
+        """A file descriptor to give the agent as stdout: each line it writes sets the device."""
+        proc = self._spawn(_gpio_argv(self._props(name), False), stdin=subprocess.PIPE)
+        self.writers.append(proc)
+        return proc.stdin.fileno()
+
+    def after_start(self) -> None:
+        """The agent has its ends: close ours, so the servers see EOF / EPIPE when the agent ends."""
+        for proc in self.procs:
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+    def close(self) -> None:
+        """The agent ended: let the writers apply what it wrote (its stdout has ended), stop the rest."""
+        for proc in self.writers:
+            try:
+                proc.wait(WRITER_DRAIN_S)
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        self.writers.clear()

@@ -1,0 +1,144 @@
+"""Devices on a cluster of simulated boards: stages that use a device run on its owner,
+`/dev/gpio/NAME` is a file there, and a stage whose device owner is down waits for it.
+
+    n1  kernel, compute (no GPIO)
+    s1  simulated board A, device gpio/D4 (pin D4, input): the sensor
+    a1  simulated board B, device gpio/D7 (pin D7, output): the actuator
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from oneos.gpio.sim import SimBoard
+from tests.cluster import SESSION_TTL
+from tests.conftest import running_cluster
+from tests.procs import venv_bin, wait_until
+
+CONTROLLER = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "controller.py"
+
+
+def device_node(cluster, node_id: str, board: Path, devices: str) -> None:
+    config = cluster.root / f"{node_id}.yaml"
+    config.write_text(f"kernel: false\ndevices:\n{textwrap.indent(devices, '  ')}")
+    cluster.start(node_id, "--config", str(config), env={"ONEOS_GPIO_SIM": str(board)})
+
+
+SENSOR = "gpio/D4: {pin: D4, direction: in}\n"
+ACTUATOR = "gpio/D7: {pin: D7, direction: out}\n"
+
+
+@pytest.fixture
+def boards(tmp_path):
+    with running_cluster(tmp_path, {"n1": ["--kernel"]}) as c:
+        c.board_a, c.board_b = SimBoard(tmp_path / "board-a"), SimBoard(tmp_path / "board-b")
+        device_node(c, "s1", tmp_path / "board-a", SENSOR)
+        device_node(c, "a1", tmp_path / "board-b", ACTUATOR)
+        yield c
+
+
+def start_run(cluster, line: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([venv_bin("oneosctl"), "run", "-v", line], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                            env=dict(os.environ, ONEOS_NAMESERVER=cluster.url))
+
+
+def placed(proc: subprocess.Popen) -> dict[str, str]:
+    """stage -> node, from the line `oneosctl run -v` prints once every stage is placed."""
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        if " placed: " in line:
+            return dict(part.split(" on ") for part in line.split(" placed: ", 1)[1].strip().split(", "))
+    raise AssertionError(f"oneosctl run ended without placing: {proc.wait()}")
+
+
+def read_line(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """The next line of the run's stdout, or fail at the deadline (never block the test forever)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        assert ready, f"no line from oneosctl run within {timeout}s (so far {line!r})"
+        byte = os.read(proc.stdout.fileno(), 1)
+        assert byte, f"oneosctl run's output ended (so far {line!r})"
+        line += byte
+    return line.decode()
+
+
+def toggle_and_follow(cluster, values: list[int]) -> None:
+    """Set D4 on board A to each value; D7 on board B must follow each one."""
+    for value in values:
+        cluster.board_a.set("D4", value)
+        wait_until(lambda: cluster.board_b.get("D7") == value, 20, f"D7 to follow D4={value}")
+
+
+def test_the_sensor_controller_actuator_pipeline_runs_where_the_pins_are(boards, tmp_path):
+    shutil.copy(CONTROLLER, tmp_path / "controller.py")
+    nodes = boards.get_nodes()
+    assert {n["id"]: n["labels"].get("gpio") for n in nodes} == {"n1": None, "s1": "true", "a1": "true"}
+    run = start_run(boards, "oneos-gpio watch D4 | python3 controller.py | oneos-gpio write D7", tmp_path)
+    try:
+        where = placed(run)
+        assert (where["oneos-gpio"], where["oneos-gpio-2"]) == ("s1", "a1")
+        toggle_and_follow(boards, [1, 0, 1, 0])
+        run.send_signal(signal.SIGINT)
+        assert run.wait(30) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def test_dev_paths_name_devices_and_other_dev_paths_stay_the_nodes(boards, tmp_path):
+    run = start_run(boards, "cat /dev/gpio/D4 | sed -u 3q", tmp_path)
+    try:
+        assert placed(run)["cat"] == "s1"
+        # The watch behind /dev/gpio/D4 prints the level now, then each change.
+        lines = [read_line(run)]
+        for value in (1, 0):
+            boards.board_a.set("D4", value)
+            lines.append(read_line(run))
+        assert lines == ["0\n", "1\n", "0\n"]
+        assert run.wait(30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+    done = subprocess.run([venv_bin("oneosctl"), "run", "-v", "echo 1 > /dev/gpio/D7"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, ONEOS_NAMESERVER=boards.url))
+    assert done.returncode == 0 and " echo on a1" in done.stderr, done.stderr
+    assert boards.board_b.get("D7") == 1
+    done = subprocess.run([venv_bin("oneosctl"), "run", "cat /dev/null | wc -c"], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, ONEOS_NAMESERVER=boards.url))
+    assert (done.returncode, done.stdout.strip()) == (0, "0")
+
+
+def test_a_stage_whose_device_owner_is_down_waits_for_it(boards, tmp_path):
+    manifest = tmp_path / "sensor.yaml"
+    manifest.write_text(textwrap.dedent("""\
+        apiVersion: oneos/v1
+        kind: Pipeline
+        metadata: {name: sensor}
+        spec:
+          agents:
+            - {name: watch, run: [oneos-gpio, watch, D4], requires: {devices: [gpio/D4]}}
+        """))
+    assert boards.ctl("apply", "-f", str(manifest)).returncode == 0
+    watch = lambda: boards.statuses("sensor").get("watch", {})  # noqa: E731
+    wait_until(lambda: watch().get("state") == "Running", 30, "the watch to run")
+    assert watch()["node"] == "s1"
+
+    boards.node("s1").kill9()
+    reason = "device gpio/D4 is on node s1, which is down: 0/2 nodes: 2 missing device gpio/D4"
+    wait_until(lambda: watch().get("state") == "Pending", 2 * SESSION_TTL + 15, "the watch to wait for s1")
+    assert watch()["reason"] == reason
+    assert f"watch: Pending: {reason}" in boards.ctl("describe", "pipeline", "sensor").stdout
+
+    device_node(boards, "s1", tmp_path / "board-a", SENSOR)   # the owner comes back
+    wait_until(lambda: watch().get("state") == "Running" and watch().get("node") == "s1", 30, "Running on s1")
