@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 
 from typing import TYPE_CHECKING
 
@@ -63,3 +64,22 @@ def _stderr_logger() -> "pulsar.FileLogger | logging.Logger":
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
         return logger
+
+
+def exit_process(code: int) -> None:
+    """End this process with `code`, without the Pulsar client library's exit-time destructors.
+
+    pulsar-client can abort at interpreter exit ("terminate called without an active
+    exception", apache/pulsar-client-python#256) even after every client was closed, which
+    turns a clean exit into SIGABRT. Once the program is done, flush what it wrote and leave
+    at once; a process that never loaded the library exits normally.
+    """
+    if "pulsar" not in sys.modules:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)

@@ -550,5 +550,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script: main(), then an exit that the Pulsar client library cannot turn into an abort."""
+    from oneos.bus.client import exit_process
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

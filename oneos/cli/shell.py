@@ -48,5 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def entry() -> None:
+    """The console script (see oneos.bus.client.exit_process)."""
+    from oneos.bus.client import exit_process
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

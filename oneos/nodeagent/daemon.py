@@ -308,5 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_until_signalled(Runtime(cfg, wait_s=args.wait))
 
 
+def entry() -> None:
+    """The console script: main(), then an exit that the Pulsar client library cannot turn into an abort."""
+    from oneos.bus.client import exit_process
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
