@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from oneos.controller.reconciler import same_work, desired_assignments
+from oneos.controller.reconciler import desired_assignments
+from oneos.state import same_work
 
 NONE = "<none>"
 _MISSING = object()

@@ -56,6 +56,17 @@ def status_key(agent_key: str) -> str:
     return STATUS + agent_key
 
 
+#: Agent states after which nothing runs until something changes (the spec, the pipeline).
+FINAL_STATES = ("Exited", "Failed")
+#: The fields of an assignment that say what runs: a change in any of them restarts the agent.
+WORK_FIELDS = ("uid", "agent", "inputs", "outputs", "attached", "kernel", "files")
+
+
+def same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two assignments run the same thing (the generation and the epoch do not say that)."""
+    return all(a.get(f) == b.get(f) for f in WORK_FIELDS)
+
+
 def device_key(device: str) -> str:
     return f"{DEVICES}{device}"
 

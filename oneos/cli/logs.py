@@ -19,7 +19,6 @@ from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
 from oneos.nodeagent.bridge import log_topic
 
-FINAL = ("Exited", "Failed")
 POLL_MS = 500
 
 
@@ -94,7 +93,7 @@ def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bo
                 if status.get("incarnation", 0) > incarnation:
                     incarnation += 1
                     break
-                if not status or status["state"] in FINAL:
+                if not status or status["state"] in state.FINAL_STATES:
                     return 0
                 time.sleep(POLL_MS / 1000)
     finally:

@@ -27,7 +27,6 @@ from oneos.compiler import compile_pipeline
 from oneos.nameserver.client import NameServer
 from oneos.nodeagent.bridge import log_topic
 
-FINAL = ("Exited", "Failed")
 LOG_DRAIN_S = 5.0
 
 
@@ -162,9 +161,9 @@ class Run:
             self._follow_logs(agents, statuses)
             self._report_progress(agents, statuses, told)
             final = statuses.get(last_key, {})
-            if final.get("state") in FINAL and all(r.finished.wait(0) for r in self.readers):
+            if final.get("state") in state.FINAL_STATES and all(r.finished.wait(0) for r in self.readers):
                 break
-            if final.get("state") in FINAL:
+            if final.get("state") in state.FINAL_STATES:
                 # The status came first; the end of its output stream is on its way.
                 for reader in self.readers:
                     reader.wait(0.2)
@@ -206,7 +205,7 @@ class Run:
         deadline = time.monotonic() + LOG_DRAIN_S
         for (agent, _), reader in self.log_readers.items():
             st = statuses.get(state.agent_id(self.name, agent), {})
-            if st.get("state") in FINAL:
+            if st.get("state") in state.FINAL_STATES:
                 reader.wait(max(0.0, deadline - time.monotonic()))
 
     def cleanup(self) -> None:

@@ -23,9 +23,6 @@ from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 
 log = logging.getLogger("oneos.controller")
 
-FINAL = ("Exited", "Failed")
-
-
 class NotLeader(OneOSError):
     """The leader lock is no longer held by this controller: it must stop writing."""
 
@@ -131,12 +128,6 @@ def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return wanted
 
 
-def same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two assignments run the same thing (the generation alone does not matter)."""
-    fields = ("uid", "agent", "inputs", "outputs", "attached", "files")
-    return all(a.get(f) == b.get(f) for f in fields)
-
-
 def _neighbors(key: str, doc: dict[str, Any]) -> set[str]:
     pipeline, _ = state.split_agent_id(key)
     return {state.agent_id(pipeline, other) for other in doc["inputs"] + doc["outputs"]}
@@ -196,13 +187,13 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
         if current is not None:
             node_id, placed = current
             status = view.statuses.get(key, {})
-            done = (status.get("state") in FINAL and status.get("node") == node_id
-                    and status.get("epoch") == placed["epoch"] and same_work(placed, doc))
+            done = (status.get("state") in state.FINAL_STATES and status.get("node") == node_id
+                    and status.get("epoch") == placed["epoch"] and state.same_work(placed, doc))
             if view.alive(node_id) and not done and not _still_fits(view, node_id, key, placed, doc):
                 moved = dict(placed, node=node_id)
             elif view.alive(node_id) or done:
                 # A finished agent stays finished, even when its node has gone since.
-                if not same_work(placed, doc) or placed["generation"] != doc["generation"]:
+                if not state.same_work(placed, doc) or placed["generation"] != doc["generation"]:
                     log.info("%s: spec changed, updating it on %s", key, node_id)
                     updated = dict(doc, epoch=placed["epoch"], assignedAt=state.utcnow())
                     writes.put(state.assign_key(node_id, key), "assignment", updated)

@@ -137,7 +137,7 @@ class _Parser:
 
     def run(self) -> tuple[Requirement, ...]:
         if not self.text.strip():
-            raise self.fail(f"an empty selector", 1)
+            raise self.fail("an empty selector", 1)
         requirements = []
         while True:
             requirements.append(self.requirement())
@@ -148,7 +148,7 @@ class _Parser:
             if text != ",":
                 raise self.fail(f"expected ',' or the end of the selector, found {text!r}", column)
             if self.peek() is None:
-                raise self.fail(f"nothing after ','")
+                raise self.fail("nothing after ','")
 
     def key(self, after: str = "") -> tuple[str, int]:
         token = self.take()

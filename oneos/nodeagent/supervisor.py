@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("oneos.nodeagent")
 
 STOP_GRACE_S = 5.0
-FINAL = ("Exited", "Failed")
 
 
 def _die_with_parent() -> None:
@@ -109,8 +108,7 @@ class AgentRunner:
                 pass
 
     def same_work(self, assignment: dict[str, Any]) -> bool:
-        fields = ("uid", "epoch", "agent", "inputs", "outputs", "attached", "files")
-        return all(self.assignment.get(f) == assignment.get(f) for f in fields)
+        return state.same_work(self.assignment, assignment) and self.epoch == assignment.get("epoch")
 
     def _run(self) -> None:
         try:
@@ -123,7 +121,7 @@ class AgentRunner:
     def _supervise(self) -> None:
         previous = self._previous_status()
         same = previous.get("uid") == self.assignment["uid"]
-        if (same and previous.get("state") in FINAL and previous.get("node") == self.sup.node_id
+        if (same and previous.get("state") in state.FINAL_STATES and previous.get("node") == self.sup.node_id
                 and previous.get("epoch") == self.epoch and previous.get("generation") == self.assignment["generation"]):
             log.info("%s: already %s here (exit status %s); not running it again", self.key,
                      previous["state"], previous.get("exitCode"))
@@ -458,7 +456,7 @@ class Supervisor:
                     doc = state.decode(entry, "status")
                 except DocumentError:
                     continue
-                if doc["state"] in FINAL:
+                if doc["state"] in state.FINAL_STATES:
                     final.add(entry.key[len(state.STATUS):])
             for key, runner in list(self.runners.items()):
                 pipeline, _ = state.split_agent_id(key)
