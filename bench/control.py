@@ -117,13 +117,20 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def descendants(pid: int) -> list[int]:
+def children_by_parent() -> dict[int, list[int]]:
+    """pid -> its children's pids, from one pass over /proc."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields:
                 children[int(fields[1])].append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below `pid` (children from `children_by_parent()`, read now if not given)."""
+    children = children_by_parent() if children is None else children
     found, stack = [], [pid]
     while stack:
         for child in children.get(stack.pop(), []):
@@ -502,21 +509,8 @@ IDLE_BASELINES = {
 def sample_idle(targets: dict[str, int], seconds: float, interval: float = 0.5) -> dict[str, dict[str, float]]:
     """RSS (each sample: the process and its descendants) and CPU time over `seconds`, per process."""
     def trees() -> dict[str, list[int]]:
-        children: dict[int, list[int]] = defaultdict(list)
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                fields = _stat_fields(int(entry.name))
-                if fields:
-                    children[int(fields[1])].append(int(entry.name))
-        found = {}
-        for label, pid in targets.items():
-            tree, stack = [pid], [pid]
-            while stack:
-                kids = children.get(stack.pop(), [])
-                tree += kids
-                stack += kids
-            found[label] = tree
-        return found
+        children = children_by_parent()
+        return {label: [pid] + descendants(pid, children) for label, pid in targets.items()}
 
     def ticks() -> dict[str, int]:
         return {label: sum(cpu_ticks(p) for p in tree) for label, tree in trees().items()}

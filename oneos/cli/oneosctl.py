@@ -368,22 +368,32 @@ def _print_structured(list_kind: str, items: list[dict[str, Any]], names: list[s
         sys.stdout.write(output.structured({"kind": list_kind, "items": items}, fmt))
 
 
+def _show(list_kind: str, items: list[dict[str, Any]], names: list[str], fmt: str, empty: str,
+          headers: list[str], rows: Callable[[], list[list[Any]]]) -> int:
+    """What every `get` prints: the documents (json, yaml), or `empty` on stderr, or the table of `rows()`."""
+    if fmt != "table":
+        _print_structured(list_kind, items, names, fmt)
+    elif not items:
+        print(empty, file=sys.stderr)
+    else:
+        sys.stdout.write(output.table(headers, rows()))
+    return 0
+
+
+def _pairs(mapping: dict[str, Any]) -> str:
+    """k=v,k=v sorted by key, or <none>: labels and settings in a table cell."""
+    return ",".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "<none>"
+
+
 def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
     nodes, problems = state.read_nodes(ns)
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
     items = _select("node", [dict(n.record, leader=n.leader) for n in nodes], names, lambda r, n: r["id"] == n)
-    if fmt != "table":
-        _print_structured("NodeList", items, names, fmt)
-        return 0
-    if not items:
-        print(f"No nodes have joined the cluster at {ns.url}.", file=sys.stderr)
-        return 0
-    rows = [[r["id"], r["state"], "yes" if r["leader"] else "no", "yes" if r["kernel"] else "no",
-             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "<none>", output.age(r["startedAt"])]
-            for r in items]
-    sys.stdout.write(output.table(["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"], rows))
-    return 0
+    return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.",
+                 ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"],
+                 lambda: [[r["id"], r["state"], "yes" if r["leader"] else "no", "yes" if r["kernel"] else "no",
+                           _pairs(r["labels"]), output.age(r["startedAt"])] for r in items])
 
 
 def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
@@ -393,55 +403,44 @@ def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
 
 def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
     docs = _select("pipeline", manifests.list_pipelines(ns), names, lambda d, n: d["metadata"]["name"] == n)
-    if fmt != "table":
-        _print_structured("PipelineList", docs, names, fmt)
-        return 0
-    if not docs:
-        print(f"No pipelines on the cluster at {ns.url}.", file=sys.stderr)
-        return 0
-    statuses = state.read_statuses(ns)
-    rows = []
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        agents = doc["spec"]["agents"]
-        running = sum(1 for a in agents if statuses.get(state.agent_id(name, a["name"]), {}).get("state") == "Running")
-        rows.append([name, f"{running}/{len(agents)}", pipeline_phase(doc, statuses),
-                     output.age(doc["metadata"]["createdAt"])])
-    sys.stdout.write(output.table(["NAME", "RUNNING", "STATUS", "AGE"], rows))
-    return 0
+
+    def rows() -> list[list[Any]]:
+        statuses = state.read_statuses(ns)
+        table = []
+        for doc in docs:
+            name = doc["metadata"]["name"]
+            agents = doc["spec"]["agents"]
+            running = sum(1 for a in agents
+                          if statuses.get(state.agent_id(name, a["name"]), {}).get("state") == "Running")
+            table.append([name, f"{running}/{len(agents)}", pipeline_phase(doc, statuses),
+                          output.age(doc["metadata"]["createdAt"])])
+        return table
+    return _show("PipelineList", docs, names, fmt, f"No pipelines on the cluster at {ns.url}.",
+                 ["NAME", "RUNNING", "STATUS", "AGE"], rows)
 
 
 def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     statuses = state.read_statuses(ns)
     items = _select("agent", [statuses[k] for k in sorted(statuses)], names,
                     lambda st, n: n in (st["pipeline"], f"{st['pipeline']}/{st['agent']}"))
-    if fmt != "table":
-        _print_structured("AgentList", items, [n for n in names if "/" in n], fmt)
-        return 0
-    if not items:
-        print(f"No agents on the cluster at {ns.url}.", file=sys.stderr)
-        return 0
-    rows = [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st), restarts(st),
-             last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"]
-            for st in items]
-    sys.stdout.write(output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"], rows))
-    return 0
+    # Only PIPELINE/AGENT names one agent: a pipeline's name lists its agents.
+    return _show("AgentList", items, [n for n in names if "/" in n], fmt, f"No agents on the cluster at {ns.url}.",
+                 ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"],
+                 lambda: [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st),
+                           restarts(st), last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"]
+                          for st in items])
 
 
 def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
     registered = state.read_devices(ns)
     items = _select("device", [registered[k] for k in sorted(registered)], names, lambda d, n: d["device"] == n)
-    if fmt != "table":
-        _print_structured("DeviceList", items, names, fmt)
-        return 0
-    if not items:
-        print(f"No devices registered on the cluster at {ns.url}.", file=sys.stderr)
-        return 0
-    alive = {n.record["id"] for n in state.read_nodes(ns)[0]}
-    rows = [[d["device"], d["node"], "Ready" if d["node"] in alive else "NodeDown",
-             ",".join(f"{k}={v}" for k, v in sorted(d["settings"].items())) or "<none>"] for d in items]
-    sys.stdout.write(output.table(["DEVICE", "NODE", "STATE", "SETTINGS"], rows))
-    return 0
+
+    def rows() -> list[list[Any]]:
+        alive = {n.record["id"] for n in state.read_nodes(ns)[0]}
+        return [[d["device"], d["node"], "Ready" if d["node"] in alive else "NodeDown", _pairs(d["settings"])]
+                for d in items]
+    return _show("DeviceList", items, names, fmt, f"No devices registered on the cluster at {ns.url}.",
+                 ["DEVICE", "NODE", "STATE", "SETTINGS"], rows)
 
 
 GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {
