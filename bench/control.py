@@ -502,7 +502,7 @@ def measure_failover(cluster: Cluster, procs: Processes, runs: int, seed: int) -
 IDLE_BASELINES = {
     "python3, sleeping": "import time; time.sleep(1e6)",
     "python3, import pulsar, requests": "import pulsar, requests, time; time.sleep(1e6)",
-    "python3, oneosd's imports only": "import oneos.nodeagent.daemon, time; time.sleep(1e6)",
+    "python3, oneosd's imports only": "import oneos.cli.oneosd, time; time.sleep(1e6)",
 }
 
 

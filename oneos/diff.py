@@ -15,8 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from oneos.controller.reconciler import desired_assignments
-from oneos.state import same_work
+from oneos.state import desired_assignments, same_work
 
 NONE = "<none>"
 _MISSING = object()

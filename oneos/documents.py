@@ -29,8 +29,8 @@ import referencing.jsonschema
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from oneos.controller.selectors import SelectorError
-from oneos.controller.selectors import parse as parse_selector
+from oneos.selectors import SelectorError
+from oneos.selectors import parse as parse_selector
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError, UsageError
 

@@ -67,6 +67,29 @@ def same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(f) == b.get(f) for f in WORK_FIELDS)
 
 
+def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """agent id -> the assignment each agent of the manifest should have (without placement)."""
+    meta, spec = manifest["metadata"], manifest["spec"]
+    links = spec.get("links", [])
+    digests = meta.get("fileDigests", {})
+    wanted = {}
+    for agent in spec["agents"]:
+        name = agent["name"]
+        wanted[agent_id(meta["name"], name)] = {
+            "pipeline": meta["name"],
+            "uid": meta["uid"],
+            "generation": meta["generation"],
+            "agent": agent,
+            "inputs": [link["from"] for link in links if link["to"] == name],
+            "outputs": [link["to"] for link in links if link["from"] == name],
+            "attached": bool(spec.get("attached", False)),
+            "files": {f: digests[f] for f in agent.get("files", []) if f in digests},
+        }
+        if manifest.get("kind") == "Init":
+            wanted[agent_id(meta["name"], name)]["kernel"] = True
+    return wanted
+
+
 def device_key(device: str) -> str:
     return f"{DEVICES}{device}"
 

@@ -32,9 +32,13 @@ def output_topic(namespace: str, uid: str, agent: str) -> str:
     return _topic(namespace, uid, "out", _agent(agent))
 
 
-def log_topic(namespace: str, uid: str, agent: str) -> str:
-    """`agent`'s stderr and log lines."""
-    return _topic(namespace, uid, "log", _agent(agent))
+def log_topic(namespace: str, uid: str, agent: str, incarnation: int | None = None) -> str:
+    """`agent`'s stderr and log lines; with `incarnation`, those of that one run of it.
+
+    Logs are not replayed, so each run of the process has a stream of its own.
+    """
+    topic = _topic(namespace, uid, "log", _agent(agent))
+    return topic if incarnation is None else f"{topic}.{incarnation}"
 
 
 def subscription(agent: str, incarnation: int) -> str:

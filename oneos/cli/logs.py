@@ -14,10 +14,9 @@ import pulsar
 
 from oneos import manifests, state
 from oneos.bus import client as bus_client
-from oneos.bus import frames
+from oneos.bus import frames, topics
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
-from oneos.nodeagent.bridge import log_topic
 
 POLL_MS = 500
 
@@ -84,7 +83,7 @@ def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bo
     namespace = boot["pulsar"]["namespace"]
     try:
         while True:
-            ended = copy_log(client, log_topic(namespace, uid, agent, incarnation), out, follow=follow)
+            ended = copy_log(client, topics.log_topic(namespace, uid, agent, incarnation), out, follow=follow)
             if not follow or not ended:
                 return 0
             # That run is over: follow the next one, if the agent is started again.

@@ -25,7 +25,6 @@ from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
 from oneos.compiler import compile_pipeline
 from oneos.nameserver.client import NameServer
-from oneos.nodeagent.bridge import log_topic
 
 LOG_DRAIN_S = 5.0
 
@@ -143,7 +142,7 @@ class Run:
                 spec = agent["stderr"]
                 target = _open(spec["file"], spec.get("append", False), self.cwd)
                 self.files.append(target)
-            topic = log_topic(self.namespace, self.uid, agent["name"], incarnation)
+            topic = topics.log_topic(self.namespace, self.uid, agent["name"], incarnation)
             reader = StreamReader(self.client, [topic], "oneosctl-run", name=f"{self.name}.{agent['name']}.log",
                                   on_data=_Sink(target, self.progress.clear))
             self.log_readers[(agent["name"], incarnation)] = reader.start()

@@ -105,29 +105,6 @@ def init_as_pipeline(ns: NameServer) -> dict[str, Any] | None:
             "spec": {"agents": init["spec"]["agents"], "links": []}}
 
 
-def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """agent id -> the assignment each agent of the manifest should have (without placement)."""
-    meta, spec = manifest["metadata"], manifest["spec"]
-    links = spec.get("links", [])
-    digests = meta.get("fileDigests", {})
-    wanted = {}
-    for agent in spec["agents"]:
-        name = agent["name"]
-        wanted[state.agent_id(meta["name"], name)] = {
-            "pipeline": meta["name"],
-            "uid": meta["uid"],
-            "generation": meta["generation"],
-            "agent": agent,
-            "inputs": [link["from"] for link in links if link["to"] == name],
-            "outputs": [link["to"] for link in links if link["from"] == name],
-            "attached": bool(spec.get("attached", False)),
-            "files": {f: digests[f] for f in agent.get("files", []) if f in digests},
-        }
-        if manifest.get("kind") == "Init":
-            wanted[state.agent_id(meta["name"], name)]["kernel"] = True
-    return wanted
-
-
 def _neighbors(key: str, doc: dict[str, Any]) -> set[str]:
     pipeline, _ = state.split_agent_id(key)
     return {state.agent_id(pipeline, other) for other in doc["inputs"] + doc["outputs"]}
@@ -164,7 +141,7 @@ def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | Non
                 return
     prefix = f"{name}."
     mine = {k: v for k, v in view.assignments.items() if k.startswith(prefix)}
-    wanted = desired_assignments(manifest) if manifest else {}
+    wanted = state.desired_assignments(manifest) if manifest else {}
 
     for key, (node_id, _) in mine.items():
         if key not in wanted:

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any, Iterable, Protocol, Sequence
 
-from oneos.controller import selectors
-from oneos.controller.selectors import Requirement, SelectorError
+from oneos import selectors
+from oneos.selectors import Requirement, SelectorError
 from oneos.quantities import format_memory, parse_cpu, parse_memory
 
 #: How many fitting nodes `place` scores when more fit (Nomad's limit iterator).

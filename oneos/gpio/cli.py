@@ -29,10 +29,11 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError, UsageError
-from oneos.gpio.pins import PULLS, SIM_ENV, VALUE_WORDS, Board, PinError, open_board, parse_value
+from oneos.gpio.pins import PULLS, SIM_ENV, VALUE_WORDS, Board, PinError, parse_value
 
 PROG = "oneos-gpio"
 
@@ -147,6 +148,17 @@ def cmd_pins(args: argparse.Namespace, board: Board) -> int:
         print(f"{PROG}: {board.description} has no GPIO pins that Blinka knows; "
               f"set {SIM_ENV}=DIR for a simulated board", file=sys.stderr)
     return 0
+
+
+def open_board(environ: Mapping[str, str] | None = None) -> Board:
+    """The simulated board when $ONEOS_GPIO_SIM is set (non-empty), else Blinka's."""
+    env = os.environ if environ is None else environ
+    directory = env.get(SIM_ENV, "").strip()
+    if directory:
+        from oneos.gpio.sim import SimBoard
+        return SimBoard(directory)
+    from oneos.gpio.blinka import BlinkaBoard
+    return BlinkaBoard()
 
 
 def sim_board(args: argparse.Namespace):

@@ -2,18 +2,14 @@
 
 A Board knows its pin names and opens pins. An input pin is read (0 or 1); an output
 pin is written, and becomes an output only at its first write, driven straight to that
-value (a restarted actuator does not pulse its pin low first).
-
-`open_board()` picks the board: the simulated one when `ONEOS_GPIO_SIM` names a
-directory, else Blinka's (the real GPIO of a Raspberry Pi and the other boards Blinka knows).
+value (a restarted actuator does not pulse its pin low first). The boards themselves
+(sim.py, blinka.py) build on this module; `oneos.gpio.cli.open_board` picks one.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from abc import ABC, abstractmethod
-from typing import Mapping
 
 from oneos.errors import OneOSError, UsageError
 
@@ -94,14 +90,3 @@ class Board(ABC):
 
     def _unknown_hint(self) -> str:
         return ""
-
-
-def open_board(environ: Mapping[str, str] | None = None) -> Board:
-    """The simulated board when $ONEOS_GPIO_SIM is set (non-empty), else Blinka's."""
-    env = os.environ if environ is None else environ
-    directory = env.get(SIM_ENV, "").strip()
-    if directory:
-        from oneos.gpio.sim import SimBoard
-        return SimBoard(directory)
-    from oneos.gpio.blinka import BlinkaBoard
-    return BlinkaBoard()

@@ -31,11 +31,6 @@ log = logging.getLogger("oneos.nodeagent")
 FLUSH_S = 30.0
 
 
-def log_topic(namespace: str, uid: str, agent: str, incarnation: int) -> str:
-    """One incarnation's log: logs are not replayed, so each run of the process has its own stream."""
-    return f"{topics.log_topic(namespace, uid, agent)}.{incarnation}"
-
-
 class Bridge:
     """Created per process start (incarnation); `attach` the process, then `finish` when it exits."""
 
@@ -68,7 +63,7 @@ class Bridge:
         else:
             # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
             self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
-            self.log = StreamWriter(client, [log_topic(namespace, uid, agent, incarnation)], wire,
+            self.log = StreamWriter(client, [topics.log_topic(namespace, uid, agent, incarnation)], wire,
                                     name=f"{key}.log")
             self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
         log_dir.mkdir(parents=True, exist_ok=True)

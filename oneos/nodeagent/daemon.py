@@ -8,17 +8,14 @@ disappears from `oneosctl get nodes` immediately.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
-import signal
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 from oneos import __version__, state
@@ -26,7 +23,7 @@ from oneos.bus import client as bus_client
 from oneos.controller.controller import Controller
 from oneos.controller.election import Election
 from oneos.durations import parse_seconds
-from oneos.errors import OneOSError, UsageError
+from oneos.errors import OneOSError
 from oneos.gpio.pins import SIM_ENV
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
@@ -229,90 +226,8 @@ class Runtime:
                 log.warning("could not leave cleanly (%s); the node record expires within 2×TTL", exc)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="oneosd",
-        description="The OneOS runtime: joins this machine to a OneOS cluster and runs what is assigned to it.")
-    parser.add_argument("runtime_id", nargs="?", metavar="RUNTIME_ID",
-                        help="this runtime's id (default: the one saved in $ONEOS_HOME, else a new uuid4)")
-    parser.add_argument("--dev", action="store_true",
-                        help="run the whole system on this machine: Name Server, Pulsar broker, one kernel node")
-    parser.add_argument("--data-dir", metavar="DIR", help="--dev: where state is kept (default $ONEOS_HOME/dev)")
-    parser.add_argument("--listen", metavar="HOST:PORT",
-                        help="--dev: where the built-in Name Server listens (default 127.0.0.1:8500)")
-    parser.add_argument("--nameserver", metavar="URL", help="the Name Server (default $ONEOS_NAMESERVER, "
-                                                            "else the config file, else http://127.0.0.1:8500)")
-    kernel = parser.add_mutually_exclusive_group()
-    kernel.add_argument("--kernel", dest="kernel", action="store_true", default=None,
-                        help="this runtime may host kernel agents and lead the cluster")
-    kernel.add_argument("--no-kernel", dest="kernel", action="store_false")
-    parser.add_argument("--memory", metavar="SIZE", help="memory agents may use here (e.g. 512Mi)")
-    parser.add_argument("--label", action="append", default=None, metavar="KEY=VALUE",
-                        help="a label for placement (repeatable)")
-    parser.add_argument("--config", metavar="FILE", help="config file (default $ONEOS_HOME/config.yaml)")
-    parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                        help="how long to keep retrying an unreachable Name Server at start (default 60)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    return parser
-
-
-def overrides_from(args: argparse.Namespace) -> runtime_config.Overrides:
-    labels = None
-    if args.label:
-        labels = {}
-        for item in args.label:
-            labels.update(runtime_config.parse_labels(item, "--label"))
-    return runtime_config.Overrides(id=args.runtime_id, nameserver=args.nameserver, kernel=args.kernel,
-                                    memory=args.memory, labels=labels,
-                                    config_file=Path(args.config) if args.config else None)
-
-
 def setup_logging(prefix: str, verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format=f"{prefix}: %(message)s", force=True)
     # Each request of the HTTP client library is noise for people.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-def run_until_signalled(runtime: Runtime) -> int:
-    """Start the runtime, wait for SIGTERM/SIGINT, stop it; the exit status."""
-    signal.signal(signal.SIGTERM, lambda *_: runtime.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: runtime.request_stop())
-    try:
-        runtime.start()
-        runtime.wait()
-    except OneOSError as exc:
-        log.error("%s", exc)
-        runtime.stop()
-        return exc.exit_code
-    runtime.stop()
-    log.info("stopped")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging("oneosd", args.verbose)
-    try:
-        flags = overrides_from(args)
-        if args.dev:
-            from oneos import dev
-            return dev.run(flags, data_dir=args.data_dir, listen=args.listen, verbose=args.verbose)
-        if args.data_dir or args.listen:
-            raise UsageError("--data-dir and --listen belong to --dev (the one-machine cluster)")
-        cfg = runtime_config.load(flags)
-    except OneOSError as exc:
-        print(f"oneosd: {exc}", file=sys.stderr)
-        return exc.exit_code
-    setup_logging(f"oneosd {cfg.id}", args.verbose)
-    return run_until_signalled(Runtime(cfg, wait_s=args.wait))
-
-
-def entry() -> None:
-    """The console script: main(), then an exit that the Pulsar client library cannot turn into an abort."""
-    from oneos.bus.client import exit_process
-    exit_process(main())
-
-
-if __name__ == "__main__":
-    entry()

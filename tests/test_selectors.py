@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oneos.controller.selectors import SelectorError, matches, parse
+from oneos.selectors import Requirement, SelectorError, matches, parse
 
 GREENHOUSE = {"room": "greenhouse", "gpio": "true"}
 CELLAR = {"room": "cellar"}
@@ -81,3 +81,14 @@ def test_errors_name_the_column(selector, column, what):
     text = str(err.value)
     assert f" at column {column}; " in text and "\n" not in text
     assert "write" in err.value.hint or "a label key is" in err.value.hint   # says what to do
+
+
+def test_label_values_may_hold_spaces_inside_an_equality_only():
+    assert parse("room=living room, gpio", label_values=True) == (
+        Requirement("room", "=", ("living room",), 1), Requirement("gpio", "exists", (), 19))
+    with pytest.raises(SelectorError) as err:
+        parse("room=living room")
+    assert err.value.column == 13
+    for text in ("zone!=a b", "gpu==true=x", "room=living (room)"):
+        with pytest.raises(SelectorError):
+            parse(text, label_values=True)

@@ -13,6 +13,10 @@ Spaces around words are allowed (`room in (a, b)`). Keys follow the label key pa
 of common.schema.json; a value is any run of characters other than spaces and
 `!=(),<>` (a label value holding one of those can be required with `requires.labels`).
 `parse` raises SelectorError naming the column (1-based) of what it cannot read.
+
+This is the one parser of label requirements: manifests' selectors (oneos.documents),
+the scheduler, and the requirements after `@` in a one-liner (oneos.compiler), which
+also allow spaces inside the value of an equality (`label_values`, see `parse`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ _KEY_RULE = ("a label key is letters, digits, '-', '_', '.' and '/', starting an
 # A word: anything up to a space or one of the selector's own characters.
 _TOKEN = re.compile(r"\s*(?:(?P<op>==|!=|[=!(),<>])|(?P<word>[^\s!=(),<>]+))")
 _END = re.compile(r"\s*$")
+# An equality's value when it may hold spaces: up to the next ',' or the end, without the blanks around it.
+_SPACED_VALUE = re.compile(r"\s*(?P<word>[^\s!=(),<>](?:[^!=(),<>]*[^\s!=(),<>])?)")
 
 
 class SelectorError(ValueError):
@@ -99,15 +105,19 @@ def matches(requirements: tuple[Requirement, ...], labels: Mapping[str, str]) ->
 
 
 @functools.lru_cache(maxsize=4096)
-def parse(text: str) -> tuple[Requirement, ...]:
-    """The requirements of selector `text`; SelectorError says what is wrong and at which column."""
-    return _Parser(text).run()
+def parse(text: str, label_values: bool = False) -> tuple[Requirement, ...]:
+    """The requirements of selector `text`; SelectorError says what is wrong and at which column.
+
+    With `label_values`, the value of `KEY=VALUE` (or `==`) may also hold spaces inside it, as a
+    label's value may: such a requirement is met through `requires.labels`, not a selector."""
+    return _Parser(text, label_values).run()
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, label_values: bool = False) -> None:
         self.text = text
         self.pos = 0
+        self.label_values = label_values
 
     def fail(self, what: str, column: int | None = None, hint: str = GRAMMAR) -> SelectorError:
         return SelectorError(what, column if column is not None else self._column(), hint)
@@ -180,6 +190,10 @@ class _Parser:
                 return Requirement(key, "!=" if text == "!=" else "=", ("",), column)
             if value[0] != "word":
                 raise self.fail(f"expected a value after '{key}{text}', found {value[1]!r}", value[2])
+            spaced = _SPACED_VALUE.match(self.text, self.pos) if self.label_values and text != "!=" else None
+            if spaced:
+                self.pos = spaced.end()
+                return Requirement(key, "=", (spaced.group("word"),), column)
             self.take()
             return Requirement(key, "!=" if text == "!=" else "=", (value[1],), column)
         if kind == "word" and text in ("in", "notin"):
