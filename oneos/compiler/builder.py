@@ -10,6 +10,8 @@ from pathlib import Path
 from collections.abc import Collection
 from typing import Any
 
+from oneos import selectors
+from oneos.selectors import SelectorError
 from oneos.compiler.errors import CompileError, snippet
 from oneos.compiler.lexer import ASSIGNMENT, PIPE, Operator, Token, Word, tokenize
 
@@ -51,8 +53,6 @@ _NAME_MAX = 63
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _NOT_IN_NAME = re.compile(r"[^a-z0-9-]")
 _NODE_ID = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,62}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?")
-_LABEL_KEY_MAX = 253
 _APPEND_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+=")
 _PLACEMENT = "@"
 
@@ -221,7 +221,7 @@ def _place(line: str, stage: _Stage, at: Word, criterion: Token | None) -> None:
 
 _REQUIREMENTS_HINT = ("after '@' give one node id, or requirements joined by ',': LABEL=VALUE, LABEL!=VALUE, "
                       "LABEL (it exists) or !LABEL (it does not)")
-# What a value compared with '!=' cannot hold: it goes into a label selector (oneos.controller.selectors).
+# What a value compared with '!=' cannot hold: it goes into a label selector (oneos.selectors).
 _NOT_IN_SELECTOR_VALUE = re.compile(r"[\s!=(),<>]")
 _SET_BASED = re.compile(r"\s(notin|in)\s*\(")
 
@@ -271,21 +271,24 @@ def _requirement(line: str, word: Word) -> dict[str, Any]:
         if key.startswith("!") and op in ("=", "!="):
             raise CompileError(f"{snippet(part)} puts '!' before a comparison ('!' goes before a label alone: write "
                                "!LABEL, or LABEL!=VALUE)", line, column)
-        if len(key) > _LABEL_KEY_MAX or not _LABEL_KEY.fullmatch(key):
+        if len(key) > selectors.LABEL_KEY_MAX or not selectors.LABEL_KEY.fullmatch(key):
             raise CompileError(f"{snippet(key)} is not a valid label key (a label key is letters, digits, '-', "
                                "'_', '.' and '/', starting and ending with a letter or digit)", line, key_column)
-        if op == "=":
+        if op == "!=" and _NOT_IN_SELECTOR_VALUE.search(value):
+            raise CompileError(f"{snippet(value)} cannot follow '!=' (a value compared with '!=' has no spaces "
+                               "and none of !=(),<>; such a value can only be required equal, with "
+                               "LABEL=VALUE)", line, column)
+        try:
+            [requirement] = selectors.parse(part, label_values=True)
+        except SelectorError as err:
+            at = column + err.column - 1 if word.raw == text else column
+            raise CompileError(f"{snippet(part)}: {err.what} ({_REQUIREMENTS_HINT})", line, at) from None
+        if requirement.op == "=":
             if key in labels:
                 raise CompileError(f"label {snippet(key)} is given twice (give each label once)", line, column)
-            labels[key] = value
-        elif op == "!=":
-            if _NOT_IN_SELECTOR_VALUE.search(value):
-                raise CompileError(f"{snippet(value)} cannot follow '!=' (a value compared with '!=' has no spaces "
-                                   "and none of !=(),<>; such a value can only be required equal, with "
-                                   "LABEL=VALUE)", line, column)
-            selector.append(f"{key}!={value}")
+            labels[key] = requirement.values[0]
         else:
-            selector.append(f"{op}{key}")
+            selector.append(str(requirement))
     requires: dict[str, Any] = {}
     if labels:
         requires["labels"] = labels

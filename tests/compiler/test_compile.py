@@ -12,6 +12,8 @@ import pytest
 from oneos.compiler import INTERPRETERS, CompileError, compile_pipeline, stage_name
 from oneos.documents import validate
 from oneos.errors import UsageError
+from oneos.selectors import SelectorError
+from oneos.selectors import parse as parse_selector
 from tests.compiler.test_lexer import ARGV
 
 BASH = shutil.which("bash")
@@ -231,6 +233,23 @@ def test_placement_selectors_compile_to_what_the_scheduler_reads():
     [agent] = agents("oneos-gpio watch D4 @ gpio=true,zone!=north,!broken")
     assert place(Demand.from_spec("p.sensor", agent), nodes, Usage()).node == "pi-2"
 
+
+
+@pytest.mark.parametrize("criterion", ["gpu==true=x", "zone!=a=b", "a=b=c", "gpio,!-x", "gpio=true,,x", "=1"])
+def test_a_requirement_after_at_is_refused_when_a_manifests_selector_is(criterion):
+    """One parser: what `@` refuses, a manifest's requires.selector refuses too (and the reverse, below)."""
+    refused(f"cat @ {criterion}")
+    with pytest.raises(SelectorError):
+        parse_selector(criterion)
+
+
+@pytest.mark.parametrize("criterion", ["gpu==true", "zone!=north,camera,!broken", "kubernetes.io/arch=arm64"])
+def test_a_requirement_after_at_means_what_the_same_selector_means(criterion):
+    requires = agents(f"cat @ {criterion}")[0]["requires"]
+    written = [f"{key}={value}" for key, value in requires.get("labels", {}).items()]
+    written += [requires["selector"]] if "selector" in requires else []
+    assert parse_selector(",".join(written)) == tuple(
+        r for r in parse_selector(criterion.replace("==", "=")))
 
 # ---------------------------------------------------------- shipped files
 
@@ -487,6 +506,7 @@ REFUSED = [
     ("cat @ !gpio,-zone", 13, "not a valid label key"),
     ("cat @ gpio=1,gpio=2", 14, "given twice"),
     ("cat @ -x=1", 7, "not a valid label key"),
+    ("cat @ gpu==true=x", 16, "expected ',' or the end of the selector"),
     ("cat @ =1", 7, "not a valid label key"),
     ("cat @ 'a b=1'", 7, "not a valid label key"),
     ("cat @ n1 extra", 10, "after the placement"),
