@@ -3,9 +3,15 @@
 Like Nomad's scheduler: each check asks one question of one node and answers None (fits)
 or a reason; every node a check filters is counted under that check, so an agent that
 fits nowhere says why, e.g. `0/5 nodes: 3 missing label gpio=true, 2 not enough memory
-(64Mi free < 128Mi)`. The checks, in the order they count: the node named, labels,
-the label selector (each requirement), devices, one agent of the pipeline per node
-(placement.distinctNodes), memory, cpu.
+(64Mi free < 128Mi)`. The checks (CHECKS), in the order they count: the node named,
+labels, the label selector (each requirement), devices, one agent of the pipeline per
+node (placement.distinctNodes), memory, cpu.
+
+Each check is one object that answers both ways, with its reason words written once: for
+one node (`reason`, which the naive scan asks), and for every node of a NodeIndex at once.
+A StaticCheck (node, labels, selector, devices) gives an exact mask per requirement; a
+CapacityCheck (distinctNodes, memory, cpu) gives a mask that holds every node with room,
+the exact per-node test the mask leaves to do, and the counts of a list of nodes it refuses.
 
 Among the nodes that fit, the best score wins, compared in this order: the sum of the
 weights of the agent's `prefers` terms the node matches; with placement.spreadBy, the
@@ -13,29 +19,34 @@ fewest agents of the pipeline on nodes with the node's value of that label (node
 without the label last); fewest agents it is linked with; fewest agents; most free
 memory; then a tie-break that is stable per (node, agent).
 
-`place_naive` does exactly that over every node. `place` gives the same answers fast:
-a NodeIndex keeps each label value and device as a bitmask of nodes, so the static
-checks of an agent are a few integer ANDs (cached per distinct set of constraints);
-the nodes left are grouped by prefers score and spread value, best group first, and,
-like Nomad's limit iterator, in the first group that has room it scores only the first
-SAMPLE nodes that fit, scanning from a point that depends on the agent. Free memory and
-cpu are kept as bitmasks too (nodes with at least 2**k free, per k), brought up to date
-from the nodes `Usage.add` changed, so that full nodes are skipped without a look.
-Prefers, spread and staying away from linked agents are never traded for speed; "fewest
-agents" and "most free memory" are, when more than SAMPLE nodes fit, among the sample.
-An agent that fits nowhere is explained with the same counts as a full scan: the static
-checks from the bitmasks, capacity and distinctNodes from the nodes that pass them.
+`place_naive` does exactly that over every node. `NodeIndex.place` gives the same answers
+fast, from the same checks: the static masks of an agent are a few integer ANDs (cached
+per distinct set of constraints); the nodes left are grouped by prefers score and spread
+value, best group first, and, like Nomad's limit iterator, in the first group that has
+room it scores only the first SAMPLE nodes that pass the exact tests, scanning from a
+point that depends on the agent. Free memory and cpu are kept as bitmasks too (nodes
+with at least 2**k free, per k), brought up to date from the nodes `Usage.add` changed,
+so that full nodes are skipped without a look. Prefers, spread and staying away from
+linked agents are never traded for speed; "fewest agents" and "most free memory" are,
+when more than SAMPLE nodes fit, among the sample. An agent that fits nowhere is
+explained with the same counts as a full scan: the static masks, then each capacity
+check over the nodes that pass the checks before it.
+
+A NodeIndex and what it caches belong to whoever builds it: the reconciler builds one per
+pass (and one of the kernel nodes), so that each placement of the pass sees the Usage of
+the ones before it; `place(demand, list, usage)` indexes the list for that one placement.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Hashable, Iterable, Protocol, Sequence
 
 from oneos import selectors
 from oneos.selectors import Requirement, SelectorError
@@ -127,8 +138,7 @@ class Shortfall:
     free: float
 
     def __str__(self) -> str:
-        return f"not enough {self.resource} ({_amount(self.resource, self.free)} free < " \
-               f"{_amount(self.resource, self.wanted)})"
+        return _not_enough(self.resource, self.wanted, self.free, self.free)
 
 
 def _amount(resource: str, value: float) -> str:
@@ -136,28 +146,98 @@ def _amount(resource: str, value: float) -> str:
     return format_memory(int(value)) if resource == "memory" else f"{value:g}"
 
 
+def _not_enough(resource: str, wanted: float, least: float, most: float) -> str:
+    """`not enough memory (64Mi free < 128Mi)`; with nodes of different amounts free, `at most` the most."""
+    least_text, most_text = _amount(resource, least), _amount(resource, most)
+    free = most_text if least_text == most_text else f"at most {most_text}"
+    return f"not enough {resource} ({free} free < {_amount(resource, wanted)})"
+
+
 class Check(Protocol):
+    """One feasibility question, asked of one node by the naive scan and of a NodeIndex by `place`.
+
+    `reason` answers for one node: None when it passes, else why not, in words that do not
+    depend on the node. Each check is also a StaticCheck or a CapacityCheck, which answer the
+    same question for every node of an index at once, with the same words.
+    """
+
     name: str
+    static: bool        # True: a StaticCheck (the answer depends on the node and the demand only)
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | Shortfall | None:
         """None when the node passes; else why not, in a few words that do not depend on the node."""
 
 
+class StaticCheck(Check, Protocol):
+    """A check of the node's own facts (id, labels, devices): exact masks, cached per constraint set."""
+
+    def key(self, demand: Demand) -> Hashable:
+        """What of the demand the check reads: demands with equal keys get equal masks."""
+
+    def masks(self, index: "NodeIndex", demand: Demand) -> list[tuple[str, int]]:
+        """(reason, the mask of the nodes that pass) per requirement, in the order `reason` tries them."""
+
+
+class CapacityCheck(Check, Protocol):
+    """A check of what is already placed (Usage): a mask of the nodes that may pass, then an exact test."""
+
+    def room(self, index: "NodeIndex", demand: Demand, usage: Usage) -> "tuple[int, Room | None]":
+        """A mask holding every node that passes, and the exact test it leaves to do (None: the mask is exact)."""
+
+    def explain(self, index: "NodeIndex", positions: list[int], demand: Demand, usage: Usage,
+                filtered: "Filtered") -> list[int]:
+        """Count in `filtered` the nodes of `positions` that fail, as `reason` words it; the ones that pass."""
+
+
+#: A per-node test, as data for the index's scan (a function call per node would cost more than
+#: the test): (capacity, used, slack, wanted): the node at position p passes when
+#: `capacity[p] - used.get(its id, 0) + slack >= wanted`.
+Room = tuple[list[float], Counter, float, float]
+
+
 class NodeNamed:
-    name = "node"
+    """`requires.node`: this node and no other."""
+
+    name, static = "node", True
+
+    @staticmethod
+    def _why(demand: Demand) -> str:
+        return f"not node {demand.node}"
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | None:
-        return None if demand.node is None or node.id == demand.node else f"not node {demand.node}"
+        return None if demand.node is None or node.id == demand.node else self._why(demand)
+
+    def key(self, demand: Demand) -> Hashable:
+        return demand.node
+
+    def masks(self, index: "NodeIndex", demand: Demand) -> list[tuple[str, int]]:
+        if demand.node is None:
+            return []
+        where = index.position.get(demand.node)
+        return [(self._why(demand), 0 if where is None else index.bit(where))]
 
 
 class LabelsMatch:
-    name = "labels"
+    """`requires.labels`: each label there with this value."""
+
+    name, static = "labels", True
+
+    @staticmethod
+    def _why(key: str, value: str) -> str:
+        return f"missing label {key}={value}"
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | None:
         for key, value in sorted(demand.labels.items()):
             if node.labels.get(key) != value:
-                return f"missing label {key}={value}"
+                return self._why(key, value)
         return None
+
+    def key(self, demand: Demand) -> Hashable:
+        return tuple(sorted(demand.labels.items())) if demand.labels else ()
+
+    def masks(self, index: "NodeIndex", demand: Demand) -> list[tuple[str, int]]:
+        return [(self._why(key, value), index.values.get(key, {}).get(value, 0))
+                for key, value in sorted(demand.labels.items())]
 
 
 def requirements(selector: str) -> tuple[Requirement, ...] | SelectorError:
@@ -173,7 +253,9 @@ def _invalid(selector: str, err: SelectorError) -> str:
 
 
 class SelectorMatches:
-    name = "selector"
+    """`requires.selector`: each requirement of the Kubernetes label selector, counted on its own."""
+
+    name, static = "selector", True
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | None:
         if not demand.selector:
@@ -186,51 +268,130 @@ class SelectorMatches:
                 return requirement.failure()
         return None
 
+    def key(self, demand: Demand) -> Hashable:
+        return demand.selector
+
+    def masks(self, index: "NodeIndex", demand: Demand) -> list[tuple[str, int]]:
+        return index.selector_masks(demand.selector) if demand.selector else []
+
 
 class DevicesPresent:
-    name = "devices"
+    """`requires.devices`: each device on the node."""
+
+    name, static = "devices", True
+
+    @staticmethod
+    def _why(device: str) -> str:
+        return f"missing device {device}"
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | None:
         for device in demand.devices:
             if device not in node.devices:
-                return f"missing device {device}"
+                return self._why(device)
         return None
+
+    def key(self, demand: Demand) -> Hashable:
+        return tuple(demand.devices)
+
+    def masks(self, index: "NodeIndex", demand: Demand) -> list[tuple[str, int]]:
+        return [(self._why(device), index.devices.get(device, 0)) for device in demand.devices]
 
 
 DISTINCT = "already running an agent of this pipeline"
 
 
 class DistinctNodes:
-    name = "distinct"
+    """`placement.distinctNodes`: no node already running an agent of the pipeline. Its mask is exact."""
+
+    name, static = "distinct", False
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> str | None:
         if demand.distinct and usage.pipelines.get(demand.pipeline, {}).get(node.id):
             return DISTINCT
         return None
 
+    def room(self, index: "NodeIndex", demand: Demand, usage: Usage) -> "tuple[int, Room | None]":
+        room = index.all
+        if demand.distinct:
+            for node_id, count in usage.pipelines.get(demand.pipeline, {}).items():
+                p = index.position.get(node_id)
+                if count and p is not None:
+                    room &= ~index.bit(p)
+        return room, None
 
-class MemoryFits:
-    name = "memory"
+    def explain(self, index: "NodeIndex", positions: list[int], demand: Demand, usage: Usage,
+                filtered: "Filtered") -> list[int]:
+        taken = usage.pipelines.get(demand.pipeline) if demand.distinct else None
+        if not taken:
+            return positions
+        ids = index.ids
+        left = [p for p in positions if not taken.get(ids[p])]
+        if len(left) < len(positions):
+            filtered.note(DISTINCT, len(positions) - len(left))
+        return left
+
+
+class ResourceFits:
+    """`resources.memory` (bytes) or `resources.cpu` (cores): that much still free on the node.
+
+    `slack` forgives the rounding of float sums (cpu: 0.1 + 0.2 > 0.3). The index's mask is of
+    the nodes with at least the power of two at or below the amount wanted free, so unless the
+    amount is that power of two (64Mi, 0.5), the exact test follows.
+    `resource` names the field of NodeInfo (capacity), Usage (used) and Demand (wanted).
+    """
+
+    static = False
+
+    def __init__(self, resource: str, slack: float = 0.0) -> None:
+        self.name = resource
+        self.slack = slack
+        self.amount = operator.attrgetter(resource)      # of a NodeInfo (capacity), Usage (used), Demand (wanted)
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> Shortfall | None:
-        free = node.memory - usage.memory.get(node.id, 0)
-        if demand.memory > free:
-            return Shortfall("memory", demand.memory, free)
-        return None
+        free = self.amount(node) - self.amount(usage).get(node.id, 0)
+        wanted = self.amount(demand)
+        return Shortfall(self.name, wanted, free) if wanted > free + self.slack else None
+
+    def room(self, index: "NodeIndex", demand: Demand, usage: Usage) -> "tuple[int, Room | None]":
+        wanted, used = self.amount(demand), self.amount(usage)
+        if wanted <= 0:
+            return index.all, (index.capacity[self.name], used, self.slack, wanted)    # only the exact test
+        fraction, exponent = math.frexp(wanted)          # wanted = fraction * 2**exponent, 0.5 <= fraction < 1
+        mask = index.room(self, exponent - 1, used)
+        if fraction == 0.5:
+            return mask, None       # a power of two: the mask's own threshold, so the mask is exact
+        return mask, (index.capacity[self.name], used, self.slack, wanted)
+
+    def explain(self, index: "NodeIndex", positions: list[int], demand: Demand, usage: Usage,
+                filtered: "Filtered") -> list[int]:
+        capacity, used, ids, slack = index.capacity[self.name], self.amount(usage), index.ids, self.slack
+        wanted = self.amount(demand)
+        frees = [capacity[p] - used.get(ids[p], 0) for p in positions]
+        # `reason`'s test on every node at once (without the addition when there is no slack: the
+        # pending explanation scans every node that passed the static checks).
+        short = [free for free in frees if wanted > free + slack] if slack else [free for free in frees if wanted > free]
+        if not short:
+            return positions
+        filtered.note_shortfalls(self.name, wanted, short)
+        if len(short) == len(positions):
+            return []
+        return [p for p, free in zip(positions, frees) if wanted <= free + slack]
 
 
-class CpuFits:
-    name = "cpu"
-
-    def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> Shortfall | None:
-        free = node.cpu - usage.cpu.get(node.id, 0)
-        if demand.cpu > free + 1e-9:
-            return Shortfall("cpu", demand.cpu, free)
-        return None
+class MemoryFits(ResourceFits):
+    def __init__(self) -> None:
+        super().__init__("memory")
 
 
+class CpuFits(ResourceFits):
+    def __init__(self) -> None:
+        super().__init__("cpu", slack=1e-9)
+
+#: The chain, in the order nodes are counted: the static checks first (a NodeIndex needs them first).
 CHECKS: tuple[Check, ...] = (NodeNamed(), LabelsMatch(), SelectorMatches(), DevicesPresent(), DistinctNodes(),
                              MemoryFits(), CpuFits())
+#: The checks of the node's own facts: what an agent's node must still meet when its requirements change.
+STATIC_CHECKS: tuple[Check, ...] = tuple(check for check in CHECKS if check.static)
 
 
 @dataclass
@@ -259,15 +420,18 @@ class Filtered(Counter):
         else:
             self[why] += count
 
+    def note_shortfalls(self, resource: str, wanted: float, frees: list[float]) -> None:
+        """As `note(Shortfall(resource, wanted, free))` for each of `frees`, at once."""
+        self.note(Shortfall(resource, wanted, min(frees)), len(frees))
+        self.note(Shortfall(resource, wanted, max(frees)), 0)
+
     def texts(self) -> dict[str, int]:
         """Each reason as people read it, with its count."""
         out: dict[str, int] = {}
         for why, count in self.items():
             if isinstance(why, tuple):
                 resource, wanted = why
-                least, most = (_amount(resource, free) for free in self.free[why])
-                text = (f"not enough {resource} ({most if least == most else 'at most ' + most} free < "
-                        f"{_amount(resource, wanted)})")
+                text = _not_enough(resource, wanted, *self.free[why])
             else:
                 text = str(why)
             out[text] = out.get(text, 0) + count
@@ -315,16 +479,13 @@ def score(node: NodeInfo, demand: Demand, usage: Usage, spread: Counter | None =
             node.memory - usage.memory.get(node.id, 0))
 
 
-def place(demand: Demand, nodes: "Sequence[NodeInfo] | NodeIndex", usage: Usage,
-          checks: tuple[Check, ...] | None = None) -> Placement:
+def place(demand: Demand, nodes: "Sequence[NodeInfo] | NodeIndex", usage: Usage) -> Placement:
     """The best node for `demand`, or why there is none (see the module's docstring).
 
-    `nodes` is a list of NodeInfo (its index is kept while the same list of the same nodes
-    comes back) or a NodeIndex. Give `checks` to place with another chain, the slow way.
+    `nodes` is a NodeIndex, or a list of NodeInfo to index for this one placement: whoever
+    places many agents on the same nodes (a reconciliation pass) builds the index once.
     """
-    if checks is not None and checks != CHECKS:
-        return place_naive(demand, nodes.nodes if isinstance(nodes, NodeIndex) else nodes, usage, checks)
-    index = nodes if isinstance(nodes, NodeIndex) else NodeIndex.of(nodes)
+    index = nodes if isinstance(nodes, NodeIndex) else NodeIndex(nodes)
     return index.place(demand, usage)
 
 
@@ -359,7 +520,7 @@ _NO_AGENTS: frozenset[str] = frozenset()
 
 
 @dataclass
-class _Plan:
+class _Constraints:
     """What one set of static constraints (all but capacity and the pipeline's own agents) makes of the nodes."""
 
     checks: list[tuple[str, int]]     # (reason, mask of the nodes that pass), in counting order
@@ -371,22 +532,28 @@ class _Plan:
 class NodeIndex:
     """Placement's view of a list of nodes: per-node arrays, and label values and devices as bitmasks.
 
+    Built for one set of nodes and kept by whoever places on them (a reconciliation pass), with
+    what it learns: the masks of each constraint set, and the room masks of one Usage at a time.
     Node i is bit n-1-i of a mask, so that `format(mask, "0{n}b")[i]` is "1" when node i is in
     it, and `str.find` walks a mask's nodes in C. Treat indexed NodeInfo objects as read-only.
     """
 
-    _last: "NodeIndex | None" = None
-    PLANS = 8192          # constraint sets remembered
+    CONSTRAINTS = 8192    # constraint sets remembered
     MEMBERS = 4096        # masks remembered as strings
 
-    def __init__(self, nodes: Iterable[NodeInfo]) -> None:
+    def __init__(self, nodes: Iterable[NodeInfo], checks: tuple[Check, ...] = CHECKS) -> None:
+        """Index `nodes` for the chain `checks`: each a StaticCheck or CapacityCheck, the static ones first."""
         self.nodes = list(nodes)
-        self._source: object = None       # the list `of` was last given
+        self.static: list[StaticCheck] = [c for c in checks if c.static]     # type: ignore[misc]
+        self._keys = [check.key for check in self.static]
+        self.dynamic: list[CapacityCheck] = [c for c in checks if not c.static]    # type: ignore[misc]
+        if list(checks) != self.static + self.dynamic:
+            raise ValueError("a NodeIndex counts the static checks before the capacity checks: "
+                             "put them first in the chain")
         n = len(self.nodes)
         self.ids = [x.id for x in self.nodes]
         self.position = {node_id: i for i, node_id in enumerate(self.ids)}
         self.memory = [x.memory for x in self.nodes]
-        self.cpu = [x.cpu for x in self.nodes]
         self.labels = [x.labels for x in self.nodes]
         self.labels_of = {x.id: x.labels for x in self.nodes}
         self._stable_prefix = [zlib.crc32(f"{node_id}/".encode()) for node_id in self.ids]
@@ -403,28 +570,17 @@ class NodeIndex:
                 self.keys[key] = self.keys.get(key, 0) | bit
             for device in x.devices:
                 self.devices[device] = self.devices.get(device, 0) | bit
-        self._plans: dict[tuple, _Plan] = {}
+        self._constraints: dict[tuple, _Constraints] = {}
         self._members: dict[int, str] = {}
-        # Nodes with at least 2**c bytes (or cpus) free, per class c, for the Usage last seen, of
+        #: Each node's capacity, by position, per resource (NodeInfo's fields).
+        self.capacity: dict[str, list[float]] = {"memory": self.memory, "cpu": [x.cpu for x in self.nodes]}
+        # Nodes with at least 2**c of a resource free, per class c, for the Usage last seen, of
         # which the first `_applied` changes are reflected. Usage only grows, so bits only clear.
         self._usage: weakref.ref | None = None
         self._applied = 0
-        self._roomy: dict[str, dict[int, int]] = {"memory": {}, "cpu": {}}
-        self._levels: dict[str, list[tuple[float, int]]] = {"memory": [], "cpu": []}
-
-    @classmethod
-    def of(cls, nodes: Sequence[NodeInfo]) -> "NodeIndex":
-        """The index of `nodes`, reused while the list holds the same nodes, or equal ones."""
-        last = cls._last
-        if last is not None and len(nodes) == len(last.nodes):
-            given = nodes if isinstance(nodes, list) else list(nodes)
-            if given == last.nodes:             # element by element, `is` first: fast for the same nodes
-                if given is not last._source:
-                    last._source, last.nodes = given, list(given)   # compare by identity from now on
-                return last
-        index = NodeIndex._last = cls(nodes)
-        index._source = nodes
-        return index
+        self._roomy: dict[str, dict[int, int]] = {}                   # resource -> class -> mask
+        # Per resource with masks: (capacity, used, slack, classes as (2**c, c) highest first, its masks).
+        self._levels: dict[str, tuple[list[float], Counter, float, list[tuple[float, int]], dict[int, int]]] = {}
 
     def bit(self, position: int) -> int:
         return 1 << (len(self.nodes) - 1 - position)
@@ -452,40 +608,32 @@ class NodeIndex:
                 found |= by_value.get(value, 0)
         return self.all & ~found if op in ("!=", "notin", "!") else found
 
-    def _selector_checks(self, selector: str) -> list[tuple[str, int]]:
+    def selector_masks(self, selector: str) -> list[tuple[str, int]]:
+        """(why a node fails it, the mask of the nodes that meet it) per requirement of `selector`."""
         parsed = requirements(selector)
         if isinstance(parsed, SelectorError):
             return [(_invalid(selector, parsed), 0)]
         return [(r.failure(), self.mask(r)) for r in parsed]
 
-    def plan(self, demand: Demand) -> _Plan:
-        signature = (demand.node, tuple(sorted(demand.labels.items())) if demand.labels else (), demand.selector,
-                     tuple(demand.devices), tuple(demand.prefers), demand.spread_by)
-        plan = self._plans.get(signature)
-        if plan is None:
-            if len(self._plans) >= self.PLANS:
-                self._plans.clear()
-            plan = self._plans[signature] = self._make_plan(demand)
-        return plan
+    def constraints(self, demand: Demand) -> _Constraints:
+        """What the demand's static checks, prefers and spreadBy make of the nodes (cached)."""
+        signature = (tuple([key(demand) for key in self._keys]), tuple(demand.prefers), demand.spread_by)
+        found = self._constraints.get(signature)
+        if found is None:
+            if len(self._constraints) >= self.CONSTRAINTS:
+                self._constraints.clear()
+            found = self._constraints[signature] = self._make_constraints(demand)
+        return found
 
-    def _make_plan(self, demand: Demand) -> _Plan:
-        checks: list[tuple[str, int]] = []
-        if demand.node is not None:
-            where = self.position.get(demand.node)
-            checks.append((f"not node {demand.node}", 0 if where is None else self.bit(where)))
-        for key, value in sorted(demand.labels.items()):
-            checks.append((f"missing label {key}={value}", self.values.get(key, {}).get(value, 0)))
-        if demand.selector:
-            checks += self._selector_checks(demand.selector)
-        for device in demand.devices:
-            checks.append((f"missing device {device}", self.devices.get(device, 0)))
+    def _make_constraints(self, demand: Demand) -> _Constraints:
+        checks = [found for check in self.static for found in check.masks(self, demand)]
         fits = self.all
         for _, mask in checks:
             fits &= mask
         by_score = {0: fits} if fits else {}
         for weight, selector in demand.prefers:
             term = self.all
-            for _, mask in self._selector_checks(selector):
+            for _, mask in self.selector_masks(selector):
                 term &= mask
             scored: dict[int, int] = {}
             for score_, mask in by_score.items():
@@ -506,84 +654,83 @@ class NodeIndex:
                 groups.append(buckets)
             else:
                 groups.append([(None, mask)])
-        return _Plan(checks, fits, groups)
+        return _Constraints(checks, fits, groups)
 
     # ------------------------------------------------------- capacity, as masks
 
-    def _sync(self, usage: Usage) -> None:
-        """Bring the capacity masks up to date with `usage`."""
+    def sync(self, usage: Usage) -> None:
+        """Bring the room masks up to date with `usage` (a new Usage starts them afresh); before `room`."""
         if self._usage is None or self._usage() is not usage:
-            self._usage, self._applied = weakref.ref(usage), 0
-            self._roomy, self._levels = {"memory": {}, "cpu": {}}, {"memory": [], "cpu": []}
+            self._usage, self._applied = weakref.ref(usage), len(usage.changed)
+            self._roomy, self._levels = {}, {}
             return
         changed = usage.changed
         if self._applied == len(changed):
             return
         fresh = changed[self._applied:]
         self._applied = len(changed)
-        roomy, levels, position, n = self._roomy, self._levels, self.position, len(self.ids)
-        if not (levels["memory"] or levels["cpu"]):
+        if not self._levels:
             return
+        position, n, resources = self.position, len(self.ids), self._levels.values()
         for node_id in set(fresh):
             p = position.get(node_id)
             if p is None:
                 continue
             bit = 1 << (n - 1 - p)
-            for resource, free in (("memory", self.memory[p] - usage.memory.get(node_id, 0)),
-                                   ("cpu", self.cpu[p] - usage.cpu.get(node_id, 0) + 1e-9)):
-                masks = roomy[resource]
-                for threshold, c in levels[resource]:      # highest first
+            for capacity, used, slack, levels, masks in resources:
+                free = capacity[p] - used.get(node_id, 0) + slack
+                for threshold, c in levels:      # highest first
                     if free >= threshold:
                         break
                     mask = masks[c]
                     if mask & bit:
                         masks[c] = mask & ~bit
 
-    def room(self, resource: str, wanted: float, usage: Usage) -> int:
-        """A mask of nodes that holds every node with `wanted` of `resource` free (and maybe a few without).
-
-        Call `_sync(usage)` first."""
-        if wanted <= 0:
-            return self.all
-        c = math.frexp(wanted)[1] - 1          # 2**c <= wanted < 2**(c+1)
-        masks = self._roomy[resource]
+    def room(self, resource: "ResourceFits", c: int, used: Counter) -> int:
+        """The nodes with at least 2**c of `resource` free (`capacity - used + slack`); `used` is the
+        resource's use by node in the Usage last given to `sync`. Call `sync(usage)` first."""
+        masks = self._roomy.get(resource.name)
+        if masks is None:
+            masks = self._roomy[resource.name] = {}
         mask = masks.get(c)
         if mask is None:
-            used = usage.memory if resource == "memory" else usage.cpu
-            capacity = self.memory if resource == "memory" else self.cpu
-            slack = 0 if resource == "memory" else 1e-9
+            capacity, slack = self.capacity[resource.name], resource.slack
             threshold, n, mask = math.ldexp(1.0, c), len(self.ids), 0
             for p, node_id in enumerate(self.ids):
                 if capacity[p] - used.get(node_id, 0) + slack >= threshold:
                     mask |= 1 << (n - 1 - p)
             masks[c] = mask
-            self._levels[resource] = sorted(((math.ldexp(1.0, k), k) for k in masks), reverse=True)
+            levels = sorted(((math.ldexp(1.0, k), k) for k in masks), reverse=True)
+            self._levels[resource.name] = (capacity, used, slack, levels, masks)
         return mask
 
     # ----------------------------------------------------------------- placing
 
     def place(self, demand: Demand, usage: Usage) -> Placement:
         """The best node for `demand` given `usage` (see the module's docstring)."""
-        plan = self.plan(demand)
-        if plan.fits:
-            self._sync(usage)
-            room = plan.fits & self.room("memory", demand.memory, usage) & self.room("cpu", demand.cpu, usage)
-            if demand.distinct and room:
-                for node_id in usage.pipelines.get(demand.pipeline, ()):
-                    p = self.position.get(node_id)
-                    if p is not None:
-                        room &= ~self.bit(p)
+        constraints = self.constraints(demand)
+        if constraints.fits:
+            self.sync(usage)
+            room = constraints.fits
+            tests = []
+            for check in self.dynamic:
+                mask, test = check.room(self, demand, usage)
+                room &= mask
+                if not room:
+                    break
+                if test is not None:
+                    tests.append(test)
             if room:
                 seed = zlib.crc32(demand.key.encode())
                 neighbors = demand.neighbors
                 sample = SAMPLE if len(neighbors) < SAMPLE else len(neighbors) + 1
                 spread = spread_counts(demand, self.labels_of, usage) if demand.spread_by else None
-                for group in plan.groups:
+                for group in constraints.groups:
                     for tier in self._tiers(group, spread):
-                        found = self._sample(tier, room, demand, usage, seed, sample)
+                        found = self._sample(tier, room, tests, seed, sample)
                         if found:
                             return Placement(self.ids[self._best(found, demand, usage)])
-        return Placement(None, explain(len(self.nodes), self._filtered(plan, demand, usage)))
+        return Placement(None, explain(len(self.nodes), self._filtered(constraints, demand, usage)))
 
     @staticmethod
     def _tiers(group: list[tuple[str | None, int]], spread: Counter | None) -> list[list[int]]:
@@ -596,11 +743,9 @@ class NodeIndex:
             ranked.setdefault(rank, []).append(mask)
         return [ranked[rank] for rank in sorted(ranked)]
 
-    def _sample(self, tier: list[int], room: int, demand: Demand, usage: Usage, seed: int, sample: int) -> list[int]:
-        """Up to `sample` nodes of `tier` that have room, scanning from a node that depends on the agent."""
-        ids, memory, cpu = self.ids, self.memory, self.cpu
-        used_memory, used_cpu = usage.memory, usage.cpu
-        wanted_memory, wanted_cpu = demand.memory, demand.cpu - 1e-9
+    def _sample(self, tier: list[int], room: int, tests: list[Room], seed: int, sample: int) -> list[int]:
+        """Up to `sample` nodes of `tier` in `room` that pass `tests`, scanning from a node that depends on the agent."""
+        ids = self.ids
         n = len(ids)
         start = seed % n
         after = (1 << (n - start)) - 1      # the bits of nodes start..n-1
@@ -617,8 +762,10 @@ class NodeIndex:
                     bits ^= 1 << (length - 1)
                     p = top - length
                     node_id = ids[p]
-                    if memory[p] - used_memory.get(node_id, 0) >= wanted_memory \
-                            and cpu[p] - used_cpu.get(node_id, 0) >= wanted_cpu:
+                    for capacity, used, slack, wanted in tests:
+                        if capacity[p] - used.get(node_id, 0) + slack < wanted:
+                            break
+                    else:
                         found.append(p)
                         if len(found) >= sample:
                             return found
@@ -646,39 +793,25 @@ class NodeIndex:
         key, prefix = demand.key.encode(), self._stable_prefix
         return max(ties, key=lambda p: zlib.crc32(key, prefix[p]))     # == _stable(ids[p], demand.key)
 
-    def _filtered(self, plan: _Plan, demand: Demand, usage: Usage) -> Filtered:
-        """Why each node does not fit, counted as the check chain counts it."""
+    def _filtered(self, constraints: _Constraints, demand: Demand, usage: Usage) -> Filtered:
+        """Why each node does not fit, counted as the naive scan counts it: static masks, then each capacity check."""
         filtered = Filtered()
         remaining = self.all
-        for why, mask in plan.checks:
+        for why, mask in constraints.checks:
             failed = remaining & ~mask
             if failed:
                 filtered.note(why, failed.bit_count())
                 remaining &= mask
         if not remaining:
             return filtered
-        ids, memory, cpu, used_memory, used_cpu = self.ids, self.memory, self.cpu, usage.memory, usage.cpu
-        wanted_memory, wanted_cpu = demand.memory, demand.cpu
         member = self.member(remaining)
         positions = []
         p = member.find("1")
         while p >= 0:
             positions.append(p)
             p = member.find("1", p + 1)
-        taken = usage.pipelines.get(demand.pipeline) if demand.distinct else None
-        distinct = 0
-        if taken:
-            left = [p for p in positions if not taken.get(ids[p])]
-            distinct, positions = len(positions) - len(left), left
-        frees = [memory[p] - used_memory.get(ids[p], 0) for p in positions]
-        short = {"memory": [free for free in frees if wanted_memory > free]}     # what the nodes filtered had free
-        roomy = [p for p, free in zip(positions, frees) if wanted_memory <= free] if short["memory"] else positions
-        short["cpu"] = [free for free in (cpu[p] - used_cpu.get(ids[p], 0) for p in roomy) if wanted_cpu > free + 1e-9]
-        if distinct:
-            filtered.note(DISTINCT, distinct)
-        for resource, frees in short.items():
-            if frees:
-                wanted = wanted_memory if resource == "memory" else wanted_cpu
-                filtered.note(Shortfall(resource, wanted, min(frees)), len(frees))
-                filtered.note(Shortfall(resource, wanted, max(frees)), 0)
+        for check in self.dynamic:
+            positions = check.explain(self, positions, demand, usage, filtered)
+            if not positions:
+                break
         return filtered

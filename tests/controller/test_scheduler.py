@@ -7,7 +7,8 @@ import random
 import pytest
 
 from oneos.controller import scheduler
-from oneos.controller.scheduler import Demand, NodeIndex, NodeInfo, Usage, place, place_naive
+from oneos.controller.scheduler import (CpuFits, Demand, Filtered, MemoryFits, NodeIndex, NodeInfo, NodeNamed, Usage,
+                                       place, place_naive)
 
 GI = 2**30
 
@@ -277,9 +278,28 @@ def demands(count, seed, node_count):
 def test_place_chooses_as_the_full_scan_does_when_it_samples_every_node(seed, monkeypatch):
     monkeypatch.setattr(scheduler, "SAMPLE", 10**6)
     nodes = cluster(40, seed)
+    index = NodeIndex(nodes)                 # one per pass, as the reconciler keeps it
     fast_usage, slow_usage = Usage(), Usage()
     for demand in demands(150, seed, 40):
-        fast, slow = place(demand, nodes, fast_usage), place_naive(demand, nodes, slow_usage)
+        fast, slow = place(demand, index, fast_usage), place_naive(demand, nodes, slow_usage)
+        assert fast == slow, demand
+        if fast.node:
+            fast_usage.add(fast.node, demand)
+            slow_usage.add(slow.node, demand)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_indexes_of_one_pass_share_its_usage(seed, monkeypatch):
+    """As a pass places pipelines on every node and kernel agents on the kernel nodes, with one Usage."""
+    monkeypatch.setattr(scheduler, "SAMPLE", 10**6)
+    nodes = cluster(40, seed)
+    kernel = nodes[::3]
+    indexes = {False: NodeIndex(nodes), True: NodeIndex(kernel)}
+    fast_usage, slow_usage = Usage(), Usage()
+    for i, demand in enumerate(demands(200, seed, 40)):
+        on_kernel = i % 4 == 0
+        fast = place(demand, indexes[on_kernel], fast_usage)
+        slow = place_naive(demand, kernel if on_kernel else nodes, slow_usage)
         assert fast == slow, demand
         if fast.node:
             fast_usage.add(fast.node, demand)
@@ -289,10 +309,11 @@ def test_place_chooses_as_the_full_scan_does_when_it_samples_every_node(seed, mo
 @pytest.mark.parametrize("seed", range(3))
 def test_with_sampling_the_reasons_and_everything_but_load_balance_match_the_full_scan(seed):
     nodes = cluster(300, seed)
+    index = NodeIndex(nodes)
     usage = Usage()
     pending = 0
     for demand in demands(600, seed, 300):
-        fast, slow = place(demand, nodes, usage), place_naive(demand, nodes, usage)
+        fast, slow = place(demand, index, usage), place_naive(demand, nodes, usage)
         assert (fast.node is None, fast.reason) == (slow.node is None, slow.reason)
         if fast.node is None:
             pending += 1
@@ -311,10 +332,11 @@ def test_placement_at_scale_is_deterministic_and_spreads():
     nodes = cluster(500, 7)
     runs = []
     for _ in range(2):
+        index = NodeIndex(list(nodes))
         usage = Usage()
         placed = []
         for demand in demands(2000, 7, 500):
-            result = place(demand, list(nodes), usage)
+            result = place(demand, index, usage)
             placed.append((result.node, result.reason))
             if result.node:
                 usage.add(result.node, demand)
@@ -345,3 +367,58 @@ def test_a_new_list_of_equal_or_different_nodes_is_seen():
 def test_a_node_index_can_be_passed_instead_of_the_list():
     index = NodeIndex(ROOMS)
     assert place(Demand("p.x", selector="!room"), index, Usage()).node == "bare"
+
+
+# --------------------------------------------------- one definition per check
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_static_check_masks_the_nodes_its_reason_refuses_in_the_same_words(seed):
+    nodes = cluster(60, seed) + [node("bare")]
+    index = NodeIndex(nodes)
+    for demand in demands(300, seed, 60) + [Demand("p.x", selector="room in (a")]:
+        for check in scheduler.STATIC_CHECKS:
+            refused, remaining = {}, index.all
+            for why, mask in check.masks(index, demand):       # counted in order, as the chain counts
+                for p, n in enumerate(nodes):
+                    if remaining & index.bit(p) and not mask & index.bit(p):
+                        refused[n.id] = why
+                remaining &= mask
+            reasons = {n.id: check.reason(n, demand, Usage()) for n in nodes}
+            assert refused == {node_id: why for node_id, why in reasons.items() if why is not None}, (check, demand)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_capacity_check_rooms_tests_and_explains_as_its_reason_does(seed):
+    nodes = cluster(60, seed)
+    index = NodeIndex(nodes)
+    usage = Usage()
+    capacity_checks = [check for check in scheduler.CHECKS if not check.static]
+    for demand in demands(400, seed, 60):
+        index.sync(usage)
+        for check in capacity_checks:
+            reasons = {n.id: check.reason(n, demand, usage) for n in nodes}
+            passing = {node_id for node_id, why in reasons.items() if why is None}
+            mask, test = check.room(index, demand, usage)
+            in_room = [p for p in range(len(nodes)) if mask & index.bit(p)]
+            assert passing <= {nodes[p].id for p in in_room}, check
+            if test is not None:
+                capacity, used, slack, wanted = test
+                in_room = [p for p in in_room if capacity[p] - used.get(nodes[p].id, 0) + slack >= wanted]
+            assert {nodes[p].id for p in in_room} == passing, check
+            explained, counted = Filtered(), Filtered()
+            left = check.explain(index, list(range(len(nodes))), demand, usage, explained)
+            for why in reasons.values():
+                if why is not None:
+                    counted.note(why)
+            assert {nodes[p].id for p in left} == passing and explained.texts() == counted.texts(), check
+        result = place(demand, index, usage)
+        if result.node:
+            usage.add(result.node, demand)
+
+
+def test_an_index_counts_the_static_checks_first_so_it_refuses_a_chain_that_does_not():
+    with pytest.raises(ValueError, match="static checks before the capacity checks"):
+        NodeIndex([node("a")], (MemoryFits(), NodeNamed()))
+    index = NodeIndex([node("a", cpu=1), node("b")], (NodeNamed(), CpuFits()))       # memory left out
+    assert index.place(Demand("p.x", memory=64 * GI, cpu=2), Usage()).node == "b"
+    assert index.place(Demand("p.x", cpu=8), Usage()).reason == "0/2 nodes: 2 not enough cpu (at most 4 free < 8)"
