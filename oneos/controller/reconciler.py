@@ -1,27 +1,40 @@
-"""Reconciliation: what must run (manifests) against what is placed (assignments).
+"""Reconciliation: what must run (manifests) against what is placed (assignments), in three steps.
 
-`reconcile(ns, name)` is level-triggered, as a Kubernetes controller's: it reads the
-desired and actual state of one pipeline afresh from the Name Server, acts on the
-difference, and is safe to run any number of times. Nothing is kept in memory between
-runs, so a newly elected controller carries on where the last one stopped.
+A pass, like Nomad's scheduler (`reconcile.go`, then feasibility and ranking, then the plan):
+
+1. `ClusterView.read(ns)`: the pass's one read of the cluster (see oneos.controller.view).
+2. `reconcile(view, name, manifest)`: a pure function of the view and one pipeline's desired
+   state (None once it is deleted) that says *what* must change, as a `Plan` of plain data:
+   agents to place (new, their node lost, their new requirements ruling out their node),
+   keep (rewritten in place when only the generation changed), restart (their work changed,
+   same node), stop, lost, and status records to forget, each with its reason in words.
+3. `Placer.place(plan)`: *where*: the plan's `place` entries go through the scheduler, on a
+   NodeIndex and a Usage that belong to the pass, so each placement sees the ones before
+   it; what fits nowhere becomes `pending`, with the scheduler's counts and what led to it.
+4. `write(plan, view, writes)`: the plan as transactions, each fenced by the leader lock
+   (`Writes`).
+
+It is level-triggered, as a Kubernetes controller: each pass starts from a fresh read and
+is safe to run any number of times. Nothing is kept in memory between passes, so a newly
+elected controller carries on where the last one stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from oneos import state
-from oneos.controller.scheduler import (DevicesPresent, Demand, LabelsMatch, NodeInfo, NodeNamed, SelectorMatches, Usage,
-                                       place)
+from oneos.controller.scheduler import STATIC_CHECKS, Demand, NodeIndex, Usage
+from oneos.controller.view import ClusterView
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 
 log = logging.getLogger("oneos.controller")
+
 
 class NotLeader(OneOSError):
     """The leader lock is no longer held by this controller: it must stop writing."""
@@ -41,6 +54,7 @@ class Writes:
         self.leader_session = leader_session
 
     def commit(self, *ops: dict[str, Any]) -> None:
+        """Run `ops` as one transaction, after the leader check; NotLeader if the lock is lost."""
         fence = [kv_op("check-session", state.LEADER, session=self.leader_session)] if self.leader_session else []
         try:
             self.ns.txn(fence + list(ops))
@@ -56,53 +70,174 @@ class Writes:
         self.commit(kv_op("delete", key))
 
 
+# ------------------------------------------------------------------------ the plan
+
+@dataclass(frozen=True)
+class Stop:
+    """An assignment no longer wanted: removed, so its node stops the agent."""
+
+    key: str
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A status record no node will remove: the agent is not wanted and not placed, or its node is gone."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Keep:
+    """An agent left as it runs; with `assignment`, rewritten in place (only its generation changed)."""
+
+    key: str
+    node: str
+    reason: str
+    assignment: dict[str, Any] | None = None     # without assignedAt, which the write adds
+
+
+@dataclass(frozen=True)
+class Restart:
+    """An agent whose work changed, rewritten on the same node, which restarts it."""
+
+    key: str
+    node: str
+    reason: str
+    assignment: dict[str, Any]                   # without assignedAt, which the write adds
+
+
+@dataclass(frozen=True)
+class Lost:
+    """An agent whose node is gone: Lost there. `status` is written once it is placed elsewhere."""
+
+    key: str
+    node: str
+    reason: str
+    status: dict[str, Any]                       # without updatedAt, which the write adds
+
+
+@dataclass(frozen=True)
+class Place:
+    """An agent to place: not placed yet, its node lost, or its new requirements ruling out its node."""
+
+    key: str
+    reason: str
+    assignment: dict[str, Any]                   # with its epoch; without assignedAt, which the write adds
+    demand: Demand
+    previous: str | None = None                  # the node of the assignment it replaces
+    unplaced: str = ""                           # what to say before the scheduler's counts if it fits nowhere
+    node: str | None = None                      # where: set by the placement step
+
+    def pending_reason(self, counts: str) -> str:
+        """Why it is Pending, given the scheduler's `0/N nodes: ...`."""
+        return f"{self.unplaced}: {counts}" if self.unplaced else counts
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An agent that fits nowhere (from the placement step): Pending with the reason."""
+
+    key: str
+    reason: str
+    place: Place
+
+
 @dataclass
-class ClusterView:
-    """One consistent-enough read of what reconciliation needs, shared by every pipeline in a pass."""
+class Plan:
+    """What one pipeline needs, as data: `reconcile` fills all but `pending`, which placement fills."""
 
-    nodes: list[NodeInfo]
-    assignments: dict[str, tuple[str, dict[str, Any]]]     # agent id -> (node, assignment)
-    statuses: dict[str, dict[str, Any]]                     # agent id -> status
-    usage: Usage
-    kernel_ids: frozenset[str] = frozenset()                # live kernel nodes
-    device_owners: dict[str, str] = dataclasses.field(default_factory=dict)   # device -> its node
-
-    @classmethod
-    def read(cls, ns: NameServer) -> "ClusterView":
-        nodes, _ = state.read_nodes(ns)
-        infos = [NodeInfo.from_record(n.record) for n in nodes]
-        assignments = state.read_assignments(ns)
-        usage = Usage()
-        for key, (node_id, doc) in assignments.items():
-            usage.add(node_id, Demand.from_spec(key, doc["agent"]))
-        return cls(infos, assignments, state.read_statuses(ns), usage,
-                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
-                   {name: doc["node"] for name, doc in state.read_devices(ns).items()})
-
-    def alive(self, node_id: str) -> bool:
-        return any(n.id == node_id for n in self.nodes)
-
-    def kernel_only(self) -> "ClusterView":
-        """The same view (shared state) where only kernel nodes exist: where kernel agents may run."""
-        return dataclasses.replace(self, nodes=[n for n in self.nodes if n.id in self.kernel_ids])
+    pipeline: str
+    kernel: bool = False            # kernel agents (the init manifest): kernel nodes only
+    place: list[Place] = field(default_factory=list)
+    keep: list[Keep] = field(default_factory=list)
+    restart: list[Restart] = field(default_factory=list)
+    stop: list[Stop] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)
+    forget: list[Forget] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
 
 
-def init_as_pipeline(ns: NameServer) -> dict[str, Any] | None:
-    """The init manifest as a pipeline of kernel agents (named as the manifest), or None if there is none.
+# ----------------------------------------------------------------- 1. reconcile
 
-    Its uid is fixed by its name and its generation is the key's ModifyIndex, so rewriting
-    the init manifest updates the kernel agents like re-applying a pipeline.
+def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> Plan:
+    """What pipeline `name` needs for its assignments to match `manifest` (None: it was deleted).
+
+    Pure: it reads `view` and changes nothing. An Init manifest (see view.init_pipeline) is
+    the kernel agents, which only kernel nodes may run.
     """
-    key = state.read_boot(ns).get("initManifest", state.INIT)
-    _, entry = ns.get(key)
-    if entry is None:
-        return None
-    init = state.decode(entry, "init")
-    name = init["metadata"]["name"]
-    return {"apiVersion": "oneos/v1", "kind": "Init",
-            "metadata": {"name": name, "uid": hashlib.sha256(f"init/{name}".encode()).hexdigest()[:32],
-                         "generation": max(1, entry.modify_index)},
-            "spec": {"agents": init["spec"]["agents"], "links": []}}
+    kernel = manifest is not None and manifest.get("kind") == "Init"
+    if kernel:
+        view = view.kernel_only()
+    plan = Plan(name, kernel=kernel)
+    mine = {k: v for k, v in view.assignments.items() if state.split_agent_id(k)[0] == name}
+    wanted = state.desired_assignments(manifest) if manifest else {}
+    gone = "the pipeline was deleted" if manifest is None else "no longer in the pipeline"
+
+    for key, (node_id, _) in mine.items():
+        if key not in wanted:
+            plan.stop.append(Stop(key, node_id, gone))
+    # Statuses no node will remove are ours: those of agents that are not wanted (so not placed
+    # after this plan) and either Pending or Lost (no node has them) or on a node that is gone.
+    for key, status in view.statuses.items():
+        if state.split_agent_id(key)[0] != name or key in wanted:
+            continue
+        if status["state"] in ("Pending", "Lost"):
+            plan.forget.append(Forget(key, f"{gone}, and it was {status['state']}"))
+        elif not view.alive(status.get("node", "")):
+            plan.forget.append(Forget(key, f"{gone}, and its node {status.get('node', '')} is gone"))
+    if manifest is None:
+        return plan
+
+    for key, doc in wanted.items():
+        current = mine.get(key)
+        if current is None:
+            _place(plan, view, manifest, key, doc, "not placed yet")
+            continue
+        node_id, placed = current
+        status = view.statuses.get(key, {})
+        done = (status.get("state") in state.FINAL_STATES and status.get("node") == node_id
+                and status.get("epoch") == placed["epoch"] and state.same_work(placed, doc))
+        alive = view.alive(node_id)
+        if alive and not done and not _still_fits(view, node_id, key, placed, doc):
+            _place(plan, view, manifest, key, doc, f"its new requirements rule out {node_id}", previous=placed,
+                   node=node_id, unplaced=f"its new requirements rule out {node_id}, and it fits nowhere else")
+        elif alive or done:
+            # A finished agent stays finished, even when its node has gone since.
+            rewritten = dict(doc, epoch=placed["epoch"])
+            if not state.same_work(placed, doc):
+                changed = ", ".join(f for f in state.WORK_FIELDS if placed.get(f) != doc.get(f))
+                plan.restart.append(Restart(key, node_id, f"its work changed ({changed})", rewritten))
+            elif placed["generation"] != doc["generation"]:
+                plan.keep.append(Keep(key, node_id, f"only the generation changed ({placed['generation']} -> "
+                                                    f"{doc['generation']})", rewritten))
+            elif done:
+                plan.keep.append(Keep(key, node_id, f"{status['state']}, with the same work"))
+            else:
+                plan.keep.append(Keep(key, node_id, "unchanged"))
+        else:
+            # Its node is gone (its session ended): the agent is Lost there and placed anew, with
+            # a higher epoch that fences off the copy, should that node come back.
+            reason = f"node {node_id} is gone (its session ended); placing the agent again"
+            plan.lost.append(Lost(key, node_id, reason, _lost_status(key, view, node_id, placed, reason)))
+            _place(plan, view, manifest, key, doc, f"node {node_id} is gone (its session ended)", previous=placed,
+                   node=node_id, unplaced=f"its node {node_id} was lost, and it fits nowhere else")
+    return plan
+
+
+def _place(plan: Plan, view: ClusterView, manifest: dict[str, Any], key: str, doc: dict[str, Any], reason: str,
+           previous: dict[str, Any] | None = None, node: str | None = None, unplaced: str = "") -> None:
+    """Add a Place entry: its epoch past every earlier placement, and what to say if it fits nowhere."""
+    away = [f"device {d} is on node {view.device_owners[d]}, which is down"
+            for d in doc["agent"].get("requires", {}).get("devices", [])
+            if d in view.device_owners and not view.alive(view.device_owners[d])]
+    if away:
+        unplaced = "; ".join(away)
+    epoch = _epoch_after(key, view, previous)
+    demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc), manifest["spec"].get("placement"))
+    plan.place.append(Place(key, reason, dict(doc, epoch=epoch), demand, previous=node, unplaced=unplaced))
 
 
 def _neighbors(key: str, doc: dict[str, Any]) -> set[str]:
@@ -110,173 +245,147 @@ def _neighbors(key: str, doc: dict[str, Any]) -> set[str]:
     return {state.agent_id(pipeline, other) for other in doc["inputs"] + doc["outputs"]}
 
 
-def _epoch_after(key: str, view: ClusterView, lost: dict[str, Any] | None) -> int:
+def _epoch_after(key: str, view: ClusterView, previous: dict[str, Any] | None) -> int:
     """The epoch of a new placement: past every earlier placement of this agent (same uid)."""
-    latest = lost["epoch"] if lost else 0
+    latest = previous["epoch"] if previous else 0
     status = view.statuses.get(key)
-    if status and (lost is None or status.get("uid") == lost["uid"]):
+    if status and (previous is None or status.get("uid") == previous["uid"]):
         latest = max(latest, status.get("epoch", 0))
     return latest + 1
 
 
-def reconcile(ns: NameServer, name: str, view: ClusterView, writes: Writes | None = None, *,
-              init: dict[str, Any] | None = None) -> None:
-    """Make the assignments of pipeline `name` match its manifest (or remove them if it is gone).
-
-    With `init` (see init_as_pipeline), the pipeline is the init manifest's kernel agents,
-    placed on kernel nodes only.
-    """
-    writes = writes or Writes(ns)
-    if init is not None:
-        manifest = init
-        view = view.kernel_only()
-    else:
-        _, entry = ns.get(state.pipeline_key(name))
-        manifest = None
-        if entry is not None:
-            try:
-                manifest = state.decode(entry, "pipeline")
-            except DocumentError as exc:
-                log.error("pipeline %s: stored manifest is invalid, leaving it alone: %s", name, exc)
-                return
-    prefix = f"{name}."
-    mine = {k: v for k, v in view.assignments.items() if k.startswith(prefix)}
-    wanted = state.desired_assignments(manifest) if manifest else {}
-
-    for key, (node_id, _) in mine.items():
-        if key not in wanted:
-            log.info("%s: removing from %s", key, node_id)
-            writes.delete(state.assign_key(node_id, key))
-            del view.assignments[key]
-    # Statuses no node will remove are ours: those of agents that are not placed (Pending,
-    # Lost) and no longer wanted, and any whose node is gone.
-    for key, status in list(view.statuses.items()):
-        if key.startswith(prefix) and key not in view.assignments and key not in wanted and (
-                status["state"] in ("Pending", "Lost") or not view.alive(status.get("node", ""))):
-            writes.delete(state.status_key(key))
-            del view.statuses[key]
-    if manifest is None:
-        return
-
-    for key, doc in wanted.items():
-        current = mine.get(key)
-        lost = moved = None
-        if current is not None:
-            node_id, placed = current
-            status = view.statuses.get(key, {})
-            done = (status.get("state") in state.FINAL_STATES and status.get("node") == node_id
-                    and status.get("epoch") == placed["epoch"] and state.same_work(placed, doc))
-            if view.alive(node_id) and not done and not _still_fits(view, node_id, key, placed, doc):
-                moved = dict(placed, node=node_id)
-            elif view.alive(node_id) or done:
-                # A finished agent stays finished, even when its node has gone since.
-                if not state.same_work(placed, doc) or placed["generation"] != doc["generation"]:
-                    log.info("%s: spec changed, updating it on %s", key, node_id)
-                    updated = dict(doc, epoch=placed["epoch"], assignedAt=state.utcnow())
-                    writes.put(state.assign_key(node_id, key), "assignment", updated)
-                    view.assignments[key] = (node_id, updated)
-                continue
-            else:
-                lost = dict(placed, node=node_id)
-        demand = Demand.from_spec(key, doc["agent"], _neighbors(key, doc), manifest["spec"].get("placement"))
-        placement = place(demand, view.nodes, view.usage)
-        epoch = _epoch_after(key, view, lost or moved)
-        ops = []
-        if lost is not None:
-            # Its node is gone (its session ended): the agent is Lost there and placed anew,
-            # with a higher epoch that fences off the copy, should that node come back.
-            log.warning("%s: node %s is gone; the agent is lost there, placing it again", key, lost["node"])
-        elif moved is not None:
-            log.info("%s: its new requirements rule out %s; placing it again", key, moved["node"])
-        for previous in (lost, moved):
-            if previous is not None:
-                ops.append(kv_op("delete", state.assign_key(previous["node"], key)))
-                del view.assignments[key]
-        if placement.node is None:
-            reason = placement.reason
-            away = [f"device {d} is on node {view.device_owners[d]}, which is down"
-                    for d in doc["agent"].get("requires", {}).get("devices", [])
-                    if d in view.device_owners and not view.alive(view.device_owners[d])]
-            if away:
-                reason = f"{'; '.join(away)}: {reason}"
-            elif lost is not None:
-                reason = f"its node {lost['node']} was lost, and it fits nowhere else: {reason}"
-            elif moved is not None:
-                reason = f"its new requirements rule out {moved['node']}, and it fits nowhere else: {reason}"
-            _set_pending(writes, view, key, doc, reason, epoch - 1, ops)
-            continue
-        log.info("%s: placed on %s", key, placement.node)
-        assignment = dict(doc, epoch=epoch, assignedAt=state.utcnow())
-        ops.append(state.set_document_op(state.assign_key(placement.node, key), "assignment", assignment))
-        if lost is not None:
-            ops.append(state.set_document_op(state.status_key(key), "status", _lost_status(key, view, lost)))
-        writes.commit(*ops)
-        view.assignments[key] = (placement.node, assignment)
-        view.usage.add(placement.node, demand)
+_NOTHING_PLACED = Usage()
 
 
 def _still_fits(view: ClusterView, node_id: str, key: str, placed: dict[str, Any], doc: dict[str, Any]) -> bool:
-    """Whether a changed spec may stay on its node: its node, labels and devices requirements still hold.
+    """Whether a changed spec may stay on its node: the scheduler's static checks still pass there.
 
     Resources are not checked again: the agent's own share is already counted there.
     """
     if placed["agent"].get("requires") == doc["agent"].get("requires"):
         return True
-    node = next(n for n in view.nodes if n.id == node_id)
-    demand = Demand.from_spec(key, doc["agent"])
-    return all(check.reason(node, demand, Usage()) is None
-               for check in (NodeNamed(), LabelsMatch(), SelectorMatches(), DevicesPresent()))
+    node, demand = view.node(node_id), Demand.from_spec(key, doc["agent"])
+    return all(check.reason(node, demand, _NOTHING_PLACED) is None for check in STATIC_CHECKS)
 
 
-def _lost_status(key: str, view: ClusterView, lost: dict[str, Any]) -> dict[str, Any]:
+def _lost_status(key: str, view: ClusterView, node_id: str, placed: dict[str, Any], reason: str) -> dict[str, Any]:
     """The agent's status once its node is gone: Lost, with what was known of it there."""
     pipeline, agent = state.split_agent_id(key)
     status = {k: v for k, v in view.statuses.get(key, {}).items() if k in ("incarnation", "restarts", "exitCode")}
-    status.update(pipeline=pipeline, agent=agent, uid=lost["uid"], node=lost["node"], state="Lost",
-                  generation=lost["generation"], epoch=lost["epoch"], updatedAt=state.utcnow(),
-                  reason=f"node {lost['node']} is gone (its session ended); placing the agent again")
-    view.statuses[key] = status
+    status.update(pipeline=pipeline, agent=agent, uid=placed["uid"], node=node_id, state="Lost",
+                  generation=placed["generation"], epoch=placed["epoch"], reason=reason)
     return status
 
 
-def _set_pending(writes: Writes, view: ClusterView, key: str, doc: dict[str, Any], reason: str, epoch: int,
-                 ops: list[dict[str, Any]]) -> None:
-    """Pending with the reason (and, with `ops`, whatever else must change with it)."""
-    current = view.statuses.get(key)
-    if not ops and current and current["state"] == "Pending" and current.get("reason") == reason:
-        return
-    log.info("%s: pending: %s", key, reason)
-    pipeline, agent = state.split_agent_id(key)
+# -------------------------------------------------------------------- 2. place
+
+class Placer:
+    """The placement step of one pass: its Usage and its node indexes (all nodes; kernel nodes), built once.
+
+    Each placement is added to the Usage, so the next one, of any pipeline, sees it.
+    """
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+        self.usage = view.usage()
+        self._indexes: dict[bool, NodeIndex] = {}
+
+    def index(self, kernel: bool) -> NodeIndex:
+        """The pass's index of every live node, or (`kernel`) of the live kernel nodes."""
+        found = self._indexes.get(kernel)
+        if found is None:
+            found = self._indexes[kernel] = NodeIndex((self.view.kernel_only() if kernel else self.view).nodes)
+        return found
+
+    def place(self, plan: Plan) -> Plan:
+        """The plan with a node for each `place` entry that fits somewhere; the others `pending`."""
+        if not plan.place:
+            return plan
+        index = self.index(plan.kernel)
+        placed, pending = [], list(plan.pending)
+        for entry in plan.place:
+            result = index.place(entry.demand, self.usage)
+            if result.node is None:
+                pending.append(Pending(entry.key, entry.pending_reason(result.reason), entry))
+            else:
+                placed.append(dataclasses.replace(entry, node=result.node))
+                self.usage.add(result.node, entry.demand)
+        return dataclasses.replace(plan, place=placed, pending=pending)
+
+
+# -------------------------------------------------------------------- 3. write
+
+def write(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str] = state.utcnow) -> None:
+    """Commit a placed plan: one transaction per change, as `writes` fences them; `now` stamps them."""
+    for stop in plan.stop:
+        log.info("%s: removing from %s (%s)", stop.key, stop.node, stop.reason)
+        writes.delete(state.assign_key(stop.node, stop.key))
+    for forget in plan.forget:
+        writes.delete(state.status_key(forget.key))
+    for change in [*plan.restart, *(keep for keep in plan.keep if keep.assignment is not None)]:
+        log.info("%s: updating it on %s: %s", change.key, change.node, change.reason)
+        writes.put(state.assign_key(change.node, change.key), "assignment", dict(change.assignment, assignedAt=now()))
+    lost = {entry.key: entry for entry in plan.lost}
+    for entry in plan.place:
+        assert entry.node is not None, "write() takes a plan that went through Placer.place"
+        if entry.key in lost:
+            log.warning("%s: node %s is gone; the agent is lost there, placing it again", entry.key, entry.previous)
+        ops = _replacing(entry)
+        ops.append(state.set_document_op(state.assign_key(entry.node, entry.key), "assignment",
+                                         dict(entry.assignment, assignedAt=now())))
+        if entry.key in lost:
+            ops.append(state.set_document_op(state.status_key(entry.key), "status",
+                                             dict(lost[entry.key].status, updatedAt=now())))
+        log.info("%s: placed on %s (%s)", entry.key, entry.node, entry.reason)
+        writes.commit(*ops)
+    for pending in plan.pending:
+        ops = _replacing(pending.place)
+        current = view.statuses.get(pending.key)
+        if not ops and current and current["state"] == "Pending" and current.get("reason") == pending.reason:
+            continue        # already says so
+        log.info("%s: pending: %s", pending.key, pending.reason)
+        writes.commit(*ops, state.set_document_op(state.status_key(pending.key), "status",
+                                                  dict(pending_status(current, pending), updatedAt=now())))
+
+
+def _replacing(entry: Place) -> list[dict[str, Any]]:
+    """The removal of the assignment a placement replaces, if any."""
+    if entry.previous is None:
+        return []
+    return [kv_op("delete", state.assign_key(entry.previous, entry.key))]
+
+
+def pending_status(current: dict[str, Any] | None, pending: Pending) -> dict[str, Any]:
+    """The Pending status to write (without updatedAt), keeping what `current` knew of the same agent."""
+    pipeline, agent = state.split_agent_id(pending.key)
+    doc = pending.place.assignment
     status = {"pipeline": pipeline, "agent": agent, "uid": doc["uid"], "state": "Pending",
-              "generation": doc["generation"], "epoch": epoch, "reason": reason, "updatedAt": state.utcnow()}
+              "generation": doc["generation"], "epoch": doc["epoch"] - 1, "reason": pending.reason}
     for kept in ("incarnation", "restarts", "exitCode"):
         if current and current.get("uid") == doc["uid"] and kept in current:
             status[kept] = current[kept]
-    writes.commit(*ops, state.set_document_op(state.status_key(key), "status", status))
-    view.statuses[key] = status
+    return status
 
 
-def pipeline_names(ns: NameServer, view: ClusterView) -> set[str]:
-    """Every pipeline that has a manifest, an assignment or a status: all that may need work."""
-    _, keys = ns.keys(state.PIPELINES)
-    names = {k[len(state.PIPELINES):] for k in keys}
-    names |= {state.split_agent_id(k)[0] for k in view.assignments}
-    names |= {state.split_agent_id(k)[0] for k in view.statuses}
-    return names
+# --------------------------------------------------------------------- the pass
+
+def run_pass(view: ClusterView, writes: Writes) -> None:
+    """Reconcile, place and write every pipeline of `view`; an error in one does not stop the others
+    (NotLeader stops all)."""
+    if view.init_error:
+        log.error("kernel agents: %s", view.init_error)
+    placer = Placer(view)
+    for name in sorted(view.pipeline_names()):
+        manifest = view.desired(name)
+        if manifest is None and name in view.invalid:
+            log.error("pipeline %s: stored manifest is invalid, leaving it alone: %s", name, view.invalid[name])
+            continue
+        try:
+            write(placer.place(reconcile(view, name, manifest)), view, writes)
+        except (DocumentError, TxnConflict) as exc:
+            log.error("pipeline %s: %s", name, exc)
 
 
 def reconcile_all(ns: NameServer, leader_session: str | None = None) -> None:
-    """One pass over every pipeline; an error in one does not stop the others (NotLeader stops all)."""
-    view = ClusterView.read(ns)
-    writes = Writes(ns, leader_session)
-    try:
-        init = init_as_pipeline(ns)
-    except (DocumentError, state.BootError) as exc:
-        log.error("kernel agents: %s", exc)
-        init = None
-    init_name = init["metadata"]["name"] if init else None
-    for name in sorted(pipeline_names(ns, view) | ({init_name} if init_name else set())):
-        try:
-            reconcile(ns, name, view, writes, init=init if name == init_name else None)
-        except (DocumentError, TxnConflict) as exc:
-            log.error("pipeline %s: %s", name, exc)
+    """One pass over every pipeline: read the cluster once, then reconcile, place and write each."""
+    run_pass(ClusterView.read(ns), Writes(ns, leader_session))

@@ -1,0 +1,111 @@
+"""The cluster as one reconciliation pass sees it: read once from the Name Server, then only read.
+
+`ClusterView.read(ns)` is the pass's only read: live nodes, assignments, statuses, devices,
+the boot record, every Pipeline manifest (and why a stored one is invalid) and the init
+manifest as the pipeline of kernel agents. Everything after it (reconcile, place, write)
+works from this object, so a pass decides from one picture of the cluster, and tests build
+the picture directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from oneos import state
+from oneos.controller.scheduler import Demand, NodeInfo, Usage
+from oneos.documents import DocumentError
+from oneos.nameserver.client import NameServer
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What reconciliation needs of the cluster, read once per pass. Treat it as read-only."""
+
+    nodes: list[NodeInfo]                                                   # live nodes
+    assignments: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # agent id -> (node, it)
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)       # agent id -> status
+    kernel_ids: frozenset[str] = frozenset()                                # live kernel nodes
+    device_owners: dict[str, str] = field(default_factory=dict)             # device -> its node
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)      # pipeline -> its valid manifest
+    invalid: dict[str, str] = field(default_factory=dict)                   # pipeline -> why its manifest is not
+    init: dict[str, Any] | None = None        # the init manifest as a pipeline (see init_pipeline), if any
+    init_error: str | None = None             # why there is no `init`, when it is not just absent
+    boot: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {n.id: n for n in self.nodes})
+
+    @classmethod
+    def read(cls, ns: NameServer) -> "ClusterView":
+        """Read everything a pass needs, once (a few GETs; nothing is written)."""
+        nodes, _ = state.read_nodes(ns)
+        manifests, invalid = {}, {}
+        _, entries = ns.get_tree(state.PIPELINES)
+        for entry in entries:
+            name = entry.key[len(state.PIPELINES):]
+            try:
+                manifests[name] = state.decode(entry, "pipeline")
+            except DocumentError as exc:
+                invalid[name] = str(exc)
+        boot = init = init_error = None
+        try:
+            boot = state.read_boot(ns)
+            _, entry = ns.get(boot.get("initManifest", state.INIT))
+            if entry is not None:
+                init = init_pipeline(state.decode(entry, "init"), entry.modify_index)
+        except (DocumentError, state.BootError) as exc:
+            init_error = str(exc)
+        return cls([NodeInfo.from_record(n.record) for n in nodes], state.read_assignments(ns),
+                   state.read_statuses(ns), frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
+                   {name: doc["node"] for name, doc in state.read_devices(ns).items()},
+                   manifests, invalid, init, init_error, boot)
+
+    def alive(self, node_id: str) -> bool:
+        """Whether the node is live (in this view: see kernel_only)."""
+        return node_id in self._by_id    # type: ignore[attr-defined]
+
+    def node(self, node_id: str) -> NodeInfo:
+        return self._by_id[node_id]      # type: ignore[attr-defined]
+
+    def kernel_only(self) -> "ClusterView":
+        """The same view where only kernel nodes exist: where kernel agents may run."""
+        return dataclasses.replace(self, nodes=[n for n in self.nodes if n.id in self.kernel_ids])
+
+    def desired(self, name: str) -> dict[str, Any] | None:
+        """What pipeline `name` should be: the init manifest's kernel agents under its name, else its
+        valid manifest; None when it has none (deleted, or invalid: see `invalid`)."""
+        if self.init is not None and self.init["metadata"]["name"] == name:
+            return self.init
+        return self.manifests.get(name)
+
+    def pipeline_names(self) -> set[str]:
+        """Every pipeline that has a manifest, an assignment or a status: all that may need work."""
+        names = set(self.manifests) | set(self.invalid)
+        names |= {state.split_agent_id(k)[0] for k in self.assignments}
+        names |= {state.split_agent_id(k)[0] for k in self.statuses}
+        if self.init is not None:
+            names.add(self.init["metadata"]["name"])
+        return names
+
+    def usage(self) -> Usage:
+        """What the assignments already take of each node, as placement counts it (a new Usage each call)."""
+        usage = Usage()
+        for key, (node_id, doc) in self.assignments.items():
+            usage.add(node_id, Demand.from_spec(key, doc["agent"]))
+        return usage
+
+
+def init_pipeline(init: dict[str, Any], modify_index: int) -> dict[str, Any]:
+    """The init manifest as a pipeline of kernel agents (named as the manifest).
+
+    Its uid is fixed by its name and its generation is the key's ModifyIndex, so rewriting
+    the init manifest updates the kernel agents like re-applying a pipeline.
+    """
+    name = init["metadata"]["name"]
+    return {"apiVersion": "oneos/v1", "kind": "Init",
+            "metadata": {"name": name, "uid": hashlib.sha256(f"init/{name}".encode()).hexdigest()[:32],
+                         "generation": max(1, modify_index)},
+            "spec": {"agents": init["spec"]["agents"], "links": []}}
