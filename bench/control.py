@@ -18,9 +18,8 @@ It prints, never asserts:
   runs the most of its agents, until every agent it ran is Running on another node; split
   into the session expiry (the node record disappears: Consul's TTL) and what OneOS takes
   after that. Agents that outlive their node are counted (and killed).
-- scheduler placements/s, at the function level: bench/placement.py's `run()` when it
-  exists (baseline: its naive scan of every node), else oneos.controller.scheduler.place on
-  simulated nodes with mixed constraints (baseline: a bare Python loop over the nodes).
+- scheduler placements/s, at the function level: bench/placement.py's workload and `run()`
+  (baseline: its naive scan of every node).
 - idle RSS and CPU of oneosd (kernel/leader and non-kernel, with no pipeline): VmRSS and
   utime+stime from /proc, children included, beside idle Python processes that only sleep,
   only import pulsar and requests, and only import what oneosd imports.
@@ -551,78 +550,11 @@ def measure_idle(cluster: Cluster, procs: Processes, seconds: float, non_kernel:
 
 # -- placements -------------------------------------------------------------------------------
 
-def own_placement(agents: int, nodes: int, seed: int) -> dict[str, Any]:
-    """oneos.controller.scheduler.place for `agents` agents, one after another, on `nodes` simulated nodes."""
-    from oneos.controller.scheduler import Demand, NodeInfo, Usage, place
-
-    rng = random.Random(seed)
-    zones = ["a", "b", "c", "d", "e"]
-    node_list = []
-    for i in range(nodes):
-        gpio = i % 10 == 0
-        labels = {"zone": zones[i % len(zones)], "arch": "arm64" if i % 3 else "x86_64"}
-        if gpio:
-            labels["gpio"] = "true"
-        node_list.append(NodeInfo(f"node{i:05d}", labels, {"gpio/D4", "gpio/D7"} if gpio else set(),
-                                  float(rng.choice([2, 4, 8])), rng.choice([1, 2, 4, 8]) * 2**30))
-    demands = []
-    mix = {"none": 0, "zone": 0, "arch": 0, "gpio+device": 0, "resources": 0, "node": 0, "nowhere": 0}
-    for i in range(agents):
-        pipeline, stage = divmod(i, 3)                   # three-stage pipelines: linked neighbours
-        key = f"p{pipeline}.s{stage}"
-        neighbors = {f"p{pipeline}.s{s}" for s in (stage - 1, stage + 1) if 0 <= s < 3}
-        roll = rng.random()
-        demand = Demand(key, neighbors=neighbors)
-        if roll < 0.40:
-            kind = "none"
-        elif roll < 0.60:
-            kind, demand.labels = "zone", {"zone": rng.choice(zones)}
-        elif roll < 0.70:
-            kind, demand.labels = "arch", {"arch": rng.choice(["arm64", "x86_64"])}
-        elif roll < 0.80:
-            kind, demand.labels, demand.devices = "gpio+device", {"gpio": "true"}, [rng.choice(["gpio/D4", "gpio/D7"])]
-        elif roll < 0.94:
-            kind, demand.memory, demand.cpu = "resources", rng.choice([64, 128, 256]) * 2**20, rng.choice([0.1, 0.25, 0.5])
-        elif roll < 0.99:
-            kind, demand.node = "node", f"node{rng.randrange(nodes):05d}"
-        else:
-            kind, demand.labels = "nowhere", {"zone": "z"}  # fits no node: the reason is worked out
-        mix[kind] += 1
-        demands.append(demand)
-    usage = Usage()
-    pending = 0
-    start = time.perf_counter()
-    for demand in demands:
-        placement = place(demand, node_list, usage)
-        if placement.node is None:
-            pending += 1
-        else:
-            usage.add(placement.node, demand)
-    elapsed = time.perf_counter() - start
-    floor_start = time.perf_counter()
-    for demand in demands:
-        for node in node_list:
-            pass
-    floor = time.perf_counter() - floor_start
-    return {"placements_per_s": agents / elapsed, "seconds": elapsed, "pending": pending, "mix": mix,
-            "floor_per_s": agents / floor}
-
-
 def measure_placement(agents: int, nodes: int, seed: int) -> dict[str, Any]:
-    try:
-        import placement  # bench/placement.py: this file's folder is on sys.path
-    except ModuleNotFoundError as exc:
-        if exc.name != "placement":
-            raise
-        placement = None
-    own = own_placement(agents, nodes, seed)
-    if placement is not None and hasattr(placement, "run"):
-        try:
-            theirs = placement.run(agents=agents, nodes=nodes, seed=seed)
-        except Exception as exc:  # noqa: BLE001 - another benchmark's bug must not lose this run's figures
-            return dict(own, source=f"bench/control.py (bench/placement.py run() failed: {exc!r})")
-        return dict(theirs, source="bench/placement.py run()", own=own, floor_per_s=own["floor_per_s"])
-    return dict(own, source="bench/control.py (bench/placement.py not there)")
+    """bench/placement.py's workload and figures (its naive scan is the baseline), with where they come from."""
+    import placement  # bench/placement.py: this file's folder is on sys.path
+
+    return dict(placement.run(agents=agents, nodes=nodes, seed=seed), source="bench/placement.py run()")
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -696,19 +628,12 @@ def report(args: argparse.Namespace, apply: dict | None, failover: list | None, 
                          f"reassigned {r['reassigned']:.2f} s, Running on {','.join(r['to'])} {r['running']:.2f} s; "
                          f"agents left running on the dead node: {r['orphans']}")
     if placed:
-        rate = placed["placements_per_s"]
-        naive = placed.get("naive_placements_per_s")
-        base, against = ((f"place_naive (full scan): {naive:,.0f}/s", naive) if naive else
-                         (f"bare loop over nodes: {placed['floor_per_s']:,.0f}/s", placed["floor_per_s"]))
+        rate, naive = placed["placements_per_s"], placed["naive_placements_per_s"]
         rows.append(row(f"scheduler placements/s, {args.agents:,} agents on {args.nodes:,} nodes", f"{rate:,.0f}/s",
-                        ">= 10,000/s", rate >= 10_000, base, f"{rate / against:.2f}x"))
+                        ">= 10,000/s", rate >= 10_000, f"place_naive (full scan): {naive:,.0f}/s",
+                        f"{rate / naive:.2f}x"))
         notes.append(f"placements measured by {placed['source']}: {placed['seconds']:.2f} s, {placed['pending']} "
-                     f"pending" + (f"; mix {placed['mix']}" if "mix" in placed else ""))
-        if "own" in placed:
-            own = placed["own"]
-            notes.append(f"bench/control.py's own mix through scheduler.place: {own['placements_per_s']:,.0f}/s "
-                         f"({own['pending']} pending); a bare Python loop visiting every node once per agent: "
-                         f"{own['floor_per_s']:,.0f}/s")
+                     f"pending")
     for when, data in (("idle", idle), ("idle after pipelines ran", idle_after)):
         if not data:
             continue
