@@ -1,6 +1,7 @@
-"""Reconciliation: what must run (manifests) against what is placed (assignments), in three steps.
+"""Reconciliation: what must run (manifests) against what is placed (assignments).
 
-A pass, like Nomad's scheduler (`reconcile.go`, then feasibility and ranking, then the plan):
+A pass reads the cluster once, then takes each pipeline through three steps, as Nomad's
+scheduler does (`reconcile.go`, then feasibility and ranking, then the plan):
 
 1. `ClusterView.read(ns)`: the pass's one read of the cluster (see oneos.controller.view).
 2. `reconcile(view, name, manifest)`: a pure function of the view and one pipeline's desired
@@ -12,7 +13,13 @@ A pass, like Nomad's scheduler (`reconcile.go`, then feasibility and ranking, th
    NodeIndex and a Usage that belong to the pass, so each placement sees the ones before
    it; what fits nowhere becomes `pending`, with the scheduler's counts and what led to it.
 4. `write(plan, view, writes)`: the plan as transactions, each fenced by the leader lock
-   (`Writes`).
+   (`Writes`): stops, forgotten statuses, rewrites in place, then each placement (with the
+   removal of the assignment it replaces and, for a lost node, the Lost status) and each
+   Pending status (not rewritten when it already says the same).
+
+A write that fails leaves the pipeline for the next pass; the placements of this pass
+that were not written still count in its Usage, which only makes the rest of the pass
+more careful.
 
 It is level-triggered, as a Kubernetes controller: each pass starts from a fresh read and
 is safe to run any number of times. Nothing is kept in memory between passes, so a newly

@@ -348,9 +348,9 @@ class ResourceFits:
         self.amount = operator.attrgetter(resource)      # of a NodeInfo (capacity), Usage (used), Demand (wanted)
 
     def reason(self, node: NodeInfo, demand: Demand, usage: Usage) -> Shortfall | None:
-        free = self.amount(node) - self.amount(usage).get(node.id, 0)
-        wanted = self.amount(demand)
-        return Shortfall(self.name, wanted, free) if wanted > free + self.slack else None
+        amount = self.amount
+        free, wanted = amount(node) - amount(usage).get(node.id, 0), amount(demand)
+        return None if wanted <= free + self.slack else Shortfall(self.name, wanted, free)
 
     def room(self, index: "NodeIndex", demand: Demand, usage: Usage) -> "tuple[int, Room | None]":
         wanted, used = self.amount(demand), self.amount(usage)
