@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import threading
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +22,9 @@ import consul
 import consul.base
 import consul.exceptions
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 
 from oneos.errors import OneOSError
 
@@ -104,6 +109,86 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
+# -- connections that another thread can cut ----------------------------------
+#
+# A blocking query holds its HTTP request open for up to its `wait`: a watch that must stop
+# now cannot wait that out, and a thread blocked in recv() cannot be told anything. So every
+# socket a client opens is listed, and `NameServer.close()` shuts them down (shutdown(2)
+# wakes a recv() in another thread at once, as end of file). urllib3 documents
+# PoolManager._new_pool as its place for such customisation.
+
+class _Sockets:
+    """The sockets of one client's connections; `close()` shuts them, and refuses any opened later."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.closed = False
+
+    def opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.closed:
+                self._open.add(sock)
+                return
+        raise ConnectionAbortedError("the Name Server client was closed")
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                # socket.socket's own shutdown, also for a TLS socket: its TLS state is the reader's.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass   # closed already
+
+
+class _Listed:
+    """A urllib3 connection that lists its socket in its client's `_Sockets` once connected."""
+
+    def __init__(self, *args: Any, sockets: _Sockets, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sockets = sockets
+
+    def connect(self) -> None:
+        super().connect()
+        self._sockets.opened(self.sock)
+
+
+class _ListedHTTPConnection(_Listed, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _ListedHTTPSConnection(_Listed, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _PoolManager(urllib3.PoolManager):
+    def __init__(self, *args: Any, sockets: _Sockets, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sockets = sockets
+
+    def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = _ListedHTTPSConnection if scheme == "https" else _ListedHTTPConnection
+        pool.conn_kw["sockets"] = self._sockets
+        return pool
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections listed in `sockets`."""
+
+    def __init__(self, sockets: _Sockets) -> None:
+        self._sockets = sockets
+        super().__init__()
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+        self.poolmanager = _PoolManager(num_pools=connections, maxsize=maxsize, block=block, sockets=self._sockets,
+                                        **pool_kwargs)
+
+
 class NameServer:
     """A client of one Name Server. Safe to share between threads."""
 
@@ -122,6 +207,16 @@ class NameServer:
         self._token = token
         self._timeout = timeout
         self._local = threading.local()
+        self._sockets = _Sockets()
+
+    def clone(self) -> "NameServer":
+        """A new client of the same Name Server (address, token, timeout) with connections of its own."""
+        return NameServer(self.url, token=self._token, timeout=self._timeout)
+
+    def close(self) -> None:
+        """Cut this client off at once, from any thread: a request under way, and every later one,
+        raises NameServerUnreachable. For a client of one's own (clone()), as a watch has."""
+        self._sockets.close()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -131,21 +226,33 @@ class NameServer:
         if api is None:
             api = consul.Consul(host=self._host, port=self._port, scheme=self._scheme,
                                 token=self._token, connections_timeout=self._timeout)
+            for prefix in ("http://", "https://"):
+                api.http.session.mount(prefix, _Adapter(self._sockets))
             self._local.api = api
         return api
 
+    def _closed(self) -> NameServerUnreachable:
+        return NameServerUnreachable(f"the connection to the Name Server at {self.url} was closed: "
+                                     "this part of OneOS is stopping")
+
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._sockets.closed:
+            raise self._closed()
         try:
             return fn(*args, **kwargs)
-        except requests.exceptions.ConnectionError as exc:
-            raise NameServerUnreachable(
-                f"cannot reach the Name Server at {self.url} ({_reason(exc)}); "
-                "is it running? Set ONEOS_NAMESERVER or start one with `oneosd --dev`"
-            ) from None
-        except requests.exceptions.Timeout:
-            raise NameServerUnreachable(
-                f"the Name Server at {self.url} did not answer {what} in time; check that it is healthy"
-            ) from None
+        except requests.exceptions.RequestException as exc:
+            if self._sockets.closed:
+                raise self._closed() from None
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                raise NameServerUnreachable(
+                    f"cannot reach the Name Server at {self.url} ({_reason(exc)}); "
+                    "is it running? Set ONEOS_NAMESERVER or start one with `oneosd --dev`"
+                ) from None
+            if isinstance(exc, requests.exceptions.Timeout):
+                raise NameServerUnreachable(
+                    f"the Name Server at {self.url} did not answer {what} in time; check that it is healthy"
+                ) from None
+            raise
         except consul.exceptions.ConsulException as exc:
             status, _, body = str(exc).partition(" ")
             code = int(status) if status.isdigit() else 0
