@@ -15,57 +15,48 @@ from typing import Callable
 from oneos import state
 from oneos.controller.reconciler import NotLeader, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nameserver.watch import Watch
+from oneos.service import Service
 
 log = logging.getLogger("oneos.controller")
 
 RESYNC_S = 5.0
 
 
-class Controller:
+class Controller(Service):
     """Reconciliation loop with its watches; start() when elected, stop() when deposed."""
 
     def __init__(self, ns: NameServer, leader_session: Callable[[], str | None] | None = None) -> None:
         """`leader_session` gives the session holding the leader lock: every write checks it still does.
 
         Without it (tools, tests) writes are not fenced."""
-        self.ns = ns
+        super().__init__("controller")
+        # A client of its own: stop() cuts off a pass under way instead of waiting for it.
+        self.ns = ns.clone()
         self.leader_session = leader_session
         self._dirty = threading.Event()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._watches = [Watch.keys(ns, prefix) for prefix in (state.MANIFESTS, state.NODES)]
 
-    def start(self) -> None:
-        """Start once; a controller that was stopped is not restarted (make a new one)."""
+    def _launch(self) -> None:
         self._dirty.set()
-        self._threads = [threading.Thread(target=self._loop, name="controller", daemon=True)]
-        for prefix in (state.MANIFESTS, state.NODES):
-            self._threads.append(threading.Thread(target=self._watch, args=(prefix,), daemon=True,
-                                                  name=f"watch {prefix}"))
-        for t in self._threads:
-            t.start()
+        self.spawn(self._loop, "reconcile")
+        for watch in self._watches:
+            self.spawn(lambda watch=watch: self._follow(watch), f"watch {watch.what}")
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _interrupt(self) -> None:
         self._dirty.set()
+        for watch in self._watches:
+            watch.close()
+        self.ns.close()
 
-    def _watch(self, prefix: str) -> None:
-        index = 0
-        while not self._stop.is_set():
-            try:
-                new_index, _ = self.ns.keys(prefix, index=index, wait="30s")
-            except (NameServerUnreachable, NameServerError):
-                self._stop.wait(1.0)
-                index = 0
-                continue
-            if new_index != index:
-                self._dirty.set()
-            # Indexes can go backwards (a restored server, reaped tombstones): start over then.
-            index = new_index if new_index >= index else 0
+    def _follow(self, watch: Watch) -> None:
+        for _ in watch:
+            self._dirty.set()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             self._dirty.wait(RESYNC_S)
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             self._dirty.clear()
             try:
@@ -77,10 +68,12 @@ class Controller:
                 log.warning("%s", exc)
                 return
             except (NameServerUnreachable, NameServerError) as exc:
+                if self.stopping.is_set():
+                    return
                 log.warning("reconcile: %s; trying again", exc)
-                self._stop.wait(1.0)
+                self.stopping.wait(1.0)
                 self._dirty.set()
             except Exception:  # noqa: BLE001 - a bug must not silently stop the controller
                 log.exception("reconcile failed; trying again")
-                self._stop.wait(1.0)
+                self.stopping.wait(1.0)
                 self._dirty.set()

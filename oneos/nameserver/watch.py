@@ -35,11 +35,12 @@ Query = Callable[[NameServer, int, str], tuple]
 class Watch(Generic[T]):
     """Yields (index, result) of a key or prefix: at once, then after each change, until close()."""
 
-    def __init__(self, ns: NameServer, query: Query, what: str, *, wait: str = WAIT, retry: bool = True,
+    def __init__(self, ns: NameServer, query: Query, what: str, *, wait: str | None = None, retry: bool = True,
                  retry_s: float = RETRY_S) -> None:
-        """`what` names the watch in logs; with `retry` False an error ends the iteration (raised)."""
+        """`what` names the watch in logs; `wait` bounds each blocking query (default WAIT);
+        with `retry` False an error ends the iteration (raised)."""
         self.what = what
-        self.wait = wait
+        self.wait = wait or WAIT
         self.retry = retry
         self.retry_s = retry_s
         self._query = query
