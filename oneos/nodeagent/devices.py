@@ -16,7 +16,8 @@ Serving: an agent that requires a gpio device and names `/dev/gpio/NAME` in its 
 a FIFO in its working directory in its place; `stdin: {device}` / `stdout: {device}` join
 its stdin/stdout to the device. A device is served by an `oneos-gpio` process (watch for
 an input pin, write for an output pin), the same program a pipeline stage would run, so
-the node agent needs no GPIO library of its own.
+the node agent needs no GPIO library of its own. The helpers die with the node agent, even
+when it is killed with SIGKILL (oneos/children.py): a helper left behind would hold the pin.
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oneos import state
+from oneos import children, state
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
+from oneos.service import Service
 
 log = logging.getLogger("oneos.nodeagent")
 
 DIRECTIONS = ("in", "out")
 WRITER_DRAIN_S = 5.0   # how long an agent's last lines may take to reach its output device
+STOP_GRACE_S = 5.0     # after SIGTERM, before SIGKILL
 
 
 class DeviceError(OneOSError):
@@ -86,10 +89,15 @@ def _gpio_argv(props: dict[str, Any], reading: bool) -> list[str]:
             props["pin"]]
 
 
-class DeviceServer:
-    """The device streams of one process start: FIFOs for argv paths, pipes for stdin/stdout; `close()` ends them."""
+class DeviceServer(Service):
+    """The device streams of one process start: FIFOs for argv paths, pipes for stdin/stdout.
+
+    Its helper processes are started by argv(), stdin() and stdout(), from the thread that
+    waits for the agent; `close()` when the agent ended, `stop()` to end them at once.
+    """
 
     def __init__(self, workdir: Path, devices: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
+        super().__init__(f"devices of {workdir.name}")
         self.workdir = workdir
         self.devices = devices
         self.env = env
@@ -105,7 +113,9 @@ class DeviceServer:
         return props
 
     def _spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, env=self.env, stderr=subprocess.DEVNULL, start_new_session=True, **kwargs)
+        if self.stopping.is_set():
+            raise DeviceError(f"the devices of {self.workdir.name} are being stopped")
+        proc = children.spawn(argv, env=self.env, stderr=subprocess.DEVNULL, **kwargs)
         self.procs.append(proc)
         return proc
 
@@ -158,17 +168,21 @@ class DeviceServer:
                 proc.wait(WRITER_DRAIN_S)
             except subprocess.TimeoutExpired:
                 pass
+        self.stop()
+
+    def _interrupt(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            children.signal_group(proc, signal.SIGTERM)
+
+    def join(self) -> None:
+        """Wait until every helper has ended (SIGKILL after a grace period)."""
         for proc in self.procs:
             try:
-                proc.wait(5)
+                proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                children.signal_group(proc, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
         self.writers.clear()
+        super().join()
+

@@ -14,11 +14,15 @@ at once. When the node cannot renew its session for most of a TTL, `suspend()` s
 every agent before the cluster can declare the node dead; `resume()` starts what is
 still assigned here once the node is back. The bytes of a written-off copy are fenced
 off downstream by the assignment's epoch (see oneos/bus/frames.py).
+
+An agent's environment is this process's, with the node's settings (`agent_env`: a
+simulated GPIO board, the broker's data folder under --dev) and the agent's own on top:
+the node agent never changes its own environment to pass something on. Agents die with
+the node agent, even by SIGKILL (oneos/children.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -28,14 +32,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from oneos import state
+from oneos import children, state
 from oneos.bus import frames
 from oneos.documents import DocumentError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
+from oneos.nameserver.watch import Watch
 from oneos.nodeagent.devices import DeviceError, DeviceServer
 from oneos.nodeagent.restart import RestartPolicy
+from oneos.service import Service, stop_all
 
 if TYPE_CHECKING:
     from oneos.nodeagent.bridge import Bridge
@@ -43,14 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("oneos.nodeagent")
 
 STOP_GRACE_S = 5.0
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when oneosd dies, even by SIGKILL, so no agent outlives its node agent."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _start_error(program: str, exc: OSError) -> tuple[int, str]:
@@ -67,10 +65,11 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class AgentRunner:
-    """One assigned agent: its process, restarts, bridge and status."""
+class AgentRunner(Service):
+    """One assigned agent: its process, restarts, bridge and status, in a thread of its own."""
 
     def __init__(self, sup: "Supervisor", key: str, assignment: dict[str, Any], index: int) -> None:
+        super().__init__(f"agent {key}")
         self.sup = sup
         self.key = key
         self.assignment = assignment
@@ -82,30 +81,30 @@ class AgentRunner:
         self.proc: subprocess.Popen | None = None
         self.bridge = None
         self.status: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"agent {key}", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    # -- lifecycle --------------------------------------------------------
+    # -- lifecycle: stop() sends SIGTERM to the process group, SIGKILL after a grace period ----
 
-    def start(self) -> None:
-        self._thread.start()
+    def _launch(self) -> None:
+        self._thread = self.spawn(self._run, "run")
 
-    def stop(self, wait: bool = True) -> None:
-        """Stop the process (SIGTERM to its group, SIGKILL after a grace period) and the runner."""
-        self._stop.set()
+    def _interrupt(self) -> None:
         self._signal(signal.SIGTERM)
         if self.bridge:
             self.bridge.stop()
-        if wait:
-            self._thread.join(STOP_GRACE_S + 5)
+
+    def join(self) -> None:
+        """Wait until the runner has ended; a process still running STOP_GRACE_S after SIGTERM gets SIGKILL."""
+        thread = self._thread
+        if self.stopping.is_set() and thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_GRACE_S)
+            if thread.is_alive():
+                self._signal(signal.SIGKILL)
+        super().join()
 
     def _signal(self, sig: int) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        if self.proc is not None:
+            children.signal_group(self.proc, sig)
 
     def same_work(self, assignment: dict[str, Any]) -> bool:
         return state.same_work(self.assignment, assignment) and self.epoch == assignment.get("epoch")
@@ -131,14 +130,14 @@ class AgentRunner:
         restarts = previous.get("restarts", 0) if same else 0
         self._prepare_workdir()
         policy = RestartPolicy(self.spec)
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             incarnation += 1
             policy.started(time.monotonic())
             self._report("Starting", incarnation=incarnation, restarts=restarts, startedAt=state.utcnow())
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return   # fenced: this node may no longer run it
             code, error, decision = self._run_once(incarnation, restarts, policy)
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             if error is not None:
                 # Could not even start it (e.g. command not found): as bash, 127/126; not retried.
@@ -152,7 +151,7 @@ class AgentRunner:
             restarts += 1
             self._report("Restarting", exitCode=code, restarts=restarts, pid=None,
                          reason=f"exited with status {code}; starting again in {decision.delay:g}s")
-            if self._stop.wait(decision.delay):
+            if self.stopping.wait(decision.delay):
                 return
 
     def _run_once(self, incarnation: int, restarts: int, policy: RestartPolicy) -> tuple[int, str | None, Any]:
@@ -162,15 +161,7 @@ class AgentRunner:
             return 0, None, None   # stopped while waiting for the bus
         self.bridge = bridge
         argv = list(self.spec["run"])
-        env = dict(os.environ)
-        # OneOS's own commands (oneos-broker, oneos-gpio) are found next to this Python.
-        bindir = os.path.dirname(sys.executable)
-        if bindir not in env.get("PATH", "").split(os.pathsep):
-            env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
-        env.update(self.spec.get("env", {}))
-        env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
-                    "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
-                    "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
+        env = self._environment(incarnation)
         started = time.monotonic()
         served = DeviceServer(self.workdir, self.sup.devices, env)
         try:
@@ -178,10 +169,12 @@ class AgentRunner:
             argv = served.argv(argv, required)
             stdin_device = self.spec.get("stdin", {}).get("device")
             stdout_device = self.spec.get("stdout", {}).get("device")
-            self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env,
-                                         stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
-                                         stdout=served.stdout(stdout_device) if stdout_device else subprocess.PIPE,
-                                         stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = children.spawn(argv, cwd=self.workdir, env=env,
+                                       stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
+                                       stdout=served.stdout(stdout_device) if stdout_device else subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            if self.stopping.is_set():
+                self._signal(signal.SIGTERM)   # stopped while it was starting: cancel() saw no process
         except (OSError, DeviceError) as exc:
             served.close()
             code, message = _start_error(argv[0], exc) if isinstance(exc, OSError) else (126, str(exc))
@@ -196,8 +189,22 @@ class AgentRunner:
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
         # The stream ends (EOF) only when the agent ended by itself for good: a process stopped
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
-        bridge.exited(final=not decision.restart and not self._stop.is_set())
+        bridge.exited(final=not decision.restart and not self.stopping.is_set())
         return code, None, decision
+
+    def _environment(self, incarnation: int) -> dict[str, str]:
+        """The agent's environment: this process's, the node's settings, the agent's own, then OneOS's names."""
+        env = dict(os.environ)
+        env.update(self.sup.agent_env)
+        # OneOS's own commands (oneos-broker, oneos-gpio) are found next to this Python.
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in env.get("PATH", "").split(os.pathsep):
+            env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+        env.update(self.spec.get("env", {}))
+        env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
+                    "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
+                    "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
+        return env
 
     def _bridge(self, incarnation: int) -> "Bridge | None":
         """The stdio bridge of this start; while the message bus is unreachable, keep trying (None: stopped)."""
@@ -208,7 +215,7 @@ class AgentRunner:
             return Bridge(None, self.sup.namespace, self.key, self.assignment, incarnation, self.sup.workdir / "logs",
                           wire=wire)
         delay, told = 0.5, False
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 return Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
                               self.sup.workdir / "logs", wire=wire)
@@ -217,7 +224,7 @@ class AgentRunner:
                     log.warning("%s: waiting for the message bus before starting it: %s", self.key, exc)
                     self._report("Starting", reason=f"waiting for the message bus: {exc}")
                     told = True
-                self._stop.wait(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
         return None
 
@@ -259,7 +266,7 @@ class AgentRunner:
             else:
                 status[name] = value
         self.status = status
-        if self._stop.is_set():
+        if self.stopping.is_set():
             return
         if not self._write_status(status):
             self.fence("this node no longer holds the agent's assignment (it was moved, or the node was written off)")
@@ -292,7 +299,7 @@ class AgentRunner:
                 self.index = entry.modify_index
             except NameServerUnreachable as exc:
                 log.warning("%s: status not written (%s); retrying", self.key, exc)
-                if self._stop.wait(1.0):
+                if self.stopping.wait(1.0):
                     return True
         return False
 
@@ -301,10 +308,8 @@ class AgentRunner:
         if not self.fenced:
             log.warning("%s: killing it: %s", self.key, why)
         self.fenced = True
-        self._stop.set()
         self._signal(signal.SIGKILL)
-        if self.bridge:
-            self.bridge.stop()
+        self.cancel()
 
     def remove(self) -> None:
         """After stop(): forget the agent here (its status, unless another node has taken it)."""
@@ -320,16 +325,19 @@ class AgentRunner:
             self.sup.ns.delete(state.status_key(self.key), cas=entry.modify_index)
 
 
-class Supervisor:
+class Supervisor(Service):
     """Keeps the set of running agents equal to this node's assignments."""
 
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
                  bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
-                 devices: dict[str, dict[str, Any]] | None = None) -> None:
+                 devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None) -> None:
         """`lease` gives the membership session that holds this node's record (None: not a member now);
-        `devices` are the node's, from its config (see devices.py)."""
+        `devices` are the node's, from its config (see devices.py); `agent_env`, what the node adds
+        to its agents' environment."""
+        super().__init__("supervisor")
         self.ns = ns
         self.devices = devices or {}
+        self.agent_env = dict(agent_env or {})
         self.node_id = node_id
         self.lease = lease
         self._suspended: str | None = None   # why every agent is stopped, while the node is cut off
@@ -340,9 +348,9 @@ class Supervisor:
         self._bus = None
         self._bus_lock = threading.Lock()
         self.runners: dict[str, AgentRunner] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
-        self._status_thread = threading.Thread(target=self._watch_readers, name="readers", daemon=True)
+        self._prefix = f"{state.ASSIGN}{node_id}/"
+        self._assignments = Watch.tree(ns, self._prefix)
+        self._statuses = Watch.tree(ns, state.STATUS)
 
     def bus(self) -> Any:
         """The node's one Pulsar client, opened on first use."""
@@ -351,40 +359,33 @@ class Supervisor:
                 self._bus = self._bus_factory()
             return self._bus
 
-    def start(self) -> None:
+    def _launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        self._status_thread.start()
+        self.spawn(self._follow_assignments, "assignments")
+        self.spawn(self._follow_readers, "readers")
 
-    def stop(self) -> None:
-        """Stop every agent (on oneosd shutdown)."""
-        self._stop.set()
-        runners = list(self.runners.values())
-        for runner in runners:
-            runner.stop(wait=False)
-        for runner in runners:
-            runner.stop(wait=True)
-        if self._bus is not None:
+    def _interrupt(self) -> None:
+        self._assignments.close()
+        self._statuses.close()
+
+    def _release(self) -> None:
+        """Stop every agent (on oneosd shutdown), the kernel agents last: the broker among them
+        carries the other agents' last bytes and the end of their logs."""
+        with self._sync_lock:
+            runners, self.runners = list(self.runners.values()), {}
+        stop_all(r for r in runners if not r.assignment.get("kernel"))
+        stop_all(r for r in runners if r.assignment.get("kernel"))
+        with self._bus_lock:
+            bus, self._bus = self._bus, None
+        if bus is not None:
             try:
-                self._bus.close()
+                bus.close()
             except Exception:  # noqa: BLE001 - closing on the way out
                 pass
 
-    def _watch(self) -> None:
-        prefix = f"{state.ASSIGN}{self.node_id}/"
-        index = 0
-        while not self._stop.is_set():
-            try:
-                new_index, entries = self.ns.get_tree(prefix, index=index, wait="30s")
-                if new_index != index or index == 0:
-                    self._sync({e.key[len(prefix):]: e for e in entries})
-                index = new_index if new_index >= index else 0
-            except (NameServerUnreachable, NameServerError) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("watching assignments: %s", exc)
-                index = 0
-                self._stop.wait(1.0)
+    def _follow_assignments(self) -> None:
+        for _, entries in self._assignments:
+            self._sync({e.key[len(self._prefix):]: e for e in entries})
 
     def suspend(self, why: str) -> None:
         """Stop every agent now and start none until `resume()`: this node may be written off."""
@@ -395,21 +396,19 @@ class Supervisor:
             runners, self.runners = list(self.runners.values()), {}
             for runner in runners:
                 runner.fence(why)
-        for runner in runners:
-            runner.stop(wait=True)
+        stop_all(runners)
 
     def resume(self) -> None:
         """The node is a member again: run what is (still) assigned to it."""
         if self._suspended is None:
             return
-        prefix = f"{state.ASSIGN}{self.node_id}/"
-        _, entries = self.ns.get_tree(prefix)
+        _, entries = self.ns.get_tree(self._prefix)
         with self._sync_lock:
             if self._suspended is None:
                 return
             log.info("this node is a member again; starting what is still assigned to it")
             self._suspended = None
-            self._sync_locked({e.key[len(prefix):]: e for e in entries})
+            self._sync_locked({e.key[len(self._prefix):]: e for e in entries})
 
     def _sync(self, entries: dict[str, Any]) -> None:
         with self._sync_lock:
@@ -434,22 +433,15 @@ class Supervisor:
         for key, (doc, index) in wanted.items():
             if key in self.runners:
                 self.runners[key].index = index   # same work; the assignment was rewritten
-            elif not self._stop.is_set():
+            elif not self.stopping.is_set():
                 log.info("%s: starting %s", key, " ".join(doc["agent"]["run"]))
                 runner = AgentRunner(self, key, doc, index)
                 self.runners[key] = runner
                 runner.start()
 
-    def _watch_readers(self) -> None:
+    def _follow_readers(self) -> None:
         """Close a writer's stream when every agent reading it has ended: SIGPIPE, as in a shell pipe."""
-        index = 0
-        while not self._stop.is_set():
-            try:
-                index, entries = self.ns.get_tree(state.STATUS, index=index, wait="30s")
-            except (NameServerUnreachable, NameServerError):
-                index = 0
-                self._stop.wait(1.0)
-                continue
+        for _, entries in self._statuses:
             final = set()
             for entry in entries:
                 try:
