@@ -11,9 +11,7 @@ killed, so nothing is left behind.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -25,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from oneos import broker, state
+from oneos import broker, children, state
 from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
@@ -36,15 +34,6 @@ log = logging.getLogger("oneos.dev")
 DEFAULT_LISTEN = "127.0.0.1:8500"
 SESSION_TTL = "10s"
 LOCK_DELAY = "15s"
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 class Child:
@@ -55,9 +44,9 @@ class Child:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
-            # Its own session: a Ctrl-C on the terminal reaches only us, and we stop children in order.
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
+            # SIGTERM when we die: the Name Server finishes its writes before it goes.
+            self.popen = children.spawn(argv, death_signal=signal.SIGTERM, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -180,11 +169,9 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         pulsar_url = f"pulsar://127.0.0.1:{port}"
         metrics = f"127.0.0.1:{broker.free_port()}"
         _write_boot(ns, pulsar_url, cfg.id)
-        # The broker kernel agent inherits these: its data and metrics address (oneos/broker.py).
-        os.environ["ONEOS_BROKER_DATA"] = str(data / "pulsar")
-        os.environ["ONEOS_BROKER_METRICS"] = metrics
-
-        runtime = Runtime(cfg, wait_s=10)
+        # The broker kernel agent finds its data folder and metrics address in its environment (oneos/broker.py).
+        runtime = Runtime(cfg, wait_s=10, agent_env={"ONEOS_BROKER_DATA": str(data / "pulsar"),
+                                                     "ONEOS_BROKER_METRICS": metrics})
         runtime.start()
         _wait_for_broker(ns, port, cfg.data_dir / "agents" / "logs", stop)
         print(f"oneosd --dev: ready. Name Server {url}, Pulsar {pulsar_url} (metrics http://{metrics}/metrics), "

@@ -130,6 +130,41 @@ def test_sigterm_stops_every_child_and_the_node_leaves(dev):
     assert [pid for pid in dev.children if alive(pid)] == []
 
 
+FOREVER = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {name: forever}
+spec:
+  agents:
+    - {name: src, run: [tail, -f, /dev/null]}
+    - {name: mid, run: [cat]}
+    - {name: dst, run: [cat]}
+  links:
+    - {from: src, to: mid}
+    - {from: mid, to: dst}
+"""
+
+
+def test_sigterm_with_a_pipeline_running_stops_its_agents_then_the_broker(dev, tmp_path):
+    dev.start()
+    (tmp_path / "forever.yaml").write_text(FOREVER)
+    assert dev.ctl("apply", "-f", str(tmp_path / "forever.yaml")).returncode == 0
+
+    def running():
+        items = json.loads(dev.ctl("get", "agents", "-o", "json").stdout)["items"]
+        return sorted(a["agent"] for a in items if a["pipeline"] == "forever" and a["state"] == "Running")
+
+    wait_until(lambda: running() == ["dst", "mid", "src"], 60, "the pipeline to run")
+    everything = descendants(dev.proc.pid)
+    dev.children |= everything
+    dev.proc.send_signal(signal.SIGTERM)
+    # The agents stop while the broker still takes their last bytes: nothing waits on a broker
+    # that is gone (that took 30 s, the log flush's limit).
+    assert dev.proc.wait(20) == 0
+    assert "stopped" in dev.proc.stderr.read()
+    assert [pid for pid in everything if alive(pid)] == []
+
+
 def test_kill9_of_dev_leaves_no_child_behind(dev):
     dev.start()
     os.kill(dev.proc.pid, signal.SIGKILL)

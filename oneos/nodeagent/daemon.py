@@ -4,6 +4,10 @@ It reads the boot record, joins the cluster under its runtime id (a TTL session 
 its node record), renews that session every TTL/2, and, on a kernel runtime, contends
 for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
 disappears from `oneosctl get nodes` immediately.
+
+The runtime owns its parts and stops them in order: its heartbeat and lease watchdog,
+then the election (and with it the controller), the supervisor (and every agent), and
+last the membership.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Mapping
 
 from oneos import __version__, state
 from oneos.bus import client as bus_client
@@ -28,8 +32,10 @@ from oneos.gpio.pins import SIM_ENV
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import devices, hardware
+from oneos.nodeagent.lease import Lease
 from oneos.nodeagent.membership import DuplicateRuntime, Membership
 from oneos.nodeagent.supervisor import Supervisor
+from oneos.service import Service
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -47,13 +53,13 @@ def local_address(nameserver: str) -> str:
         return "127.0.0.1"
 
 
-FENCE_AFTER = 0.8   # of the session TTL without a renewal, after which the node stops its agents
-
-
-class Runtime:
+class Runtime(Service):
     """One OneOS runtime: membership, heartbeat and (on kernel runtimes) the election."""
 
-    def __init__(self, cfg: runtime_config.RuntimeConfig, *, wait_s: float = 60.0) -> None:
+    def __init__(self, cfg: runtime_config.RuntimeConfig, *, wait_s: float = 60.0,
+                 agent_env: Mapping[str, str] | None = None) -> None:
+        """`agent_env`: settings this node gives its agents, besides its own (see agent_env())."""
+        super().__init__(f"runtime {cfg.id}")
         self.cfg = cfg
         self.ns = NameServer(cfg.nameserver)
         self.wait_s = wait_s
@@ -67,11 +73,10 @@ class Runtime:
         self.election: Election | None = None
         self.controller: Controller | None = None
         self.supervisor: Supervisor | None = None
-        self._stop = threading.Event()
+        self._settings = dict(agent_env or {})
         self._failed: OneOSError | None = None
-        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch_lease, name="watchdog", daemon=True)
-        self._renewed = time.monotonic()   # when the membership session was last known to be alive
+        self._lease: Lease | None = None     # the membership session's renewals (heartbeat and watchdog)
+        self._lease_lock = threading.Lock()
 
     def record(self) -> dict[str, Any]:
         """This runtime's node record, as stored at oneos/nodes/<id>."""
@@ -92,10 +97,12 @@ class Runtime:
         }
 
     def agent_env(self) -> dict[str, str]:
-        """What this node adds to its agents' environment: the simulated GPIO board, if it has one."""
-        if self.cfg.gpio_simulate is None:
-            return {}
-        return {SIM_ENV: str(self.cfg.gpio_simulate)}
+        """What this node adds to its agents' environment: the settings it was given, and its
+        simulated GPIO board, if it has one (as an absolute path: agents run in folders of their own)."""
+        env = dict(self._settings)
+        if self.cfg.gpio_simulate is not None:
+            env[SIM_ENV] = str(self.cfg.gpio_simulate)
+        return env
 
     def _read_boot(self) -> dict[str, Any]:
         """The boot record, retrying with backoff while the Name Server is unreachable."""
@@ -110,22 +117,21 @@ class Runtime:
                     raise OneOSError(f"gave up after {self.wait_s:g}s: {exc}") from None
                 delay = min(delay, left)
                 log.warning("%s; retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                if self._stop.is_set():
+                if self.stopping.wait(delay):
                     raise OneOSError("stopped while waiting for the Name Server") from None
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
     def start(self) -> None:
         """Join the cluster; raises OneOSError with a message for people when it cannot."""
+        super().start()
+
+    def _launch(self) -> None:
         self.boot = self._read_boot()
         ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
         self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
         log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
-        # Agents inherit this process's environment (AgentRunner copies os.environ): a node
-        # with a simulated GPIO board gives it to its agents, as an absolute path.
-        os.environ.update(self.agent_env())
         self.membership.join()
         devices.register(self.ns, self.cfg.id, self.cfg.devices)
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
@@ -133,15 +139,16 @@ class Runtime:
         membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
                                      bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
-                                     lease=lambda: membership.session, devices=self.cfg.devices)
+                                     lease=lambda: membership.session, devices=self.cfg.devices,
+                                     agent_env=self.agent_env())
         self.supervisor.start()
-        self._renewed = time.monotonic()
-        self._watchdog.start()
+        self._lease = Lease(ttl, renewed_at=time.monotonic())
+        self.spawn(self._watch_lease, "lease watchdog")
         if self.kernel:
             self.election = Election(self.ns, self.cfg.id, ttl, lock_delay,
                                      on_elected=self._lead, on_deposed=self._step_down)
             self.election.start()
-        self._heartbeat.start()
+        self.spawn(self._beat, "heartbeat")
 
     def _lead(self) -> None:
         election = self.election
@@ -154,67 +161,73 @@ class Runtime:
             self.controller = None
 
     def _beat(self) -> None:
-        """Renew the sessions every TTL/2; re-join if the session was lost; ride out outages."""
-        assert self.membership is not None
-        interval = self.membership.ttl / 2
-        unreachable_since: float | None = None
-        while not self._stop.wait(interval if unreachable_since is None else 1.0):
+        """Renew the sessions on the lease's schedule; re-join if the session was lost; ride out outages."""
+        assert self.membership is not None and self.supervisor is not None and self._lease is not None
+        while True:
+            with self._lease_lock:
+                wait = self._lease.next_renewal()
+            if self.stopping.wait(wait):
+                return
             try:
                 if self.membership.renew():
-                    self._renewed = time.monotonic()
+                    self._renewed()
                     self.supervisor.resume()
                 else:
                     # The cluster has written this node off: what ran here may run elsewhere now.
                     self.supervisor.suspend("the membership session ended (the cluster took this node for dead)")
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
-                    self._renewed = time.monotonic()
+                    self._renewed()
                     self.supervisor.resume()
                 if self.election:
                     self.election.renew()
-                if unreachable_since is not None:
-                    log.info("the Name Server is back after %.0fs", time.monotonic() - unreachable_since)
-                    unreachable_since = None
             except NameServerUnreachable as exc:
-                if unreachable_since is None:
+                with self._lease_lock:
+                    first = self._lease.unreachable(time.monotonic())
+                if first:
                     log.warning("%s; retrying every second", exc)
-                    unreachable_since = time.monotonic()
             except DuplicateRuntime as exc:
                 log.error("%s", exc)
                 self._failed = exc
-                self._stop.set()
+                self.cancel()
+                return
             except NameServerError as exc:
                 log.warning("heartbeat: %s; retrying", exc)
 
-    def _watch_lease(self) -> None:
-        """Stop every agent before the cluster can take this node for dead (self-fencing).
+    def _renewed(self) -> None:
+        with self._lease_lock:
+            outage = self._lease.renewed(time.monotonic())
+        if outage is not None:
+            log.info("the Name Server is back after %.0fs", outage)
 
-        The Name Server ends a session no sooner than TTL after its last renewal, and the
-        controller places the node's agents elsewhere only then; so when no renewal has
-        succeeded for FENCE_AFTER x TTL (the Name Server unreachable, this process paused),
-        the node stops its agents itself: an agent never runs in two places at once.
-        """
-        assert self.membership is not None and self.supervisor is not None
-        limit = FENCE_AFTER * self.membership.ttl
-        while not self._stop.wait(0.2):
-            silent = time.monotonic() - self._renewed
-            if silent > limit:
-                self.supervisor.suspend(f"no contact with the Name Server for {silent:.0f}s (session TTL "
-                                        f"{self.membership.ttl}s): its agents may be placed elsewhere")
+    def _watch_lease(self) -> None:
+        """Stop every agent before the cluster can take this node for dead (self-fencing, see lease.py)."""
+        assert self._lease is not None and self.supervisor is not None
+        while True:
+            with self._lease_lock:
+                wait = self._lease.next_check(time.monotonic())
+            if self.stopping.wait(wait):
+                return
+            # Under the lock: a renewal that comes meanwhile waits, then resumes what this stops.
+            with self._lease_lock:
+                now = time.monotonic()
+                if self._lease.must_fence(now):
+                    self.supervisor.suspend(f"no contact with the Name Server for {self._lease.silent(now):.0f}s "
+                                            f"(session TTL {self._lease.ttl:g}s): its agents may be placed elsewhere")
 
     def wait(self) -> None:
         """Block until stop() or a fatal error; raises that error."""
-        while not self._stop.wait(0.5):
+        while not self.stopping.wait(0.5):
             pass
         if self._failed:
             raise self._failed
 
     def request_stop(self) -> None:
-        self._stop.set()
+        """Ask wait() to return (from a signal handler): sets `stopping`, nothing more."""
+        self.stopping.set()
 
-    def stop(self) -> None:
-        """Leave the cluster at once: release leadership, destroy the membership session."""
-        self._stop.set()
+    def _release(self) -> None:
+        """Leave the cluster at once: release leadership, stop every agent, destroy the membership session."""
         if self.election:
             self.election.stop()
         if self.supervisor:
