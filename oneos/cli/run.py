@@ -25,6 +25,7 @@ from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
 from oneos.compiler import compile_pipeline
 from oneos.nameserver.client import NameServer
+from oneos.nameserver.watch import Watch
 
 LOG_DRAIN_S = 5.0
 
@@ -150,22 +151,23 @@ class Run:
     def _wait(self, agents: list[dict[str, Any]], last: str) -> dict[str, Any]:
         """Until the last stage is done for good and its output has all arrived; its status."""
         last_key = state.agent_id(self.name, last)
-        index = 0
         told: set[str] = set()
-        while True:
-            index, entries = self.ns.get_tree(f"{state.STATUS}{self.name}.", index=index, wait="5s")
-            statuses = {}
-            for entry in entries:
-                statuses[entry.key[len(state.STATUS):]] = state.decode(entry, "status")
-            self._follow_logs(agents, statuses)
-            self._report_progress(agents, statuses, told)
-            final = statuses.get(last_key, {})
-            if final.get("state") in state.FINAL_STATES and all(r.finished.wait(0) for r in self.readers):
-                break
-            if final.get("state") in state.FINAL_STATES:
-                # The status came first; the end of its output stream is on its way.
-                for reader in self.readers:
-                    reader.wait(0.2)
+        statuses: dict[str, dict[str, Any]] = {}
+        final: dict[str, Any] = {}
+        # An error of the Name Server ends the run with its message, as any other command's.
+        with Watch.tree(self.ns, f"{state.STATUS}{self.name}.", wait="5s", retry=False) as watch:
+            for _, entries in watch:
+                statuses = {entry.key[len(state.STATUS):]: state.decode(entry, "status") for entry in entries}
+                self._follow_logs(agents, statuses)
+                self._report_progress(agents, statuses, told)
+                final = statuses.get(last_key, {})
+                if final.get("state") in state.FINAL_STATES and all(r.finished.wait(0) for r in self.readers):
+                    break
+                if final.get("state") in state.FINAL_STATES:
+                    # The status came first; the end of its output stream is on its way: look again soon.
+                    for reader in self.readers:
+                        reader.wait(0.2)
+                    watch.again()
         self.progress.clear()
         self._drain_logs(statuses)
         for reader in self.readers:
