@@ -13,6 +13,7 @@ import pytest
 
 from oneos import children
 from tests.procs import wait_until
+from tests.test_dev import alive
 
 PARENT = textwrap.dedent("""\
     import signal, sys, threading
@@ -24,14 +25,6 @@ PARENT = textwrap.dedent("""\
     threading.Event().wait()
     """)
 
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture

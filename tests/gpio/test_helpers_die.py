@@ -11,6 +11,7 @@ import pytest
 from oneos.gpio.sim import SimBoard
 from tests.conftest import running_cluster
 from tests.procs import wait_until
+from tests.test_dev import alive, descendants
 
 READER = """\
 apiVersion: oneos/v1
@@ -22,30 +23,17 @@ spec:
 """
 
 
-def children_of(pid: int) -> dict[int, str]:
-    """pid -> command line of each process whose parent is `pid`."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def helpers_of(pid: int) -> list[int]:
+    """The `oneos-gpio watch D4` processes below `pid`."""
+    found = []
+    for child in descendants(pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"oneos-gpio\0watch\0D4" in f.read():
+                    found.append(child)
+        except OSError:
             continue
-        if ppid == pid:
-            found[int(entry)] = cmdline
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -76,8 +64,7 @@ def test_kill9_of_oneosd_leaves_no_gpio_helper_behind(sensor, tmp_path):
                         60, "the agent reading /dev/gpio/D4 to run")
     node = sensor.node("s1")
     assert status["node"] == "s1"
-    helpers = wait_until(lambda: [pid for pid, cmd in children_of(node.pid).items() if "oneos-gpio watch D4" in cmd],
-                         30, "the oneos-gpio helper serving /dev/gpio/D4")
+    helpers = wait_until(lambda: helpers_of(node.pid), 30, "the oneos-gpio helper serving /dev/gpio/D4")
     sensor.left.extend(helpers + [status["pid"]])
 
     os.kill(node.pid, signal.SIGKILL)       # the node agent only, as a crash: not its process group

@@ -17,6 +17,7 @@ from oneos.nameserver.client import NameServer
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime
 from tests.procs import free_port, wait_until
+from tests.test_dev import alive
 
 # The kernel agent writes what it sees of the settings, then waits to be stopped.
 REPORT = ("import os, sys, time\n"
@@ -31,13 +32,6 @@ def init_manifest(report: Path, pidfile: Path) -> dict:
     return {"apiVersion": "oneos/v1", "kind": "Init", "metadata": {"name": "oneos-init"},
             "spec": {"agents": [{"name": "reporter", "run": [sys.executable, "-c", REPORT, str(report), str(pidfile)]}]}}
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
