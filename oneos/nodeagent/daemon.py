@@ -208,12 +208,21 @@ class Runtime(Service):
                 wait = self._lease.next_check(time.monotonic())
             if self.stopping.wait(wait):
                 return
-            # Under the lock: a renewal that comes meanwhile waits, then resumes what this stops.
             with self._lease_lock:
                 now = time.monotonic()
-                if self._lease.must_fence(now):
-                    self.supervisor.suspend(f"no contact with the Name Server for {self._lease.silent(now):.0f}s "
-                                            f"(session TTL {self._lease.ttl:g}s): its agents may be placed elsewhere")
+                fence, silent, ttl = self._lease.must_fence(now), self._lease.silent(now), self._lease.ttl
+            if not fence:
+                continue
+            self.supervisor.suspend(f"no contact with the Name Server for {silent:.0f}s (session TTL {ttl:g}s): "
+                                    "its agents may be placed elsewhere")
+            # A renewal that came while this was stopping the agents found nothing to resume yet.
+            with self._lease_lock:
+                renewed = not self._lease.must_fence(time.monotonic())
+            if renewed:
+                try:
+                    self.supervisor.resume()
+                except (NameServerUnreachable, NameServerError):
+                    pass   # the heartbeat resumes after its next renewal
 
     def wait(self) -> None:
         """Block until stop() or a fatal error; raises that error."""
