@@ -603,20 +603,31 @@ class Store:
             return max(self.sessions_index, 1), found
         return self._blocking(None, False, min_index, wait, query)
 
+    def expire_sessions(self) -> None:
+        """Invalidate the TTL sessions whose timer has run out by the store's clock.
+
+        The timer thread calls it; a test that moves an injected clock calls it to run the same pass.
+        """
+        with self._lock:
+            self._expire(self._clock())
+
+    def _expire(self, now: float) -> None:
+        expired = [sid for sid, deadline in self._expiry.items() if deadline <= now]
+        if expired:
+            txn = _Txn(self.index + 1)
+            for sid in expired:
+                self._expiry.pop(sid, None)
+                self._t_invalidate(txn, sid)
+            if not txn.empty():
+                self._commit(txn)
+
     def _run_timers(self) -> None:
         """Invalidate TTL sessions whose timer ran out, and reap old tombstones."""
         next_reap = self._clock() + 60
         with self._lock:
             while not self._closed:
                 now = self._clock()
-                expired = [sid for sid, deadline in self._expiry.items() if deadline <= now]
-                if expired:
-                    txn = _Txn(self.index + 1)
-                    for sid in expired:
-                        self._expiry.pop(sid, None)
-                        self._t_invalidate(txn, sid)
-                    if not txn.empty():
-                        self._commit(txn)
+                self._expire(now)
                 if now >= next_reap:
                     self._reap_tombstones()
                     next_reap = now + 60
