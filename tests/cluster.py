@@ -1,18 +1,56 @@
-"""A real cluster for tests: the built-in Name Server, a boot record, and `oneosd` processes."""
+"""A real cluster for tests: the built-in Name Server, a boot record, and `oneosd` processes.
+
+Tests read the cluster's state in-process through the Name Server client (what `oneosctl get
+... -o json` prints, without a command started per look) and wait with `Cluster.wait_for`,
+which wakes on the Name Server's blocking queries as soon as something changes. They start
+`oneosctl` where what they check is the command's own output or exit status.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
-from oneos.nameserver.client import NameServer
+from oneos import state
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, venv_bin, wait_until
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
 LOCK_DELAY = 3
 EMPTY_INIT = "apiVersion: oneos/v1\nkind: Init\nmetadata: {name: oneos-init}\nspec: {agents: []}\n"
+
+T = TypeVar("T")
+
+
+class Changes:
+    """A `wake` for wait_until: returns as soon as anything under `prefix` changes on the Name
+    Server (a blocking query from the index last seen), or after `longest` seconds at most.
+
+    Make it before the first look at the state, so that no change after that look is missed.
+    """
+
+    def __init__(self, ns: NameServer, prefix: str = state.PREFIX, longest: float = 1.0) -> None:
+        self.ns = ns
+        self.prefix = prefix
+        self.longest = longest      # bounds how late a wait sees what no key shows (a process that died)
+        self.index = self._query()
+
+    def _query(self, index: int | None = None, wait: float = 0.0) -> int:
+        try:
+            return self.ns.keys(self.prefix, separator="/", index=index, wait=f"{int(wait * 1000)}ms")[0]
+        except (NameServerUnreachable, NameServerError):
+            time.sleep(0.05)        # the Name Server is down (a test restarts it): poll until it is back
+            return 0
+
+    def __call__(self, seconds_left: float) -> None:
+        if not self.index:
+            self.index = self._query()
+            return
+        index = self._query(self.index, max(0.01, min(self.longest, seconds_left)))
+        self.index = index if index >= self.index else 0   # an index that went back: start over
 
 
 class Cluster:
@@ -29,14 +67,15 @@ class Cluster:
         """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on.
 
         The init manifest has no kernel agents by default: the test owns the broker (it kills
-        and restarts it), so a kernel agent must not start one of its own.
+        and restarts it), so a kernel agent must not start one of its own. Written in-process,
+        as `oneosctl bootstrap` writes it (tests/cli/test_bootstrap.py runs the command).
         """
         pulsar_url = pulsar_url or f"pulsar://127.0.0.1:{free_port()}"
         init_path = self.root / "init.yaml"
         init_path.write_text(init)
-        done = self.ctl("bootstrap", "--cluster", "e2e", "--pulsar-url", pulsar_url, "--init", str(init_path),
-                        "--session-ttl", f"{SESSION_TTL}s", "--lock-delay", f"{LOCK_DELAY}s")
-        assert done.returncode == 0, done.stderr
+        boot = state.new_boot_record(cluster="e2e", pulsar_url=pulsar_url, session_ttl=f"{SESSION_TTL}s",
+                                     lock_delay=f"{LOCK_DELAY}s")
+        assert state.bootstrap(self.ns, boot, state.default_init(init_path)) == (True, True)
 
     def ctl(self, *argv: str, env: dict[str, str] | None = None):
         return run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url, **(env or {})})
@@ -50,7 +89,7 @@ class Cluster:
         self.nodes.append(proc)
         proc.start()
         if wait:
-            wait_until(lambda: self._joined(proc), 20, f"runtime {node_id} to join (log: {proc.log_path})")
+            self.wait_for(lambda: self._joined(proc), 20, f"runtime {node_id} to join (log: {proc.log_path})")
         return proc
 
     def node(self, node_id: str) -> OneosdProc:
@@ -60,7 +99,41 @@ class Cluster:
     def _joined(self, proc: OneosdProc) -> bool:
         if not proc.alive():
             raise AssertionError(f"oneosd {proc.node_id} exited with {proc.popen.returncode}:\n{proc.log()}")
-        return proc.node_id in self.node_ids()
+        # Its own record, not one a crashed run of the same id left behind.
+        return any(n["id"] == proc.node_id and n["pid"] == proc.pid for n in self.get_nodes())
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        """wait_until for a predicate that reads the cluster's state: it looks again as soon as
+        something under oneos/ changes (a blocking query), not at fixed intervals."""
+        return wait_until(predicate, timeout, what, wake=Changes(self.ns))
+
+    def lose(self, node_id: str) -> OneosdProc:
+        """Kill -9 the node's runtime, then end its sessions at the Name Server at once.
+
+        After a kill -9 the Name Server ends a node's membership and election sessions up to
+        2×TTL later (20 s here). A test whose subject is what happens *after* the loss ends them
+        itself (PUT /v1/session/destroy), exactly what the TTL expiry does: the node record goes,
+        the leader lock is released and the lock-delay starts, so the controller sees what it
+        sees after an expiry. The expiry itself is checked in real time once per layer:
+        tests/nameserver/test_sessions.py::test_ttl_expiry and the kill -9 test of
+        tests/e2e/test_membership.py.
+        """
+        proc = self.node(node_id)
+        proc.kill9()                 # first: a dead runtime makes no session of its own any more
+        self.expire(node_id)
+        return proc
+
+    def expire(self, node_id: str) -> None:
+        """End a runtime's sessions now, as their TTL expiry does: the one holding its node
+        record and those named for it (its election session); their locks are released or deleted."""
+        _, entry = self.ns.get(state.node_key(node_id))
+        sessions = {entry.session} if entry and entry.session else set()
+        _, live = self.ns.session_list()
+        sessions |= {s["ID"] for s in live
+                     if (s.get("Name") or "").startswith("oneos-") and s["Name"].split()[-1] == node_id}
+        assert sessions, f"runtime {node_id} holds no session to end"
+        for session in sessions:
+            assert self.ns.session_destroy(session)
 
     def run(self, line: str, *, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120):
         """`oneosctl run LINE` as a user types it: stdout as bytes, stderr as text."""
@@ -71,14 +144,12 @@ class Cluster:
 
     def statuses(self, pipeline: str) -> dict[str, dict]:
         """agent -> status, as `oneosctl get agents -o json` shows them."""
-        done = self.ctl("get", "agents", "-o", "json")
-        assert done.returncode == 0, done.stderr
-        return {s["agent"]: s for s in json.loads(done.stdout)["items"] if s["pipeline"] == pipeline}
+        return {s["agent"]: s for s in self.statuses_all() if s["pipeline"] == pipeline}
 
     def statuses_all(self) -> list[dict]:
-        done = self.ctl("get", "agents", "-o", "json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)["items"]
+        """Every agent's status, as the items of `oneosctl get agents -o json`."""
+        statuses = state.read_statuses(self.ns)
+        return [statuses[key] for key in sorted(statuses)]
 
     def ctl_bytes(self, *argv: str) -> bytes:
         """oneosctl's stdout as bytes (for logs, which may be binary)."""
@@ -87,9 +158,7 @@ class Cluster:
 
     def get_nodes(self) -> list[dict]:
         """What `oneosctl get nodes -o json` shows."""
-        done = self.ctl("get", "nodes", "-o", "json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)["items"]
+        return [dict(n.record, leader=n.leader) for n in state.read_nodes(self.ns)[0]]
 
     def node_ids(self) -> set[str]:
         return {n["id"] for n in self.get_nodes()}

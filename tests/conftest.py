@@ -10,7 +10,7 @@ import pytest
 
 from oneos.nameserver.client import NameServer
 from tests.cluster import EMPTY_INIT, Cluster
-from tests.procs import BrokerProc, NameServerProc, wait_until
+from tests.procs import BrokerProc, NameServerProc
 
 REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
 
@@ -77,7 +77,7 @@ def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT):
         c.bootstrap(broker.url, init)
         for node_id, flags in nodes.items():
             c.start(node_id, *flags)
-        wait_until(c.leader, 20, "a leader")
+        c.wait_for(c.leader, 20, "a leader")
         yield c
     finally:
         c.stop()

@@ -13,16 +13,16 @@ from typing import Callable
 
 import requests
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from oneos.broker import free_port  # noqa: F401 - the one helper, for tests and bench
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail with `what` at the deadline."""
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
+               wake: Callable[[float], object] | None = None):
+    """Poll `predicate` until it returns something truthy; fail with `what` at the deadline.
+
+    Between polls it sleeps `interval`, or calls `wake(seconds_left)` when given: a wake returns
+    once what the predicate reads may have changed (tests.cluster.Changes: a blocking query).
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -32,10 +32,21 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
                 return result
         except Exception as exc:  # noqa: BLE001 - reported below if the deadline passes
             last_exc = exc
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left < 0:
             detail = f" (last error: {last_exc})" if last_exc else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
-        time.sleep(interval)
+        if wake is None:
+            time.sleep(interval)
+        else:
+            wake(left)
+
+
+def sleep_until(deadline: float) -> None:
+    """Let time pass until `deadline` (time.monotonic()); for tests that observe timers, not readiness."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 def venv_bin(name: str) -> str:

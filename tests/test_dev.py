@@ -13,6 +13,9 @@ import pulsar
 import pytest
 import requests
 
+from oneos import state
+from oneos.nameserver.client import NameServer
+from tests.cluster import Changes
 from tests.procs import free_port, run_cli, venv_bin, wait_until
 
 
@@ -100,8 +103,9 @@ def test_dev_starts_everything_and_prints_one_ready_line(dev):
     assert dev.url in dev.ready and pulsar_url and metrics and "devnode" in dev.ready
     assert int(pulsar_url.group(2)) != 6650
 
-    wait_until(lambda: json.loads(dev.ctl("get", "nodes", "-o", "json").stdout)["items"][0]["leader"], 20,
-               "the dev node to lead")
+    ns = NameServer(dev.url)
+    wait_until(lambda: (state.read_leader(ns) or {}).get("node") == "devnode", 20, "the dev node to lead",
+               wake=Changes(ns))
     nodes = json.loads(dev.ctl("get", "nodes", "-o", "json").stdout)["items"]
     assert [(n["id"], n["kernel"], n["leader"]) for n in nodes] == [("devnode", True, True)]
     boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
@@ -209,15 +213,16 @@ def test_dev_refuses_a_busy_port_with_one_line(tmp_path):
 def test_the_broker_is_a_kernel_agent_kept_running_like_a_unit(dev):
     dev.start()
 
+    ns = NameServer(dev.url)
+
     def broker():
-        items = json.loads(dev.ctl("get", "agents", "-o", "json").stdout)["items"]
-        return next((a for a in items if (a["pipeline"], a["agent"]) == ("oneos-init", "pulsar")), {})
+        return state.read_statuses(ns, "oneos-init").get(state.agent_id("oneos-init", "pulsar"), {})
 
     first = broker()
     assert (first["state"], first["node"], first["epoch"]) == ("Running", "devnode", 1)
     os.kill(first["pid"], signal.SIGKILL)   # the broker crashes: its restart policy (always) starts it again
     again = wait_until(lambda: (b := broker()).get("state") == "Running" and b.get("restarts") == 1 and b, 30,
-                       "the broker to run again")
+                       "the broker to run again", wake=Changes(ns))
     assert again["pid"] != first["pid"]
     boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
     done = subprocess.run([venv_bin("oneosctl"), "run", "seq 3 | wc -l"], capture_output=True, timeout=60,

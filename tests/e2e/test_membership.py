@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 from oneos import state
 from oneos.nodeagent.hardware import detect_labels
-from tests.cluster import LOCK_DELAY, SESSION_TTL
-from tests.procs import wait_until
+from tests.cluster import LOCK_DELAY, SESSION_TTL, Changes
 
 SLACK = 5.0   # scheduling noise on a shared machine, on top of the bounds Consul promises
 
@@ -17,7 +17,7 @@ def test_three_runtimes_are_listed_with_one_leader(cluster):
     cluster.start("node-a", "--kernel", "--label", "room=lab")
     cluster.start("node-b", "--kernel")
     cluster.start("node-c", "--no-kernel")
-    wait_until(cluster.leader, 15, "a leader to be elected")
+    cluster.wait_for(cluster.leader, 15, "a leader to be elected")
 
     nodes = {n["id"]: n for n in cluster.get_nodes()}
     assert set(nodes) == {"node-a", "node-b", "node-c"}
@@ -29,6 +29,8 @@ def test_three_runtimes_are_listed_with_one_leader(cluster):
         assert n["state"] == "Ready"
         assert n["capacity"]["cpu"] >= 1 and n["capacity"]["memory"] > 0
 
+    # What the tests read in-process is what `oneosctl get nodes -o json` prints.
+    assert json.loads(cluster.ctl("get", "nodes", "-o", "json").stdout)["items"] == cluster.get_nodes()
     table = cluster.ctl("get", "nodes")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -46,14 +48,14 @@ def test_sigterm_makes_a_node_leave_at_once(cluster):
     leaving = cluster.start("leaves")
     started = time.monotonic()
     assert leaving.terminate() == 0
-    wait_until(lambda: cluster.node_ids() == {"stays"}, 3, "the stopped node to disappear")
+    cluster.wait_for(lambda: cluster.node_ids() == {"stays"}, 3, "the stopped node to disappear")
     # Well under the session TTL: the node left, it did not time out.
     assert time.monotonic() - started < SESSION_TTL / 2
 
 
 def test_kill9_node_disappears_within_two_ttl_and_another_kernel_node_leads(cluster):
     cluster.start("k1", "--kernel")
-    wait_until(lambda: cluster.leader() == "k1", 15, "k1 to lead")
+    cluster.wait_for(lambda: cluster.leader() == "k1", 15, "k1 to lead")
     cluster.start("k2", "--kernel")
     cluster.start("worker")
     victim = cluster.nodes[0]
@@ -62,9 +64,9 @@ def test_kill9_node_disappears_within_two_ttl_and_another_kernel_node_leads(clus
     killed = time.monotonic()
     # Until its session lapses the dead node is still listed: liveness is the TTL.
     assert "k1" in cluster.node_ids()
-    wait_until(lambda: "k1" not in cluster.node_ids(), 2 * SESSION_TTL + SLACK, "the killed node to disappear")
+    cluster.wait_for(lambda: "k1" not in cluster.node_ids(), 2 * SESSION_TTL + SLACK, "the killed node to disappear")
     gone_after = time.monotonic() - killed
-    wait_until(lambda: cluster.leader() == "k2", 2 * SESSION_TTL + LOCK_DELAY + SLACK, "k2 to take the lead")
+    cluster.wait_for(lambda: cluster.leader() == "k2", 2 * SESSION_TTL + LOCK_DELAY + SLACK, "k2 to take the lead")
     led_after = time.monotonic() - killed
     assert gone_after <= 2 * SESSION_TTL + SLACK
     assert led_after <= 2 * SESSION_TTL + LOCK_DELAY + SLACK
@@ -74,20 +76,21 @@ def test_kill9_node_disappears_within_two_ttl_and_another_kernel_node_leads(clus
 def test_restarting_the_name_server_loses_nothing_and_nodes_stay_registered(cluster):
     for name in ("r1", "r2", "r3"):
         cluster.start(name, "--kernel")
-    wait_until(cluster.leader, 15, "a leader")
+    cluster.wait_for(cluster.leader, 15, "a leader")
     cluster.ns.put("oneos/test/kept", b"written before the crash")
 
     cluster.nameserver.kill9()
     cluster.nameserver.start()
 
     assert cluster.ns.get("oneos/test/kept")[1].value == b"written before the crash"
-    wait_until(lambda: cluster.node_ids() == {"r1", "r2", "r3"}, 2 * SESSION_TTL, "all nodes listed again")
+    cluster.wait_for(lambda: cluster.node_ids() == {"r1", "r2", "r3"}, 2 * SESSION_TTL, "all nodes listed again")
     # The nodes keep renewing after the restart: listed at every look for more than 2xTTL.
     watch_until = time.monotonic() + 2 * SESSION_TTL + 2
+    changes = Changes(cluster.ns, state.NODES)
     while time.monotonic() < watch_until:
         assert cluster.node_ids() == {"r1", "r2", "r3"}
-        time.sleep(1)
-    wait_until(cluster.leader, 2 * SESSION_TTL + LOCK_DELAY + SLACK, "a leader after the restart")
+        changes(watch_until - time.monotonic())   # look again at every change of a node record, or each second
+    cluster.wait_for(cluster.leader, 2 * SESSION_TTL + LOCK_DELAY + SLACK, "a leader after the restart")
     for node in cluster.nodes:
         assert node.alive(), node.log()
 
@@ -131,7 +134,7 @@ def test_a_node_whose_session_was_lost_registers_again(cluster):
     # As if the session had expired during a partition: its node record goes with it.
     cluster.ns.session_destroy(entry.session)
     assert "resilient" not in cluster.node_ids()
-    wait_until(lambda: "resilient" in cluster.node_ids(), SESSION_TTL, "the node to register again")
+    cluster.wait_for(lambda: "resilient" in cluster.node_ids(), SESSION_TTL, "the node to register again")
     _, again = cluster.ns.get(state.node_key("resilient"))
     assert again.session and again.session != entry.session
     assert proc.alive()

@@ -29,7 +29,7 @@ def test_run_prints_what_bash_prints_with_each_stage_on_its_own_node(three_nodes
     assert set(where) == {"seq", "grep", "wc"} and len(set(where.values())) == 3
     # The run is deleted afterwards: nothing left behind.
     assert three_nodes.ctl("get", "pipelines").stdout == ""
-    wait_until(lambda: not three_nodes.statuses_all(), 20, "every agent of the run to be gone")
+    three_nodes.wait_for(lambda: not three_nodes.statuses_all(), 20, "every agent of the run to be gone")
 
 
 def test_an_early_exit_stops_the_writers_as_sigpipe_does(three_nodes):
@@ -74,8 +74,8 @@ def test_apply_keeps_a_pipeline_running_and_delete_stops_it(three_nodes, tmp_pat
     manifest.write_text(GREETER)
     assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter created\n"
     assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter unchanged\n"
-    wait_until(lambda: all(s["state"] == "Running" for s in three_nodes.statuses("greeter").values())
-               and len(three_nodes.statuses("greeter")) == 2, 30, "both agents running")
+    three_nodes.wait_for(lambda: all(s["state"] == "Running" for s in three_nodes.statuses("greeter").values())
+                         and len(three_nodes.statuses("greeter")) == 2, 30, "both agents running")
     statuses = three_nodes.statuses("greeter")
     assert statuses["ticker"]["node"] != statuses["upper"]["node"]
 
@@ -88,7 +88,7 @@ def test_apply_keeps_a_pipeline_running_and_delete_stops_it(three_nodes, tmp_pat
     wait_until(lambda: b"tick 3" in three_nodes.ctl_bytes("logs", "greeter/ticker"), 30, "the ticker's log")
     pid = statuses["ticker"]["pid"]
     assert three_nodes.ctl("delete", "pipeline", "greeter").stdout == "pipeline/greeter deleted\n"
-    wait_until(lambda: not three_nodes.statuses("greeter"), 30, "the agents to be removed")
+    three_nodes.wait_for(lambda: not three_nodes.statuses("greeter"), 30, "the agents to be removed")
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the ticker process to end")
     assert three_nodes.ctl("delete", "pipeline", "greeter").returncode == 1
 
@@ -107,13 +107,17 @@ def test_an_unplaceable_agent_is_pending_with_the_reason(three_nodes, tmp_path):
     """))
     assert three_nodes.ctl("apply", "-f", str(manifest)).returncode == 0
     try:
-        wait_until(lambda: three_nodes.statuses("picky").get("sensor", {}).get("state") == "Pending", 30, "Pending")
+        three_nodes.wait_for(lambda: three_nodes.statuses("picky").get("sensor", {}).get("state") == "Pending", 30,
+                             "Pending")
         assert three_nodes.statuses("picky")["sensor"]["reason"] == "0/3 nodes: 3 missing label gpio=true"
+        # What the tests read in-process is what `oneosctl get agents -o json` prints.
+        listed = json.loads(three_nodes.ctl("get", "agents", "picky", "-o", "json").stdout)["items"]
+        assert listed == list(three_nodes.statuses("picky").values())
         described = three_nodes.ctl("describe", "pipeline", "picky").stdout
         assert "sensor: Pending: 0/3 nodes: 3 missing label gpio=true" in described
     finally:
         three_nodes.ctl("delete", "pipeline", "picky")
-    wait_until(lambda: not three_nodes.statuses("picky"), 20, "the pending status to go with the pipeline")
+    three_nodes.wait_for(lambda: not three_nodes.statuses("picky"), 20, "the pending status to go with the pipeline")
 
 
 def test_ctrl_c_deletes_the_run(three_nodes):
@@ -121,14 +125,14 @@ def test_ctrl_c_deletes_the_run(three_nodes):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
     try:
-        wait_until(lambda: any(s["state"] == "Running" and s["agent"] == "sleep"
+        three_nodes.wait_for(lambda: any(s["state"] == "Running" and s["agent"] == "sleep"
                                for s in three_nodes.statuses_all()), 30, "the run to start")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_until(lambda: not three_nodes.statuses_all(), 30, "the run's agents to be removed")
+    three_nodes.wait_for(lambda: not three_nodes.statuses_all(), 30, "the run's agents to be removed")
 
 
 def test_a_progress_line_on_a_terminal_only(three_nodes):
@@ -167,7 +171,7 @@ def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(th
     try:
         running = lambda: {a: s for a, s in three_nodes.statuses("greeter2").items()  # noqa: E731
                            if s["state"] == "Running"}
-        wait_until(lambda: len(running()) == 2, 30, "both agents running")
+        three_nodes.wait_for(lambda: len(running()) == 2, 30, "both agents running")
         before = running()
         changed = GREETER.replace("greeter", "greeter2")
         manifest.write_text(changed.replace('[tr, "0-9", "a-j"]', '[sed, -u, "y/0123456789/abcdefghij/"]'))
@@ -177,7 +181,8 @@ def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(th
         stored = json.loads(three_nodes.ctl("get", "pipeline", "greeter2", "-o", "json").stdout)
         assert stored["metadata"]["generation"] == 1, stored
         assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/greeter2 configured\n"
-        wait_until(lambda: running().get("upper", {}).get("generation") == 2, 30, "the changed agent to restart")
+        three_nodes.wait_for(lambda: running().get("upper", {}).get("generation") == 2, 30,
+                             "the changed agent to restart")
         after = running()
         assert after["upper"]["pid"] != before["upper"]["pid"]
         # The agent whose spec did not change kept running, untouched.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import textwrap
 
-from tests.procs import wait_until
-
 
 def apply(cluster, tmp_path, name: str, agent: str) -> None:
     manifest = tmp_path / f"{name}.yaml"
@@ -30,7 +28,7 @@ def row(cluster, agent_id: str) -> list[str]:
 
 def delete(cluster, name: str) -> None:
     cluster.ctl("delete", "pipeline", name)
-    wait_until(lambda: not cluster.statuses(name), 30, f"the agents of {name} to be removed")
+    cluster.wait_for(lambda: not cluster.statuses(name), 30, f"the agents of {name} to be removed")
 
 
 def test_on_failure_gives_up_at_the_start_limit_and_says_why(three_nodes, tmp_path):
@@ -41,8 +39,8 @@ def test_on_failure_gives_up_at_the_start_limit_and_says_why(three_nodes, tmp_pa
           restartSec: 0.1
         """)
     try:
-        status = wait_until(lambda: three_nodes.statuses("flaky").get("crash", {}).get("state") == "Failed"
-                            and three_nodes.statuses("flaky")["crash"], 60, "the agent to fail")
+        status = three_nodes.wait_for(lambda: (s := three_nodes.statuses("flaky").get("crash", {})).get("state")
+                                      == "Failed" and s, 60, "the agent to fail")
         # systemd's defaults: 5 starts within 10s, then no more (4 restarts after the first start).
         assert (status["restarts"], status["exitCode"]) == (4, 1)
         assert status["reason"] == "start limit hit: 5 starts within 10s (startLimitBurst=5)"
@@ -72,8 +70,8 @@ def test_always_restarts_an_agent_that_exits_cleanly(three_nodes, tmp_path):
           restartSec: 0.1
         """)
     try:
-        status = wait_until(lambda: three_nodes.statuses("again").get("once", {}).get("restarts", 0) >= 2
-                            and three_nodes.statuses("again")["once"], 60, "the agent to be restarted twice")
+        status = three_nodes.wait_for(lambda: (s := three_nodes.statuses("again").get("once", {})).get("restarts", 0)
+                                      >= 2 and s, 60, "the agent to be restarted twice")
         assert status["exitCode"] == 0 and status["state"] != "Exited"
         cells = row(three_nodes, "again/once")
         assert re.fullmatch(r"\d+ \(\d+[smh] ago\)", cells[3]) and int(cells[3].split()[0]) >= 2, cells
@@ -89,8 +87,8 @@ def test_no_leaves_an_exited_agent_with_its_status(three_nodes, tmp_path):
           restart: "no"
         """)
     try:
-        status = wait_until(lambda: three_nodes.statuses("oneshot").get("three", {}).get("state") == "Exited"
-                            and three_nodes.statuses("oneshot")["three"], 60, "the agent to exit")
+        status = three_nodes.wait_for(lambda: (s := three_nodes.statuses("oneshot").get("three", {})).get("state")
+                                      == "Exited" and s, 60, "the agent to exit")
         assert (status["exitCode"], status.get("restarts", 0)) == (3, 0)
         cells = row(three_nodes, "oneshot/three")
         assert cells[2:4] == ["Exited(3)", "0"], cells

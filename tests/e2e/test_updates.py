@@ -29,7 +29,7 @@ def test_a_dry_run_says_what_would_restart_and_an_apply_restarts_only_that(three
     try:
         def running():
             return {a: s for a, s in three_nodes.statuses("upd").items() if s["state"] == "Running"}
-        wait_until(lambda: len(running()) == 2, 30, "both agents running")
+        three_nodes.wait_for(lambda: len(running()) == 2, 30, "both agents running")
         before = running()
 
         manifest.write_text(CHANGED)
@@ -48,7 +48,8 @@ def test_a_dry_run_says_what_would_restart_and_an_apply_restarts_only_that(three
         assert {a: s["pid"] for a, s in running().items()} == {a: s["pid"] for a, s in before.items()}
 
         assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/upd configured\n"
-        wait_until(lambda: running().get("upper", {}).get("generation") == 2, 30, "the changed agent to restart")
+        three_nodes.wait_for(lambda: running().get("upper", {}).get("generation") == 2, 30,
+                             "the changed agent to restart")
         after = running()
         assert after["upper"]["pid"] != before["upper"]["pid"]
         assert after["ticker"]["pid"] == before["ticker"]["pid"]
@@ -59,7 +60,7 @@ def test_a_dry_run_says_what_would_restart_and_an_apply_restarts_only_that(three
         assert {a: s["pid"] for a, s in running().items()} == {a: s["pid"] for a, s in after.items()}
     finally:
         three_nodes.ctl("delete", "pipeline", "upd")
-    wait_until(lambda: not three_nodes.statuses("upd"), 30, "the agents to be removed")
+    three_nodes.wait_for(lambda: not three_nodes.statuses("upd"), 30, "the agents to be removed")
 
 
 def test_an_added_stage_starts_and_restarts_only_the_end_it_is_linked_to(three_nodes, tmp_path):
@@ -69,7 +70,7 @@ def test_an_added_stage_starts_and_restarts_only_the_end_it_is_linked_to(three_n
     try:
         def running():
             return {a: s for a, s in three_nodes.statuses("grow").items() if s["state"] == "Running"}
-        wait_until(lambda: len(running()) == 2, 30, "both agents running")
+        three_nodes.wait_for(lambda: len(running()) == 2, 30, "both agents running")
         before = running()
         grown = (PIPELINE.replace("name: upd", "name: grow")
                  .replace("  links:\n", "    - name: count\n      run: [cat]\n  links:\n")
@@ -84,12 +85,12 @@ def test_an_added_stage_starts_and_restarts_only_the_end_it_is_linked_to(three_n
             "  start count",
             f"  keep ticker (Running on {before['ticker']['node']})",
         ]
-        wait_until(lambda: len(running()) == 3 and running()["upper"]["pid"] != before["upper"]["pid"], 30,
-                   "the new stage to start and upper to restart")
+        three_nodes.wait_for(lambda: len(running()) == 3 and running()["upper"]["pid"] != before["upper"]["pid"], 30,
+                             "the new stage to start and upper to restart")
         assert running()["ticker"]["pid"] == before["ticker"]["pid"]
     finally:
         three_nodes.ctl("delete", "pipeline", "grow")
-    wait_until(lambda: not three_nodes.statuses("grow"), 30, "the agents to be removed")
+    three_nodes.wait_for(lambda: not three_nodes.statuses("grow"), 30, "the agents to be removed")
 
 
 def test_an_agent_whose_new_requirements_rule_out_its_node_moves(three_nodes, tmp_path):
@@ -101,12 +102,12 @@ def test_an_agent_whose_new_requirements_rule_out_its_node_moves(three_nodes, tm
     try:
         def waiter():
             return three_nodes.statuses("mover").get("waiter", {})
-        before = wait_until(lambda: waiter().get("state") == "Running" and waiter(), 30, "Running on n2")
+        before = three_nodes.wait_for(lambda: waiter().get("state") == "Running" and waiter(), 30, "Running on n2")
         assert before["node"] == "n2"
         manifest.write_text(pinned.replace("NODE", "n3"))
         assert three_nodes.ctl("apply", "-f", str(manifest)).stdout == "pipeline/mover configured\n"
-        after = wait_until(lambda: (w := waiter()).get("node") == "n3" and w.get("state") == "Running" and w, 30,
-                           "the waiter to move to n3")
+        after = three_nodes.wait_for(lambda: (w := waiter()).get("node") == "n3" and w.get("state") == "Running"
+                                     and w, 30, "the waiter to move to n3")
         assert after["epoch"] == before["epoch"] + 1
         wait_until(lambda: not os.path.exists(f"/proc/{before['pid']}"), 10, "the copy on n2 to stop")
     finally:

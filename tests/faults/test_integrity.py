@@ -9,7 +9,6 @@ import os
 import signal
 
 from tests.faults.numbered import NumberedStream
-from tests.procs import wait_until
 
 
 def test_numbered_lines_survive_a_killed_agent_and_a_broker_restart(three_nodes, tmp_path):
@@ -24,8 +23,8 @@ def test_numbered_lines_survive_a_killed_agent_and_a_broker_restart(three_nodes,
         # Kill the middle agent mid-stream: it restarts (on-failure), reads its input again
         # from the start, and the sink drops by offset what it already has.
         os.kill(placed["relay"]["pid"], signal.SIGKILL)
-        wait_until(lambda: statuses()["relay"].get("restarts") == 1 and statuses()["relay"]["state"] == "Running",
-                   30, "the relay to run again")
+        three_nodes.wait_for(lambda: statuses()["relay"].get("restarts") == 1
+                             and statuses()["relay"]["state"] == "Running", 30, "the relay to run again")
         assert stream.count() < stream.lines
 
         # Restart the broker (a crash) while the stream is open, then let the rest through.
@@ -33,8 +32,8 @@ def test_numbered_lines_survive_a_killed_agent_and_a_broker_restart(three_nodes,
         three_nodes.broker.start()
         stream.open_gate()
 
-        wait_until(lambda: statuses()["sink"]["state"] in ("Exited", "Failed"), 120,
-                   f"the sink to finish ({stream.count()} lines so far)")
+        three_nodes.wait_for(lambda: statuses()["sink"]["state"] in ("Exited", "Failed"), 120,
+                             f"the sink to finish ({stream.count()} lines so far)")
         final = statuses()
         assert {a: (s["state"], s.get("exitCode")) for a, s in final.items()} == {
             "source": ("Exited", 0), "relay": ("Exited", 0), "sink": ("Exited", 0)}

@@ -49,9 +49,3 @@ class Call:
         assert self.ended is not None, "the call has not returned yet"
         return self.ended - self.started
 
-
-def sleep_until(deadline: float) -> None:
-    """Let time pass until `deadline` (time.monotonic()); for tests that observe timers, not readiness."""
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from oneos.nameserver.client import NameServer
-from tests.nameserver.helpers import Call, sleep_until
-from tests.procs import wait_until
+from tests.nameserver.helpers import Call
+from tests.procs import sleep_until, wait_until
 
 SECOND_NS = 1_000_000_000
 

@@ -30,12 +30,12 @@ def test_without_an_id_a_uuid4_is_generated_saved_and_reused(cluster, tmp_path):
     saved = wait_until(lambda: (home / "config.yaml").exists() and
                        yaml.safe_load((home / "config.yaml").read_text()).get("id"), 20, "the id to be saved")
     assert uuid.UUID(saved).version == 4
-    wait_until(lambda: saved in cluster.node_ids(), 20, "the runtime to join under its saved id")
+    cluster.wait_for(lambda: saved in cluster.node_ids(), 20, "the runtime to join under its saved id")
     assert first.terminate() == 0
 
     again = OneosdProc(None, home, cluster.url).start()
     cluster.nodes.append(again)
-    wait_until(lambda: saved in cluster.node_ids(), 20, "the runtime to join again under the same id")
+    cluster.wait_for(lambda: saved in cluster.node_ids(), 20, "the runtime to join again under the same id")
     assert node(cluster, saved)["pid"] == again.pid
 
 
@@ -62,7 +62,7 @@ def test_first_run_on_a_terminal_asks_and_saves_the_answers(cluster, tmp_path):
                 transcript += chunk
             os.write(master, answer.encode() + b"\n")
             transcript += b"\n"
-        wait_until(lambda: node(cluster, "asker"), 20, "the runtime configured on the terminal to join")
+        cluster.wait_for(lambda: node(cluster, "asker"), 20, "the runtime configured on the terminal to join")
         joined = node(cluster, "asker")
         assert joined["kernel"] is True
         assert joined["labels"] == with_detected({"room": "greenhouse", "floor": "1"})

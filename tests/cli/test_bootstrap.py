@@ -1,0 +1,40 @@
+"""`oneosctl bootstrap`: the boot record and init manifest of a new cluster, written once.
+
+The test clusters write the same documents in-process (tests/cluster.py); this runs the command.
+"""
+
+from __future__ import annotations
+
+from oneos import state
+from oneos.nameserver.client import NameServer
+from tests.cluster import EMPTY_INIT
+from tests.procs import run_cli
+
+
+def bootstrap(url: str, *argv: str):
+    return run_cli(["oneosctl", "bootstrap", *argv], env={"ONEOS_NAMESERVER": url})
+
+
+def test_bootstrap_writes_the_boot_record_once_and_force_replaces_it(builtin_nameserver, tmp_path):
+    init = tmp_path / "init.yaml"
+    init.write_text(EMPTY_INIT)
+    url = builtin_nameserver.url
+    done = bootstrap(url, "--cluster", "e2e", "--pulsar-url", "pulsar://127.0.0.1:6651", "--init", str(init),
+                     "--session-ttl", "10s", "--lock-delay", "3s", "--kernel-node", "k1")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"boot record written to {state.BOOT}\ninit manifest written to {state.INIT}\n"
+    ns = NameServer(url)
+    boot = state.read_boot(ns)
+    assert (boot["cluster"], boot["pulsar"], boot["kernelNodes"], boot["sessionTTL"], boot["lockDelay"]) == (
+        "e2e", {"url": "pulsar://127.0.0.1:6651", "namespace": "public/default"}, ["k1"], "10s", "3s")
+    assert state.decode(ns.get(state.INIT)[1], "init")["spec"] == {"agents": []}
+
+    again = bootstrap(url, "--cluster", "other", "--pulsar-url", "pulsar://127.0.0.1:6652")
+    assert again.returncode == 0
+    assert again.stdout == (f"boot record already at {state.BOOT}: left as it is (--force replaces it)\n"
+                            f"init manifest already at {state.INIT}: left as it is (--force replaces it)\n")
+    assert state.read_boot(ns) == boot
+
+    forced = bootstrap(url, "--cluster", "other", "--pulsar-url", "pulsar://127.0.0.1:6652", "--force")
+    assert forced.returncode == 0 and forced.stdout.startswith("boot record written to")
+    assert state.read_boot(ns)["cluster"] == "other"
