@@ -1,6 +1,9 @@
 """The control plane fails while a pipeline streams: the leader is killed (mid-placement too),
 the Name Server is killed and restarted. The data keeps flowing exactly, and the system
 converges again: a new leader carries on from what the Name Server holds.
+
+The killed leader's sessions are ended at once, as their TTL expiry would end them
+(Cluster.lose); the lock-delay after that runs in real time.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import pytest
 from tests.cluster import LOCK_DELAY, SESSION_TTL
 from tests.conftest import running_cluster
 from tests.faults.numbered import NumberedStream
-from tests.procs import wait_until
 
 WORKER = ["--no-kernel", "--label", "role=worker"]
 ON_W1, ON_W2 = {"node": "w1"}, {"node": "w2"}
@@ -47,15 +49,16 @@ def test_killing_the_leader_mid_stream_and_mid_placement(control, tmp_path):
     # A pipeline of many stages is applied, and the leader dies while it places them.
     wide_pipeline(tmp_path / "wide.yaml", "wide", 12)
     assert control.ctl("apply", "-f", str(tmp_path / "wide.yaml")).returncode == 0
-    control.node(leader).kill9()
-    new_leader = wait_until(lambda: (n := control.leader()) not in (None, leader) and n, FAILOVER, "a new leader")
+    control.lose(leader)
+    new_leader = control.wait_for(lambda: (n := control.leader()) not in (None, leader) and n, FAILOVER,
+                                  "a new leader")
     assert new_leader in ("k1", "k2")
-    wait_until(lambda: all_running(control, "wide", 12), 30, "every stage of the wide pipeline to run")
+    control.wait_for(lambda: all_running(control, "wide", 12), 30, "every stage of the wide pipeline to run")
 
     # The stream never depended on the leader: it finishes exactly.
     stream.open_gate()
-    wait_until(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-               f"the sink to finish ({stream.count()} lines so far)")
+    control.wait_for(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 60,
+                     f"the sink to finish ({stream.count()} lines so far)")
     stream.assert_exact()
     assert {s["restarts"] for s in control.statuses(stream.name).values()} == {0}
 
@@ -70,8 +73,8 @@ def test_a_name_server_crash_and_restart_mid_stream(control, tmp_path):
     control.nameserver.kill9()
     control.nameserver.start()   # same port, same data: sessions are restored
     stream.open_gate()
-    wait_until(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 90,
-               f"the sink to finish ({stream.count()} lines so far)")
+    control.wait_for(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 90,
+                     f"the sink to finish ({stream.count()} lines so far)")
     stream.assert_exact()
     # Nothing was restarted, every node is still a member, and the cluster takes new work.
     assert {a: s.get("pid") for a, s in control.statuses(stream.name).items() if s["state"] == "Running"} == {}
@@ -84,4 +87,4 @@ def test_a_name_server_crash_and_restart_mid_stream(control, tmp_path):
         spec: {agents: [{name: waiter, run: [sleep, "100000"]}]}
         """))
     assert control.ctl("apply", "-f", str(tmp_path / "after.yaml")).returncode == 0
-    wait_until(lambda: all_running(control, "after", 1), 30, "a pipeline applied after the restart to run")
+    control.wait_for(lambda: all_running(control, "after", 1), 30, "a pipeline applied after the restart to run")

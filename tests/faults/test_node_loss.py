@@ -1,5 +1,9 @@
 """Node loss and fencing, with real processes: a node's agents are placed again when its
 session ends, their pipes resume exactly, and a node that comes back leaves no second copy.
+
+Nodes die for real (kill -9, SIGSTOP); their sessions are then ended at the Name Server at once,
+as the TTL expiry would end them up to 2×TTL later (Cluster.expire, Cluster.lose): the subject
+here is what happens after the loss. The expiry itself is timed in tests/e2e/test_membership.py.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import pytest
 from tests.cluster import SESSION_TTL
 from tests.conftest import running_cluster
 from tests.faults.numbered import NumberedStream
-from tests.procs import wait_until
+from tests.procs import sleep_until, wait_until
 
 WORKER = ["--no-kernel", "--label", "role=worker"]
 ON_BASE = {"node": "n1"}
@@ -61,16 +65,17 @@ def test_a_lost_nodes_agent_is_placed_again_and_its_pipes_resume_exactly(workers
 
     workers.node(lost).kill9()   # the node dies, and its agents with it
     wait_until(lambda: not agent_pids(stream.name, "relay"), 10, "the relay to die with its node")
+    workers.expire(lost)
     killed = time.monotonic()
-    after = wait_until(lambda: running_elsewhere(workers, stream.name, "relay", lost), LOSS_DEADLINE,
-                       "the relay to run on another worker")
+    after = workers.wait_for(lambda: running_elsewhere(workers, stream.name, "relay", lost), LOSS_DEADLINE,
+                             "the relay to run on another worker")
     assert lost not in workers.node_ids()
     assert after["epoch"] == before["epoch"] + 1, (before, after)
-    print(f"relay Running on {after['node']} {time.monotonic() - killed:.1f}s after {lost} was killed")
+    print(f"relay Running on {after['node']} {time.monotonic() - killed:.1f}s after {lost}'s session ended")
 
     stream.open_gate()
-    wait_until(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-               f"the sink to finish ({stream.count()} lines so far)")
+    workers.wait_for(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
+                     f"the sink to finish ({stream.count()} lines so far)")
     stream.assert_exact()
 
 
@@ -79,16 +84,17 @@ def test_an_agent_that_fits_nowhere_else_is_pending_with_the_reason_until_its_no
     manifest.write_text("apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {name: pinned}\nspec:\n  agents:\n"
                         "    - {name: waiter, run: [sleep, '1000'], requires: {node: n2}}\n")
     assert workers.ctl("apply", "-f", str(manifest)).returncode == 0
-    wait_until(lambda: workers.statuses("pinned").get("waiter", {}).get("state") == "Running", 30, "Running on n2")
+    workers.wait_for(lambda: workers.statuses("pinned").get("waiter", {}).get("state") == "Running", 30,
+                     "Running on n2")
 
-    workers.node("n2").kill9()
+    workers.lose("n2")
     reason = "its node n2 was lost, and it fits nowhere else: 0/3 nodes: 3 not node n2"
-    wait_until(lambda: workers.statuses("pinned")["waiter"]["state"] == "Pending", LOSS_DEADLINE, "Pending")
+    workers.wait_for(lambda: workers.statuses("pinned")["waiter"]["state"] == "Pending", LOSS_DEADLINE, "Pending")
     assert workers.statuses("pinned")["waiter"]["reason"] == reason
     assert f"waiter: Pending: {reason}" in workers.ctl("describe", "pipeline", "pinned").stdout
 
     workers.start("n2", *WORKER)   # the node comes back (same id): the agent runs there again
-    status = wait_until(lambda: running_elsewhere(workers, "pinned", "waiter", "nowhere"), 30, "Running again")
+    status = workers.wait_for(lambda: running_elsewhere(workers, "pinned", "waiter", "nowhere"), 30, "Running again")
     assert status["node"] == "n2" and len(agent_pids("pinned", "waiter")) == 1
 
 
@@ -101,22 +107,26 @@ def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, 
     paused = workers.node(before["node"])
 
     # The node's runtime stops answering (SIGSTOP): the cluster writes it off and places the
-    # relay elsewhere, while the old copy still exists on the paused node.
+    # relay elsewhere, while the old copy still exists on the paused node. Its session ends
+    # once it has been silent for a TTL, the earliest an expiry may come: by then the node's
+    # own self-fencing (0.8×TTL without a renewal) is due, as after any real expiry.
     os.kill(paused.pid, signal.SIGSTOP)
     try:
-        moved = wait_until(lambda: running_elsewhere(workers, stream.name, "relay", paused.node_id),
-                           LOSS_DEADLINE, "the relay to run on another worker")
+        sleep_until(time.monotonic() + SESSION_TTL)
+        workers.expire(paused.node_id)
+        moved = workers.wait_for(lambda: running_elsewhere(workers, stream.name, "relay", paused.node_id),
+                                 LOSS_DEADLINE, "the relay to run on another worker")
     finally:
         os.kill(paused.pid, signal.SIGCONT)
     # Back, the runtime finds it was written off: it kills its copy at once and joins again.
     wait_until(lambda: agent_pids(stream.name, "relay") == [moved["pid"]], 10,
                f"the old copy (pid {before['pid']}) to be gone, leaving only {moved['pid']}")
-    wait_until(lambda: paused.node_id in workers.node_ids(), 20, f"{paused.node_id} to join again")
+    workers.wait_for(lambda: paused.node_id in workers.node_ids(), 20, f"{paused.node_id} to join again")
     current = workers.statuses(stream.name)["relay"]
     assert (current["node"], current["pid"], current["epoch"]) == (moved["node"], moved["pid"], before["epoch"] + 1)
 
     stream.open_gate()
-    wait_until(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-               f"the sink to finish ({stream.count()} lines so far)")
+    workers.wait_for(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
+                     f"the sink to finish ({stream.count()} lines so far)")
     stream.assert_exact()
     assert agent_pids(stream.name, "relay") == []
