@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -36,12 +37,27 @@ SENSOR = "gpio/D4: {pin: D4, direction: in}\n"
 ACTUATOR = "gpio/D7: {pin: D7, direction: out}\n"
 
 
+@contextlib.contextmanager
+def boards_cluster(root: Path):
+    """n1, and s1 and a1 with the simulated boards A and B (board_a, board_b), all stopped at the end."""
+    with running_cluster(root, {"n1": ["--kernel"]}) as c:
+        c.board_a, c.board_b = SimBoard(root / "board-a"), SimBoard(root / "board-b")
+        device_node(c, "s1", root / "board-a", SENSOR)
+        device_node(c, "a1", root / "board-b", ACTUATOR)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory):
+    """The cluster of the tests that kill nothing: shared by the module, as a user's cluster is."""
+    with boards_cluster(tmp_path_factory.mktemp("boards")) as c:
+        yield c
+
+
 @pytest.fixture
-def boards(tmp_path):
-    with running_cluster(tmp_path, {"n1": ["--kernel"]}) as c:
-        c.board_a, c.board_b = SimBoard(tmp_path / "board-a"), SimBoard(tmp_path / "board-b")
-        device_node(c, "s1", tmp_path / "board-a", SENSOR)
-        device_node(c, "a1", tmp_path / "board-b", ACTUATOR)
+def own_boards(tmp_path):
+    """A cluster of the test's own, for a test that kills a node."""
+    with boards_cluster(tmp_path) as c:
         yield c
 
 
@@ -81,6 +97,7 @@ def toggle_and_follow(cluster, values: list[int]) -> None:
 
 def test_the_sensor_controller_actuator_pipeline_runs_where_the_pins_are(boards, tmp_path):
     shutil.copy(CONTROLLER, tmp_path / "controller.py")
+    boards.board_b.set("D7", 0)   # low before the run, whatever ran on the shared boards before
     nodes = boards.get_nodes()
     assert {n["id"]: n["labels"].get("gpio") for n in nodes} == {"n1": None, "s1": "true", "a1": "true"}
     run = start_run(boards, "oneos-gpio watch D4 | python3 controller.py | oneos-gpio write D7", tmp_path)
@@ -96,6 +113,7 @@ def test_the_sensor_controller_actuator_pipeline_runs_where_the_pins_are(boards,
 
 
 def test_dev_paths_name_devices_and_other_dev_paths_stay_the_nodes(boards, tmp_path):
+    boards.board_a.set("D4", 0)   # low before the watch, whatever ran on the shared boards before
     run = start_run(boards, "cat /dev/gpio/D4 | sed -u 3q", tmp_path)
     try:
         assert placed(run)["cat"] == "s1"
@@ -119,7 +137,7 @@ def test_dev_paths_name_devices_and_other_dev_paths_stay_the_nodes(boards, tmp_p
     assert (done.returncode, done.stdout.strip()) == (0, "0")
 
 
-def test_a_stage_whose_device_owner_is_down_waits_for_it(boards, tmp_path):
+def test_a_stage_whose_device_owner_is_down_waits_for_it(own_boards, tmp_path):
     manifest = tmp_path / "sensor.yaml"
     manifest.write_text(textwrap.dedent("""\
         apiVersion: oneos/v1
@@ -129,16 +147,18 @@ def test_a_stage_whose_device_owner_is_down_waits_for_it(boards, tmp_path):
           agents:
             - {name: watch, run: [oneos-gpio, watch, D4], requires: {devices: [gpio/D4]}}
         """))
-    assert boards.ctl("apply", "-f", str(manifest)).returncode == 0
-    watch = lambda: boards.statuses("sensor").get("watch", {})  # noqa: E731
-    wait_until(lambda: watch().get("state") == "Running", 30, "the watch to run")
+    assert own_boards.ctl("apply", "-f", str(manifest)).returncode == 0
+    watch = lambda: own_boards.statuses("sensor").get("watch", {})  # noqa: E731
+    own_boards.wait_for(lambda: watch().get("state") == "Running", 30, "the watch to run")
     assert watch()["node"] == "s1"
 
-    boards.node("s1").kill9()
+    own_boards.lose("s1")   # its sessions end at once, as their TTL expiry would
     reason = "device gpio/D4 is on node s1, which is down: 0/2 nodes: 2 missing device gpio/D4"
-    wait_until(lambda: watch().get("state") == "Pending", 2 * SESSION_TTL + 15, "the watch to wait for s1")
+    own_boards.wait_for(lambda: watch().get("state") == "Pending", 2 * SESSION_TTL + 15,
+                        "the watch to wait for s1")
     assert watch()["reason"] == reason
-    assert f"watch: Pending: {reason}" in boards.ctl("describe", "pipeline", "sensor").stdout
+    assert f"watch: Pending: {reason}" in own_boards.ctl("describe", "pipeline", "sensor").stdout
 
-    device_node(boards, "s1", tmp_path / "board-a", SENSOR)   # the owner comes back
-    wait_until(lambda: watch().get("state") == "Running" and watch().get("node") == "s1", 30, "Running on s1")
+    device_node(own_boards, "s1", tmp_path / "board-a", SENSOR)   # the owner comes back
+    own_boards.wait_for(lambda: watch().get("state") == "Running" and watch().get("node") == "s1", 30,
+                        "Running on s1")
