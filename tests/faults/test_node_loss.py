@@ -33,8 +33,13 @@ def workers(tmp_path):
         yield c
 
 
-def agent_pids(pipeline: str, agent: str) -> list[int]:
-    """Live processes of an agent on this machine, whichever node started them (by their environment)."""
+def agent_pids(cluster, pipeline: str, agent: str) -> list[int]:
+    """Live processes of an agent of this cluster, whichever node started them (by their environment).
+
+    By the cluster's Name Server too: other test runs on this machine run pipelines of the same names.
+    """
+    wanted = [f"ONEOS_PIPELINE={pipeline}".encode(), f"ONEOS_AGENT={agent}".encode(),
+              f"ONEOS_NAMESERVER={cluster.url}".encode()]
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -44,8 +49,7 @@ def agent_pids(pipeline: str, agent: str) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if (f"ONEOS_PIPELINE={pipeline}".encode() in env and f"ONEOS_AGENT={agent}".encode() in env
-                and stat.rsplit(")", 1)[1].split()[0] != "Z"):
+        if all(w in env for w in wanted) and stat.rsplit(")", 1)[1].split()[0] != "Z":
             found.append(int(entry.name))
     return found
 
@@ -64,7 +68,7 @@ def test_a_lost_nodes_agent_is_placed_again_and_its_pipes_resume_exactly(workers
     lost = before["node"]
 
     workers.node(lost).kill9()   # the node dies, and its agents with it
-    wait_until(lambda: not agent_pids(stream.name, "relay"), 10, "the relay to die with its node")
+    wait_until(lambda: not agent_pids(workers, stream.name, "relay"), 10, "the relay to die with its node")
     workers.expire(lost)
     killed = time.monotonic()
     after = workers.wait_for(lambda: running_elsewhere(workers, stream.name, "relay", lost), LOSS_DEADLINE,
@@ -95,7 +99,7 @@ def test_an_agent_that_fits_nowhere_else_is_pending_with_the_reason_until_its_no
 
     workers.start("n2", *WORKER)   # the node comes back (same id): the agent runs there again
     status = workers.wait_for(lambda: running_elsewhere(workers, "pinned", "waiter", "nowhere"), 30, "Running again")
-    assert status["node"] == "n2" and len(agent_pids("pinned", "waiter")) == 1
+    assert status["node"] == "n2" and len(agent_pids(workers, "pinned", "waiter")) == 1
 
 
 def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, tmp_path):
@@ -119,7 +123,7 @@ def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, 
     finally:
         os.kill(paused.pid, signal.SIGCONT)
     # Back, the runtime finds it was written off: it kills its copy at once and joins again.
-    wait_until(lambda: agent_pids(stream.name, "relay") == [moved["pid"]], 10,
+    wait_until(lambda: agent_pids(workers, stream.name, "relay") == [moved["pid"]], 10,
                f"the old copy (pid {before['pid']}) to be gone, leaving only {moved['pid']}")
     workers.wait_for(lambda: paused.node_id in workers.node_ids(), 20, f"{paused.node_id} to join again")
     current = workers.statuses(stream.name)["relay"]
@@ -129,4 +133,4 @@ def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, 
     workers.wait_for(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
                      f"the sink to finish ({stream.count()} lines so far)")
     stream.assert_exact()
-    assert agent_pids(stream.name, "relay") == []
+    assert agent_pids(workers, stream.name, "relay") == []
