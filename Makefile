@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python -m oneos.demo
 
+# The ten slowest tests are printed at the end: where the suite's time goes.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipes.py
