@@ -36,7 +36,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,11 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
-
 from oneos import manifests, state  # noqa: E402
-from oneos.broker import free_port  # noqa: E402
 from oneos.documents import load_file  # noqa: E402
 from oneos.durations import parse_seconds  # noqa: E402
 from oneos.nameserver.client import NameServer  # noqa: E402
+from tests.procs import BrokerProc, NameServerProc, OneosdProc, Proc, run_cli, wait_until  # noqa: E402
 
 BIN = Path(sys.executable).parent                 # the venv's console scripts
 PYTHON = os.path.realpath(sys.executable)         # the interpreter itself, not a pyenv shim on PATH
@@ -68,21 +65,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def say(text: str) -> None:
     """Progress, on stderr: the report itself goes to stdout."""
     print(f"control: {text}", file=sys.stderr, flush=True)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - reported at the deadline
-            last = exc
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}" + (f" ({last})" if last else ""))
-        time.sleep(interval)
 
 
 # -- /proc ------------------------------------------------------------------------------------
@@ -141,52 +123,36 @@ def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[
 # -- processes --------------------------------------------------------------------------------
 
 class Processes:
-    """Every process this benchmark starts, each in a session of its own; stop_all() ends them all."""
+    """Every process this benchmark starts (tests/procs.py's Proc, each in a session of its own);
+    stop_all() ends them all, and whatever they started that outlived them."""
 
-    def __init__(self) -> None:
-        self.started: list[tuple[str, subprocess.Popen]] = []
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[tuple[str, Proc]] = []
         self.seen: dict[int, int] = {}       # descendant pid -> its start time (pids are reused)
 
-    def start(self, name: str, argv: list[str], log: Path | None = None, env: dict[str, str] | None = None
-              ) -> subprocess.Popen:
-        out = open(log, "ab") if log else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-                                    env=dict(os.environ, **(env or {})), start_new_session=True)
-        finally:
-            if log:
-                out.close()
+    def start(self, name: str, proc: Proc) -> Proc:
+        """Start `proc` (it waits until ready where it can tell) and own it from then on."""
         self.started.append((name, proc))
+        proc.start()
         return proc
+
+    def run(self, name: str, argv: list[str]) -> Proc:
+        """A plain program, its output in a log of its own."""
+        return self.start(name, Proc([str(a) for a in argv], self.root / f"{name.replace(' ', '-')}.log"))
 
     def note_descendants(self) -> None:
         """Remember what the live processes started (agents run in sessions of their own)."""
         for _, proc in self.started:
-            if proc.poll() is None:
+            if proc.alive():
                 for pid in descendants(proc.pid):
                     self.seen.setdefault(pid, start_time(pid) or 0)
-
-    @staticmethod
-    def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-        if proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)   # its session: it and whatever stayed in its group
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait(10)
 
     def stop_all(self) -> None:
         self.note_descendants()
         for name, proc in reversed(self.started):   # nodes first, then the broker, then the Name Server
             try:
-                self.stop(proc)
+                proc.stop()
             except Exception as exc:  # noqa: BLE001 - carry on with the others
                 say(f"stopping {name} (pid {proc.pid}): {exc}")
         time.sleep(0.2)
@@ -211,56 +177,45 @@ class Cluster:
         self.kernel = node_ids[0]
         self.ttl = ttl
         self.lock_delay = lock_delay
-        self.nodes: dict[str, subprocess.Popen] = {}
+        self.nodes: dict[str, OneosdProc] = {}
         self.url = ""
         self.ns: NameServer | None = None
 
     def start(self) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        ns_proc = self.procs.start("nameserver", [BIN / "oneos-nameserver", "--listen", f"127.0.0.1:{port}",
-                                                  "--data-dir", self.root / "nameserver"], self.root / "nameserver.log")
-        wait_until(lambda: self._alive(ns_proc, "nameserver") and
-                   requests.get(self.url + "/v1/status/leader", timeout=1).ok, 20, "the Name Server")
+        self.nameserver = self.procs.start("nameserver", NameServerProc(self.root / "nameserver"))
+        self.url = self.nameserver.url
         self.ns = NameServer(self.url)
-        bport = free_port()
-        broker = self.procs.start("broker", [BIN / "oneos-broker", "--listen", f"127.0.0.1:{bport}", "--data-dir",
-                                             self.root / "pulsar", "--metrics", f"127.0.0.1:{free_port()}"],
-                                  self.root / "broker.log")
-        wait_until(lambda: self._alive(broker, "broker") and socket.create_connection(("127.0.0.1", bport), 1),
-                   20, "pulsar-lite")
+        self.broker = self.procs.start("broker", BrokerProc(self.root / "pulsar"))
         # No kernel agents: this benchmark owns the broker (the default init manifest would have n1 run a
         # second one on the same port), as the tests do.
         init = self.root / "init.json"
         init.write_text(json.dumps({"apiVersion": "oneos/v1", "kind": "Init", "metadata": {"name": "oneos-init"},
                                     "spec": {"agents": []}}))
-        self.ctl("bootstrap", "--cluster", "bench", "--pulsar-url", f"pulsar://127.0.0.1:{bport}",
+        self.ctl("bootstrap", "--cluster", "bench", "--pulsar-url", self.broker.url,
                  "--session-ttl", f"{self.ttl}s", "--lock-delay", f"{self.lock_delay}s", "--init", str(init))
-        self.broker, self.nameserver = broker, ns_proc
         for node_id in self.node_ids:
             self.start_node(node_id, wait=False)
-        wait_until(lambda: self.live_nodes() >= set(self.node_ids), 30, "every runtime to join")
+        wait_until(lambda: self._alive() and self.live_nodes() >= set(self.node_ids), 30, "every runtime to join")
         wait_until(lambda: self.leader() == self.kernel, 30, f"{self.kernel} to lead")
 
-    def _alive(self, proc: subprocess.Popen, name: str) -> bool:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}; see its log in {self.root}")
+    def _alive(self) -> bool:
+        """True, or SystemExit naming the first of the cluster's processes that exited."""
+        for proc in [self.nameserver, self.broker, *self.nodes.values()]:
+            if not proc.alive():
+                raise SystemExit(f"{' '.join(proc.argv[:2])} exited with {proc.popen.returncode}; "
+                                 f"see its log {proc.log_path}")
         return True
 
-    def start_node(self, node_id: str, wait: bool = True) -> subprocess.Popen:
-        proc = self.procs.start(f"oneosd {node_id}",
-                                [BIN / "oneosd", node_id, "--kernel" if node_id == self.kernel else "--no-kernel"],
-                                self.root / f"oneosd-{node_id}.log",
-                                env={"ONEOS_HOME": str(self.root / f"home-{node_id}"), "ONEOS_NAMESERVER": self.url})
+    def start_node(self, node_id: str, wait: bool = True) -> OneosdProc:
+        proc = self.procs.start(f"oneosd {node_id}", OneosdProc(
+            node_id, self.root / f"home-{node_id}", self.url, ["--kernel" if node_id == self.kernel else "--no-kernel"]))
         self.nodes[node_id] = proc
         if wait:
-            wait_until(lambda: self._alive(proc, f"oneosd {node_id}") and node_id in self.live_nodes(), 30,
-                       f"{node_id} to join")
+            wait_until(lambda: self._alive() and node_id in self.live_nodes(), 30, f"{node_id} to join")
         return proc
 
     def ctl(self, *argv: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(BIN / "oneosctl"), *argv], capture_output=True, text=True, timeout=60,
-                              env=dict(os.environ, ONEOS_NAMESERVER=self.url))
+        done = run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url})
         if done.returncode != 0:
             raise RuntimeError(f"oneosctl {' '.join(argv)}: {done.stderr.strip()}")
         return done
@@ -274,24 +229,25 @@ class Cluster:
 
     def watch(self, until: Callable[["Snapshot"], Any], timeout: float) -> Any:
         """Call `until` on the cluster state each time anything under oneos/ changes (blocking queries),
-        until it returns something truthy; RuntimeError at the deadline."""
-        deadline = time.monotonic() + timeout
-        index = 0
-        while True:
-            new_index, entries = self.ns.get_tree(state.PREFIX, index=index or None, wait="1s")
-            result = until(Snapshot(time.perf_counter(), entries))
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {timeout:g}s; logs in {self.root}")
-            index = new_index if new_index >= index else 0
+        until it returns something truthy; fail at the deadline."""
+        snap = [self._snapshot(0, 0)]
+
+        def wake(seconds_left: float) -> None:
+            snap[0] = self._snapshot(snap[0].index, min(1.0, seconds_left))
+
+        return wait_until(lambda: until(snap[0]), timeout, f"the cluster state (logs in {self.root})", wake=wake)
+
+    def _snapshot(self, index: int, wait: float) -> "Snapshot":
+        new_index, entries = self.ns.get_tree(state.PREFIX, index=index or None, wait=f"{int(wait * 1000)}ms")
+        return Snapshot(time.perf_counter(), entries, new_index if new_index >= index else 0)
 
 
 class Snapshot:
     """The cluster's keys at one instant, parsed without schema checks (the watcher must stay cheap)."""
 
-    def __init__(self, at: float, entries: list) -> None:
+    def __init__(self, at: float, entries: list, index: int = 0) -> None:
         self.at = at
+        self.index = index
         self.keys = {e.key: e for e in entries}
 
     def doc(self, key: str) -> dict | None:
@@ -468,7 +424,7 @@ def measure_failover(cluster: Cluster, procs: Processes, runs: int, seed: int) -
         marks: dict[str, float] = {}
         start = time.perf_counter()
         os.kill(proc.pid, signal.SIGKILL)              # kill -9 oneosd: a node that crashed
-        proc.wait(10)
+        proc.popen.wait(10)
         marks["reaped"] = time.perf_counter() - start
 
         def until(snap: Snapshot):
@@ -531,12 +487,12 @@ def sample_idle(targets: dict[str, int], seconds: float, interval: float = 0.5) 
 
 
 def measure_idle(cluster: Cluster, procs: Processes, seconds: float, non_kernel: str,
-                 baselines: dict[str, subprocess.Popen] | None, settle: float) -> dict[str, dict[str, float]]:
+                 baselines: dict[str, Proc] | None, settle: float) -> dict[str, dict[str, float]]:
     targets = {f"oneosd {cluster.kernel} (kernel, leader)": cluster.nodes[cluster.kernel].pid,
                f"oneosd {non_kernel} (non-kernel)": cluster.nodes[non_kernel].pid}
     if baselines is not None:
         for label, code in IDLE_BASELINES.items():
-            baselines[label] = procs.start(label, [sys.executable, "-c", code])
+            baselines[label] = procs.run(label, [sys.executable, "-c", code])
         targets.update({label: proc.pid for label, proc in baselines.items()})
         targets["the Name Server (oneos-nameserver), for scale"] = cluster.nameserver.pid
         targets["pulsar-lite (oneos-broker), for scale"] = cluster.broker.pid
@@ -544,7 +500,7 @@ def measure_idle(cluster: Cluster, procs: Processes, seconds: float, non_kernel:
     result = sample_idle(targets, seconds)
     if baselines is not None:
         for proc in baselines.values():
-            procs.stop(proc)
+            proc.stop()
     return result
 
 
@@ -685,7 +641,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, interrupted)
 
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-control-"))
-    procs = Processes()
+    procs = Processes(root)
     keep = False
     apply = failover = idle = idle_after = placed = None
     ttl = args.ttl

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/pipes.py [--megabytes 50] [--samples 2000] [--hops 0,1,3,5]
 
-It starts its own pulsar-lite on free ports (data in a temporary folder) and prints:
+It starts its own pulsar-lite on free ports (data in a temporary folder; tests/procs.py's
+BrokerProc, as the tests start theirs) and prints:
 - throughput (MB/s, lines/s) of ~50 MB of text lines through chains of N hops, where a hop
   is `StreamReader -> cat's stdin, cat's stdout -> StreamWriter` (0 hops: one writer straight
   to one reader), the same `cat` chain joined by UNIX pipes, and a raw pulsar-client producer
@@ -19,7 +20,6 @@ import argparse
 import hashlib
 import os
 import queue
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,30 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pulsar  # noqa: E402
 
-from oneos.broker import argv_for, free_port  # noqa: E402
 from oneos.bus import client as bus_client  # noqa: E402
 from oneos.bus import frames  # noqa: E402
 from oneos.bus.reader import StreamReader  # noqa: E402
 from oneos.bus.writer import StreamWriter  # noqa: E402
+from tests.procs import BrokerProc  # noqa: E402
 
 CHUNK = frames.MAX_DATA
 STALLS = [0]  # times a reader subscribed again after an idle spell (see oneos/bus/reader.py)
-
-
-def start_broker(root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    argv = argv_for(f"127.0.0.1:{port}", root / "pulsar", f"127.0.0.1:{free_port()}")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(root / "pulsar.log", "wb"),
-                            start_new_session=True)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"pulsar://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"pulsar-lite did not start; see {root / 'pulsar.log'}")
-            time.sleep(0.05)
 
 
 def make_lines(megabytes: int) -> tuple[bytes, int]:
@@ -309,14 +293,15 @@ def main() -> int:
     hops_list = [int(h) for h in args.hops.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="oneos-bench-") as tmp:
-        broker, url = start_broker(Path(tmp))
-        client = bus_client.connect(url)
+        broker = BrokerProc(Path(tmp) / "pulsar").start()
         try:
-            report(client, hops_list, args.megabytes, args.samples, args.runs)
+            client = bus_client.connect(broker.url)
+            try:
+                report(client, hops_list, args.megabytes, args.samples, args.runs)
+            finally:
+                bus_client.close(client)
         finally:
-            bus_client.close(client)
-            broker.terminate()
-            broker.wait(15)
+            broker.stop()
     return 0
 
 
