@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from oneos import state
 from tests.procs import wait_until
 
 # Numbered lines, paced (1000 lines per 0.1 s) so faults land mid-stream; at `gate_at` it
@@ -78,6 +79,16 @@ class NumberedStream:
     def wait_for_lines(self, at_least: int, timeout: float = 60) -> None:
         wait_until(lambda: self.count() >= at_least, timeout, f"{at_least} lines out of {self.name} "
                                                              f"(so far {self.count()})")
+
+    def wait_finished(self, cluster, timeout: float) -> dict[str, dict]:
+        """Until every stage is done for good, and their statuses: each node writes its own, so the
+        sink's may come before the relay's."""
+        def finished():
+            statuses = cluster.statuses(self.name)
+            return len(statuses) == len(self.manifest["spec"]["agents"]) and all(
+                s["state"] in state.FINAL_STATES for s in statuses.values()) and statuses
+        return cluster.wait_for(finished, timeout, f"every stage of {self.name} to finish "
+                                                   f"({self.count()} lines when the wait began)")
 
     def open_gate(self) -> None:
         self.gate.touch()

@@ -57,8 +57,7 @@ def test_killing_the_leader_mid_stream_and_mid_placement(control, tmp_path):
 
     # The stream never depended on the leader: it finishes exactly.
     stream.open_gate()
-    control.wait_for(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-                     f"the sink to finish ({stream.count()} lines so far)")
+    assert stream.wait_finished(control, 60)["sink"]["state"] == "Exited"
     stream.assert_exact()
     assert {s["restarts"] for s in control.statuses(stream.name).values()} == {0}
 
@@ -73,8 +72,7 @@ def test_a_name_server_crash_and_restart_mid_stream(control, tmp_path):
     control.nameserver.kill9()
     control.nameserver.start()   # same port, same data: sessions are restored
     stream.open_gate()
-    control.wait_for(lambda: control.statuses(stream.name)["sink"]["state"] == "Exited", 90,
-                     f"the sink to finish ({stream.count()} lines so far)")
+    assert stream.wait_finished(control, 90)["sink"]["state"] == "Exited"
     stream.assert_exact()
     # Nothing was restarted, every node is still a member, and the cluster takes new work.
     assert {a: s.get("pid") for a, s in control.statuses(stream.name).items() if s["state"] == "Running"} == {}

@@ -32,9 +32,7 @@ def test_numbered_lines_survive_a_killed_agent_and_a_broker_restart(three_nodes,
         three_nodes.broker.start()
         stream.open_gate()
 
-        three_nodes.wait_for(lambda: statuses()["sink"]["state"] in ("Exited", "Failed"), 120,
-                             f"the sink to finish ({stream.count()} lines so far)")
-        final = statuses()
+        final = stream.wait_finished(three_nodes, 120)
         assert {a: (s["state"], s.get("exitCode")) for a, s in final.items()} == {
             "source": ("Exited", 0), "relay": ("Exited", 0), "sink": ("Exited", 0)}
         stream.assert_exact()

@@ -78,8 +78,7 @@ def test_a_lost_nodes_agent_is_placed_again_and_its_pipes_resume_exactly(workers
     print(f"relay Running on {after['node']} {time.monotonic() - killed:.1f}s after {lost}'s session ended")
 
     stream.open_gate()
-    workers.wait_for(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-                     f"the sink to finish ({stream.count()} lines so far)")
+    assert stream.wait_finished(workers, 60)["sink"]["state"] == "Exited"
     stream.assert_exact()
 
 
@@ -130,7 +129,6 @@ def test_a_node_written_off_while_paused_leaves_no_second_copy_running(workers, 
     assert (current["node"], current["pid"], current["epoch"]) == (moved["node"], moved["pid"], before["epoch"] + 1)
 
     stream.open_gate()
-    workers.wait_for(lambda: workers.statuses(stream.name)["sink"]["state"] == "Exited", 60,
-                     f"the sink to finish ({stream.count()} lines so far)")
+    assert stream.wait_finished(workers, 60)["sink"]["state"] == "Exited"
     stream.assert_exact()
     assert agent_pids(workers, stream.name, "relay") == []
