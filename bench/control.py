@@ -53,7 +53,8 @@ from oneos import manifests, state  # noqa: E402
 from oneos.documents import load_file  # noqa: E402
 from oneos.durations import parse_seconds  # noqa: E402
 from oneos.nameserver.client import NameServer  # noqa: E402
-from tests.procs import BrokerProc, NameServerProc, OneosdProc, Proc, run_cli, wait_until  # noqa: E402
+from tests.procs import (BrokerProc, NameServerProc, OneosdProc, Proc, children_by_parent,  # noqa: E402
+                         descendants, run_cli, start_time, stat_fields, wait_until)
 
 BIN = Path(sys.executable).parent                 # the venv's console scripts
 PYTHON = os.path.realpath(sys.executable)         # the interpreter itself, not a pyenv shim on PATH
@@ -67,24 +68,10 @@ def say(text: str) -> None:
     print(f"control: {text}", file=sys.stderr, flush=True)
 
 
-# -- /proc ------------------------------------------------------------------------------------
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on: index n-3 holds field n of proc(5)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
+# -- /proc (what a process started: tests/procs.py) -------------------------------------------
 
 def cpu_ticks(pid: int) -> int:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12]) if fields else 0
 
 
@@ -96,28 +83,6 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def children_by_parent() -> dict[int, list[int]]:
-    """pid -> its children's pids, from one pass over /proc."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields:
-                children[int(fields[1])].append(int(entry.name))
-    return children
-
-
-def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
-    """Every process below `pid` (children from `children_by_parent()`, read now if not given)."""
-    children = children_by_parent() if children is None else children
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -207,8 +172,9 @@ class Cluster:
         return True
 
     def start_node(self, node_id: str, wait: bool = True) -> OneosdProc:
-        proc = self.procs.start(f"oneosd {node_id}", OneosdProc(
-            node_id, self.root / f"home-{node_id}", self.url, ["--kernel" if node_id == self.kernel else "--no-kernel"]))
+        role = "--kernel" if node_id == self.kernel else "--no-kernel"
+        proc = self.procs.start(f"oneosd {node_id}",
+                                OneosdProc(node_id, self.root / f"home-{node_id}", self.url, [role]))
         self.nodes[node_id] = proc
         if wait:
             wait_until(lambda: self._alive() and node_id in self.live_nodes(), 30, f"{node_id} to join")

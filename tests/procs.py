@@ -49,6 +49,51 @@ def sleep_until(deadline: float) -> None:
         time.sleep(remaining)
 
 
+# -- /proc: whether a process runs, and what it started -----------------------------------------
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on: index n-3 holds field n of proc(5); None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): tells a pid from a later one that reuses it."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """pid -> its children's pids, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = stat_fields(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below `pid` (children from `children_by_parent()`, read now if not given)."""
+    children = children_by_parent() if children is None else children
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 def venv_bin(name: str) -> str:
     """The path of a console script installed next to this Python."""
     return str(Path(sys.executable).parent / name)

@@ -16,38 +16,7 @@ import requests
 from oneos import state
 from oneos.nameserver.client import NameServer
 from tests.cluster import Changes
-from tests.procs import free_port, run_cli, venv_bin, wait_until
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, found through /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.procs import descendants, free_port, process_alive, run_cli, venv_bin, wait_until
 
 
 class Dev:
@@ -71,7 +40,7 @@ class Dev:
                                      start_new_session=True)
         self.ready = self.proc.stdout.readline()
         assert "ready" in self.ready, self.proc.stderr.read() if self.proc.poll() is not None else self.ready
-        self.children = descendants(self.proc.pid)
+        self.children = set(descendants(self.proc.pid))
         return self
 
     def ctl(self, *argv):
@@ -85,7 +54,7 @@ class Dev:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         for pid in self.children:
-            if alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -131,7 +100,7 @@ def test_sigterm_stops_every_child_and_the_node_leaves(dev):
     dev.proc.send_signal(signal.SIGTERM)
     assert dev.proc.wait(30) == 0
     assert "stopped" in dev.proc.stderr.read()
-    assert [pid for pid in dev.children if alive(pid)] == []
+    assert [pid for pid in dev.children if process_alive(pid)] == []
 
 
 FOREVER = """\
@@ -173,7 +142,8 @@ def test_kill9_of_dev_leaves_no_child_behind(dev):
     dev.start()
     os.kill(dev.proc.pid, signal.SIGKILL)
     dev.proc.wait(10)
-    wait_until(lambda: not any(alive(pid) for pid in dev.children), 15, "the children to die with their parent")
+    wait_until(lambda: not any(process_alive(pid) for pid in dev.children), 15,
+               "the children to die with their parent")
 
 
 def test_a_second_start_reuses_the_cluster_and_keeps_the_boot_record(dev, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from tests.cluster import SESSION_TTL
 from tests.conftest import running_cluster
 from tests.faults.numbered import NumberedStream
-from tests.procs import sleep_until, wait_until
+from tests.procs import process_alive, sleep_until, wait_until
 
 WORKER = ["--no-kernel", "--label", "role=worker"]
 ON_BASE = {"node": "n1"}
@@ -46,10 +46,9 @@ def agent_pids(cluster, pipeline: str, agent: str) -> list[int]:
             continue
         try:
             env = (entry / "environ").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if all(w in env for w in wanted) and stat.rsplit(")", 1)[1].split()[0] != "Z":
+        if all(w in env for w in wanted) and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
