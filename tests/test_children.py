@@ -13,7 +13,7 @@ import pytest
 
 from oneos import children
 from tests.procs import wait_until
-from tests.test_dev import alive
+from tests.procs import process_alive as alive
 
 PARENT = textwrap.dedent("""\
     import signal, sys, threading

@@ -124,18 +124,18 @@ def test_sigterm_with_a_pipeline_running_stops_its_agents_then_the_broker(dev, t
     assert dev.ctl("apply", "-f", str(tmp_path / "forever.yaml")).returncode == 0
 
     def running():
-        items = json.loads(dev.ctl("get", "agents", "-o", "json").stdout)["items"]
-        return sorted(a["agent"] for a in items if a["pipeline"] == "forever" and a["state"] == "Running")
+        statuses = state.read_statuses(NameServer(dev.url), "forever").values()
+        return sorted(s["agent"] for s in statuses if s["state"] == "Running")
 
     wait_until(lambda: running() == ["dst", "mid", "src"], 60, "the pipeline to run")
     everything = descendants(dev.proc.pid)
-    dev.children |= everything
+    dev.children |= set(everything)
     dev.proc.send_signal(signal.SIGTERM)
     # The agents stop while the broker still takes their last bytes: nothing waits on a broker
     # that is gone (that took 30 s, the log flush's limit).
     assert dev.proc.wait(20) == 0
     assert "stopped" in dev.proc.stderr.read()
-    assert [pid for pid in everything if alive(pid)] == []
+    assert [pid for pid in everything if process_alive(pid)] == []
 
 
 def test_kill9_of_dev_leaves_no_child_behind(dev):

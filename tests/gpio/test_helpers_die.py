@@ -11,7 +11,7 @@ import pytest
 from oneos.gpio.sim import SimBoard
 from tests.conftest import running_cluster
 from tests.procs import wait_until
-from tests.test_dev import alive, descendants
+from tests.procs import descendants, process_alive as alive
 
 READER = """\
 apiVersion: oneos/v1

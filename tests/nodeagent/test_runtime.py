@@ -17,7 +17,7 @@ from oneos.nameserver.client import NameServer
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime
 from tests.procs import free_port, wait_until
-from tests.test_dev import alive
+from tests.procs import process_alive as alive
 
 # The kernel agent writes what it sees of the settings, then waits to be stopped.
 REPORT = ("import os, sys, time\n"
