@@ -252,6 +252,11 @@ class NameServer:
                 raise NameServerUnreachable(
                     f"the Name Server at {self.url} did not answer {what} in time; check that it is healthy"
                 ) from None
+            if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+                # The server went away in the middle of its reply (killed, restarted).
+                raise NameServerUnreachable(
+                    f"the Name Server at {self.url} broke off its answer to {what}; check that it is running"
+                ) from None
             raise
         except consul.exceptions.ConsulException as exc:
             status, _, body = str(exc).partition(" ")
