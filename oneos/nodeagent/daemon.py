@@ -121,11 +121,8 @@ class Runtime(Service):
                     raise OneOSError("stopped while waiting for the Name Server") from None
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
-    def start(self) -> None:
-        """Join the cluster; raises OneOSError with a message for people when it cannot."""
-        super().start()
-
     def _launch(self) -> None:
+        """Join the cluster (start() calls it); raises OneOSError with a message for people when it cannot."""
         self.boot = self._read_boot()
         ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
