@@ -3,7 +3,8 @@
 Like Nomad's scheduler: each check asks one question of one node and answers None (fits)
 or a reason; every node a check filters is counted under that check, so an agent that
 fits nowhere says why, e.g. `0/5 nodes: 3 missing label gpio=true, 2 not enough memory
-(64Mi free < 128Mi)`. The checks (CHECKS), in the order they count: the node named,
+(64Mi free < 128Mi)`; when what it asks for is on no node at all (the node it names, a
+label it requires), the reason says just that: `no node n9`, `no node has label gpio=true`. The checks (CHECKS), in the order they count: the node named,
 labels, the label selector (each requirement), devices, one agent of the pipeline per
 node (placement.distinctNodes), memory, cpu.
 
@@ -46,7 +47,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Any, Hashable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Hashable, Iterable, Protocol, Sequence
 
 from oneos import selectors
 from oneos.selectors import Requirement, SelectorError
@@ -447,6 +448,20 @@ def explain(total: int, filtered: Counter) -> str:
     return f"0/{total} nodes: " + ", ".join(parts)
 
 
+def nowhere(demand: Demand, has_node: Callable[[str], bool], has_label: Callable[[str, str], bool]) -> str:
+    """What the demand names that no node has: `no node n9`, `no node has label gpio=true`; "" if none.
+
+    Counting the nodes that fail such a check (`0/3 nodes: 3 not node n9`) would hide the one
+    thing to know: nothing fits until a node with it joins.
+    """
+    parts = []
+    if demand.node is not None and not has_node(demand.node):
+        parts.append(f"no node {demand.node}")
+    parts += [f"no node has label {key}={value}" for key, value in sorted(demand.labels.items())
+              if not has_label(key, value)]
+    return ", ".join(parts)
+
+
 def preference(labels: dict[str, str], demand: Demand) -> int:
     """The sum of the weights of the demand's prefers terms that `labels` match."""
     total = 0
@@ -503,7 +518,9 @@ def place_naive(demand: Demand, nodes: Sequence[NodeInfo], usage: Usage,
         else:
             feasible.append(node)
     if not feasible:
-        return Placement(None, explain(len(nodes), filtered))
+        absent = nowhere(demand, {n.id for n in nodes}.__contains__,
+                         lambda key, value: any(n.labels.get(key) == value for n in nodes))
+        return Placement(None, absent if absent and nodes else explain(len(nodes), filtered))
     spread = spread_counts(demand, {n.id: n.labels for n in nodes}, usage) if demand.spread_by else None
     best = max(feasible, key=lambda n: (score(n, demand, usage, spread), _stable(n.id, demand.key)))
     return Placement(best.id)
@@ -730,6 +747,10 @@ class NodeIndex:
                         found = self._sample(tier, room, tests, seed, sample)
                         if found:
                             return Placement(self.ids[self._best(found, demand, usage)])
+        absent = nowhere(demand, self.position.__contains__,
+                         lambda key, value: value in self.values.get(key, {}))
+        if absent and self.nodes:
+            return Placement(None, absent)
         return Placement(None, explain(len(self.nodes), self._filtered(constraints, demand, usage)))
 
     @staticmethod

@@ -51,8 +51,21 @@ def test_labels_devices_node_and_capacity_filter_and_the_reason_counts_them():
 
     assert place(Demand("p.d", devices=["gpio/D4"]), nodes, Usage()).node == "pi-2"
     assert place(Demand("p.n", node="srv-2"), nodes, Usage()).node == "srv-2"
-    missing = place(Demand("p.n", node="gone"), nodes, Usage())
-    assert missing.node is None and missing.reason == "0/5 nodes: 5 not node gone"
+    full = place(Demand("p.n", node="pi-1", memory=128 * 2**20), nodes, Usage())
+    assert full.reason == "0/5 nodes: 4 not node pi-1, 1 not enough memory (64Mi free < 128Mi)"
+
+
+def test_a_node_or_label_that_no_node_has_is_named_not_counted():
+    nodes = [node("pi-1", {"gpio": "true"}), node("srv-1", {"gpio": "false"}), node("srv-2")]
+    for demand, reason in [(Demand("p.n", node="n9"), "no node n9"),
+                           (Demand("p.g", labels={"gpio": "yes"}), "no node has label gpio=yes"),
+                           (Demand("p.b", node="n9", labels={"room": "shed", "gpio": "true"}),
+                            "no node n9, no node has label room=shed")]:
+        assert place(demand, nodes, Usage()).reason == reason
+        assert place_naive(demand, nodes, Usage()).reason == reason
+    # Nodes that have it but are unsuitable are counted, per reason.
+    assert place(Demand("p.m", node="pi-1", labels={"gpio": "false"}), nodes, Usage()).reason == \
+        "0/3 nodes: 2 not node pi-1, 1 missing label gpio=false"
 
 
 def test_capacity_already_used_counts():
