@@ -364,6 +364,10 @@ def _explain(error: jsonschema.exceptions.ValidationError) -> str:
         if "title" in sub:
             message = f"{error.instance!r} is not a valid {sub['title']}"
         message += f"; {sub['description']}"
+    elif (error.validator == "not" and isinstance(error.validator_value, dict)
+          and list(error.validator_value) == ["required"]):
+        fields = error.validator_value["required"]
+        message = f"{' and '.join(fields)} cannot go together; keep one"
     elif error.validator == "type" and error.instance is None:
         message += "; the field is empty"
     elif error.validator == "type" and "string" in _as_list(error.validator_value) and isinstance(error.instance, (bool, int, float)):

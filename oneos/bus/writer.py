@@ -13,6 +13,7 @@ thread stops reading the child's stdout, the pipe fills, and the child blocks on
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -85,7 +86,8 @@ class StreamWriter:
         return self._closed.is_set()
 
     def pump(self, fd: int, *, eof: bool = True) -> threading.Thread:
-        """Start a thread that sends what `fd` yields until its end; the thread owns and closes `fd`.
+        """Start a thread that sends what `fd` yields until its end (EOF, or EIO from a pseudo-terminal
+        whose other side is closed); the thread owns and closes `fd`.
 
         With `eof` the stream is finished at the end of `fd`; a node agent that may restart
         the process passes False and calls `finish()` once the process is done for good.
@@ -207,7 +209,12 @@ class StreamWriter:
                 ready = {ready_fd for ready_fd, _ in poller.poll()}
                 if self.closed or fd not in ready:
                     break
-                data = os.read(fd, frames.MAX_DATA)
+                try:
+                    data = os.read(fd, frames.MAX_DATA)
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    data = b""   # the master of a pseudo-terminal whose other side is closed: its end
                 if not data:
                     if eof:
                         self.finish()

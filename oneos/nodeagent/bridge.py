@@ -4,7 +4,7 @@
   input stream), through a subscription of this incarnation: a restarted process reads its
   input again from the start (replay, see oneos/bus/reader.py); nothing to read: /dev/null.
 - stdout: every link topic to the agents that read it (and the pipeline's output stream
-  under `oneosctl run`); an agent nobody reads writes its stdout to its log, as systemd
+  under `oneosctl run`; a pipe, or a pseudo-terminal when `oneosctl run` writes to one); an agent nobody reads writes its stdout to its log, as systemd
   sends it to the journal. The stream ends (EOF) only once the agent is done for good, so
   readers do not see an end between two runs of a restarted agent.
 - stderr, and lines about the agent from OneOS: the agent's log topic (one per incarnation,
@@ -76,17 +76,23 @@ class Bridge:
     def stdin_mode(self) -> int:
         return subprocess.PIPE if self.input_topics else subprocess.DEVNULL
 
-    def attach(self, proc: subprocess.Popen) -> None:
-        """Start moving bytes for a process that has just started."""
+    def attach(self, proc: subprocess.Popen, stdout: int | None = None) -> None:
+        """Start moving bytes for a process that has just started.
+
+        `stdout` is where to read its stdout when that is not a pipe of `proc`: the master side
+        of a pseudo-terminal (the bridge owns it; its EIO when the process has closed the
+        terminal is the end of the stream, as EOF is for a pipe).
+        """
         if self.input_topics:
             fd = os.dup(proc.stdin.fileno())
             proc.stdin.close()
             self.reader = StreamReader(self.client, self.input_topics,
                                        topics.subscription(self.agent, self.wire), name=self.key, fd=fd)
             self.reader.start()
-        if proc.stdout is not None:   # else it goes to a device of the node
+        if stdout is None and proc.stdout is not None:
             stdout = os.dup(proc.stdout.fileno())
             proc.stdout.close()
+        if stdout is not None:   # else it goes to a device of the node
             if self.output is not None:
                 self._threads.append(self.output.pump(stdout, eof=False))
             else:

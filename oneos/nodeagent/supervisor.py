@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -58,6 +60,19 @@ def _start_error(program: str, exc: OSError) -> tuple[int, str]:
     if isinstance(exc, PermissionError):
         return 126, f"{program}: permission denied"
     return 126, f"{program}: {exc.strerror}"
+
+
+def open_pty() -> tuple[int, int]:
+    """A pseudo-terminal in raw mode, (master, slave): what is written to the slave is read
+    from the master unchanged (no \\n -> \\r\\n, no echo, no signal characters), as from a pipe."""
+    master, slave = pty.openpty()
+    try:
+        tty.setraw(slave)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
 
 
 def exit_status(returncode: int) -> int:
@@ -164,18 +179,31 @@ class AgentRunner(Service):
         env = self._environment(incarnation)
         started = time.monotonic()
         served = DeviceServer(self.workdir, self.sup.devices, env)
+        terminal: int | None = None      # the master side of the process's stdout, when it is a pseudo-terminal
         try:
             required = self.spec.get("requires", {}).get("devices", [])
             argv = served.argv(argv, required)
             stdin_device = self.spec.get("stdin", {}).get("device")
             stdout_device = self.spec.get("stdout", {}).get("device")
-            self.proc = children.spawn(argv, cwd=self.workdir, env=env,
-                                       stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
-                                       stdout=served.stdout(stdout_device) if stdout_device else subprocess.PIPE,
-                                       stderr=subprocess.PIPE)
+            if stdout_device:
+                stdout = served.stdout(stdout_device)
+            elif self.spec.get("stdout", {}).get("tty"):
+                # As on the terminal of `oneosctl run`: the process sees a terminal and writes each line.
+                terminal, stdout = open_pty()
+            else:
+                stdout = subprocess.PIPE
+            try:
+                self.proc = children.spawn(argv, cwd=self.workdir, env=env,
+                                           stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
+                                           stdout=stdout, stderr=subprocess.PIPE)
+            finally:
+                if terminal is not None:
+                    os.close(stdout)   # the child's end: once the child's copies close, reading gives EIO
             if self.stopping.is_set():
                 self._signal(signal.SIGTERM)   # stopped while it was starting: cancel() saw no process
         except (OSError, DeviceError) as exc:
+            if terminal is not None:
+                os.close(terminal)
             served.close()
             code, message = _start_error(argv[0], exc) if isinstance(exc, OSError) else (126, str(exc))
             bridge.log_line(f"oneos: {message}")
@@ -183,7 +211,7 @@ class AgentRunner(Service):
             return code, message, None
         served.after_start()
         self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
-        bridge.attach(self.proc)
+        bridge.attach(self.proc, stdout=terminal)
         code = exit_status(self.proc.wait())
         served.close()
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
