@@ -299,16 +299,34 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run a shell pipeline across the cluster, as bash would run it here",
         description="Compile PIPELINE, place its stages, stream the last stage's output here byte for byte, "
-                    "and exit with its status, as bash would; the pipeline is deleted afterwards, Ctrl-C too.")
+                    "and exit with its status, as bash would; the pipeline is deleted afterwards. Ctrl-C, "
+                    "SIGTERM and SIGHUP delete it too and exit 128+signal; a pipeline deleted elsewhere ends "
+                    "the run with status 1. On a terminal, the last stage writes to a pseudo-terminal, so "
+                    "its lines come as they are written.")
     p.add_argument("pipeline", metavar="PIPELINE", help="e.g. 'seq 1 100000 | grep 7 | wc -l'")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say on stderr where each stage was placed, once all are running")
+    p.add_argument("--timeout", metavar="DURATION", type=_duration, default=None,
+                   help="give up when a stage has waited this long for a node (Pending), e.g. 30s or 2m: "
+                        "say which and why, delete the pipeline, exit 1 (default: wait until one fits)")
     p.set_defaults(run=cmd_run)
+
+
+def _duration(text: str) -> float:
+    """A positive Go-style duration (30s, 1m30s), in seconds, for argparse."""
+    from oneos.durations import parse_seconds
+    try:
+        seconds = parse_seconds(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration such as 30s, 2m or 1m30s")
+    return seconds
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from oneos.cli.run import run
-    return run(_client(args), args.pipeline, verbose=args.verbose)
+    return run(_client(args), args.pipeline, verbose=args.verbose, timeout=args.timeout)
 
 
 # ---------------------------------------------------------------------- logs

@@ -1,0 +1,68 @@
+"""`oneosctl run`'s own logic, in-process: --timeout's clock, what a terminal marks, the option's checks.
+
+What a user sees of the same behaviours on a real cluster is in tests/e2e/test_run.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from oneos.cli import oneosctl
+from oneos.cli.run import Patience, mark_tty
+from oneos.compiler import compile_pipeline
+from oneos.documents import DocumentError, check
+
+
+def test_every_stage_counts_from_the_start_until_it_is_placed():
+    patience = Patience(5.0, ["a", "b"], now=100.0)
+    patience.observe({}, 101.0)                       # nothing placed yet: no status at all
+    assert patience.deadline() == 105.0
+    assert patience.expired(104.9) == []
+    assert patience.expired(105.0) == ["a", "b"]
+
+    patience.observe({"a": {"state": "Starting"}, "b": {"state": "Pending", "reason": "no node n9"}}, 102.0)
+    assert patience.deadline() == 105.0 and patience.expired(105.0) == ["b"]
+    patience.observe({"a": {"state": "Running"}, "b": {"state": "Running"}}, 103.0)
+    assert patience.deadline() is None and patience.expired(1e9) == []
+
+
+def test_a_stage_pending_again_counts_from_then():
+    patience = Patience(5.0, ["a"], now=0.0)
+    patience.observe({"a": {"state": "Running"}}, 1.0)
+    patience.observe({"a": {"state": "Pending", "reason": "its node n2 was lost, and it fits nowhere else"}}, 60.0)
+    assert patience.deadline() == 65.0
+    assert patience.expired(64.0) == [] and patience.expired(65.0) == ["a"]
+    patience.observe({"a": {"state": "Pending"}}, 62.0)   # still the same spell: it keeps its start
+    assert patience.deadline() == 65.0
+    patience.observe({"a": {"state": "Exited"}}, 63.0)    # done: placed, whatever came next
+    assert patience.deadline() is None
+
+
+def test_only_the_stage_writing_to_the_terminal_gets_one():
+    manifest = compile_pipeline("seq 3 | cat", name="run-t")
+    mark_tty(manifest)
+    assert [a.get("stdout") for a in manifest["spec"]["agents"]] == [None, {"tty": True}]
+    check("pipeline", manifest, "run-t")
+
+    to_file = compile_pipeline("seq 3 | cat > out.txt", name="run-f")
+    mark_tty(to_file)
+    assert to_file["spec"]["agents"][-1]["stdout"] == {"file": "out.txt"}
+
+
+def test_a_terminal_and_a_file_cannot_go_together():
+    manifest = compile_pipeline("seq 3 > out.txt", name="run-x")
+    manifest["spec"]["agents"][0]["stdout"]["tty"] = True
+    with pytest.raises(DocumentError, match=r"stdout: tty and file cannot go together; keep one"):
+        check("pipeline", manifest, "run-x")
+
+
+@pytest.mark.parametrize("given", ["0", "-5s", "5", "soon"])
+def test_timeout_must_be_a_positive_duration(given, capsys):
+    assert oneosctl.main(["--nameserver", "http://127.0.0.1:9", "run", f"--timeout={given}", "seq 3"]) == 2
+    assert f"argument --timeout: '{given}' is not a positive duration such as 30s, 2m or 1m30s" \
+        in capsys.readouterr().err
+
+
+def test_timeout_reads_go_durations():
+    args = oneosctl.build_parser().parse_args(["run", "--timeout", "1m30s", "seq 3"])
+    assert args.timeout == 90.0
