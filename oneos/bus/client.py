@@ -29,18 +29,20 @@ CONNECTION_TIMEOUT = 5.0   # seconds for one TCP connection attempt to a broker
 
 
 def connect(url: str, *, operation_timeout: float = OPERATION_TIMEOUT,
-            connection_timeout: float = CONNECTION_TIMEOUT) -> "pulsar.Client":
+            connection_timeout: float = CONNECTION_TIMEOUT, logger: logging.Logger | None = None) -> "pulsar.Client":
     """A Pulsar client for `url` (pulsar://HOST:PORT or pulsar+ssl://...), logging to stderr.
 
     Creating the client does not connect yet: an unreachable broker shows up as an error
     when the first producer or consumer is created, after `operation_timeout` seconds.
+    `logger`, a Python logger, replaces the stderr one: for a process that leaves with
+    `exit_process` (no interpreter shutdown) and wants to filter what the library says.
     """
     import pulsar   # here, not at the top: ~10 MB that an idle process does without
     if not _URL.match(url):
         raise OneOSError(f"Pulsar URL {url!r} is not pulsar://HOST:PORT or pulsar+ssl://HOST:PORT; "
                          f"fix pulsar.url in the boot record")
     return pulsar.Client(url, operation_timeout_seconds=max(1, round(operation_timeout)),
-                         connection_timeout_ms=int(connection_timeout * 1000), logger=_stderr_logger())
+                         connection_timeout_ms=int(connection_timeout * 1000), logger=logger or _stderr_logger())
 
 
 def close(client: "pulsar.Client") -> None:

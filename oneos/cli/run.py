@@ -22,6 +22,7 @@ is doing stops, and the cleanup runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -187,11 +188,14 @@ class Run:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.signalled: int | None = None
         self.stopping = False          # the cleanup began (or a signal came): signals are only noted
+        self.pulsar_log = _pulsar_logger()
 
     def on_signal(self, signum: int, _frame: Any) -> None:
         """SIGINT, SIGTERM, SIGHUP: stop, once (see the module's doc)."""
         if self.signalled is None:
             self.signalled = signum
+            # What the client library says from now on is about the calls this cut short.
+            self.pulsar_log.disabled = True
             if not self.stopping:
                 self.stopping = True
                 raise Interrupted(signum)
@@ -206,7 +210,7 @@ class Run:
         agents = done.manifest["spec"]["agents"]
         self._follow(Watch.key(self.ns, state.pipeline_key(self.name), retry=False), self._pipeline_event)
         self._follow(Watch.tree(self.ns, f"{state.STATUS}{self.name}.", retry=False), lambda entries: ("statuses", entries))
-        self.client = bus_client.connect(boot["pulsar"]["url"])
+        self.client = bus_client.connect(boot["pulsar"]["url"], logger=self.pulsar_log)
         self._serve_stdout(agents)
         self._serve_stdin(agents)
         last = next(a["name"] for a in agents if "stdout" in a)
@@ -389,9 +393,7 @@ class Run:
         readers_deadline = min(deadline, time.monotonic() + 1.0)
         for reader in readers:
             reader.wait(max(0.0, readers_deadline - time.monotonic()))
-        if self.client is not None and self.signalled is None:
-            # After a signal the process exits next, which closes its connections: closing the client
-            # would cut short a call the signal interrupted, and the library logs that as an error.
+        if self.client is not None:
             work.append(_background(bus_client.close, self.client, "close the Pulsar client"))
         for thread in work:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -412,6 +414,19 @@ class Run:
             _say(f"could not delete {self.name}: {exc}; delete it with `oneosctl delete pipeline {self.name}`")
         finally:
             ns.close()
+
+
+def _pulsar_logger() -> logging.Logger:
+    """Where the Pulsar client library's warnings go: stderr, as `oneosctl: pulsar: ...` lines."""
+    logger = logging.getLogger("oneos.run.pulsar")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("oneosctl: pulsar: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    logger.disabled = False
+    return logger
 
 
 def _background(work: Callable[[Any], Any], arg: Any, name: str) -> threading.Thread:

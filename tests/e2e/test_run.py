@@ -72,9 +72,10 @@ def runs_in_cluster(cluster: Cluster) -> list[str]:
 
 
 def run_with(cluster: Cluster, agent: str, states: tuple[str, ...] = ("Running",)) -> str | None:
-    """The name of the run whose stage `agent` is in one of `states`."""
+    """The name of the run whose stage `agent` is in one of `states` (not that of a run already deleted)."""
+    live = set(runs_in_cluster(cluster))
     return next((s["pipeline"] for s in cluster.statuses_all()
-                 if s["pipeline"].startswith("run-") and s["agent"] == agent and s["state"] in states), None)
+                 if s["pipeline"] in live and s["agent"] == agent and s["state"] in states), None)
 
 
 def test_a_run_whose_pipeline_is_deleted_elsewhere_stops_with_one_line(three_nodes, runs):
