@@ -322,7 +322,7 @@ class Run:
                 self._follow_logs(agents, statuses)
                 self._report_progress(agents, statuses, told)
                 final = statuses.get(last_key, {})
-            if patience:
+            if patience is not None:
                 now = self.clock()
                 by_stage = {stage: statuses.get(state.agent_id(self.name, stage)) for stage in stages}
                 patience.observe(by_stage, now)
@@ -410,7 +410,7 @@ class Run:
         ns = self.ns.clone()    # not the main thread's client: a signal may have cut a request of it short
         try:
             manifests.delete_pipeline(ns, self.name)
-        except OneOSError as exc:
+        except Exception as exc:  # noqa: BLE001 - said in one line, not as a thread's traceback
             _say(f"could not delete {self.name}: {exc}; delete it with `oneosctl delete pipeline {self.name}`")
         finally:
             ns.close()
