@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 
 from oneos.broker import free_port
+from oneos.errors import OneOSError
 from oneos.gpio.sim import SimBoard
+from oneos.paths import shared
 
 BIN = Path(sys.executable).parent
-CONTROLLER = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "controller.py"
+CONTROLLER = "manifests/examples/controller.py"   # shipped with OneOS: oneos.paths.shared finds it
 PIPELINE = "oneos-gpio watch D4 | python3 controller.py | oneos-gpio write D7"
 DEVICE_NODES = {
     "sensor-pi": ("board-a", "gpio/D4: {pin: D4, direction: in}"),
@@ -87,6 +89,7 @@ class Demo:
         return json.loads(done.stdout)["items"] if done.returncode == 0 else []
 
     def start(self) -> None:
+        self.controller = shared(CONTROLLER)   # before anything starts: an install without it fails here
         argv = ["oneosd", "--dev", "--listen", f"127.0.0.1:{self.port}", "demo-node"]
         say(f"$ {shlex.join(argv)} &")
         dev = self.spawn("demo-node", argv, self.env, stdout=subprocess.PIPE, text=True)
@@ -103,8 +106,8 @@ class Demo:
         wait_for("every node to join", lambda: len(self.nodes()) == 3)
 
     def run_pipeline(self) -> None:
-        shutil.copy(CONTROLLER, self.home / "controller.py")
-        say(f"$ cat controller.py\n{CONTROLLER.read_text().strip()}")
+        shutil.copy(self.controller, self.home / "controller.py")
+        say(f"$ cat controller.py\n{self.controller.read_text().strip()}")
         say(f"$ oneosctl run -v '{PIPELINE}' &")
         run = self.spawn("run", ["oneosctl", "run", "-v", PIPELINE], self.env, cwd=self.home,
                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -157,7 +160,7 @@ def main() -> int:
             show(["oneosctl", "run", "-v", "seq 1 100000 | grep 7 | wc -l"], demo.env)
             demo.run_pipeline()
             status = 0
-        except (DemoError, OSError) as exc:
+        except (DemoError, OneOSError, OSError) as exc:
             say(f"demo: {exc}")
         except KeyboardInterrupt:
             say("demo: interrupted")

@@ -16,7 +16,6 @@ import difflib
 import functools
 import json
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from oneos.selectors import SelectorError
 from oneos.selectors import parse as parse_selector
 from oneos.durations import parse_seconds
-from oneos.errors import OneOSError, UsageError
+from oneos.errors import UsageError
+from oneos.paths import shared
 
 __all__ = [
     "DOCUMENTS",
@@ -265,15 +265,6 @@ def dump_yaml(doc: Any) -> str:
 # ---------------------------------------------------------------------- schemas
 
 
-def _schema_dir() -> Path:
-    candidates = [Path(__file__).resolve().parent.parent / "schemas", Path(sys.prefix) / "share" / "oneos" / "schemas"]
-    for candidate in candidates:
-        if (candidate / "agent.schema.json").is_file():
-            return candidate
-    where = " or ".join(str(c) for c in candidates)
-    raise OneOSError(f"cannot find the OneOS JSON Schemas in {where}; reinstall oneos")
-
-
 _FORMATS = jsonschema.FormatChecker(formats=())
 _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
 
@@ -292,7 +283,7 @@ def _is_date_time(value: object) -> bool:
 @functools.cache
 def _schemas() -> tuple[dict[str, dict], referencing.Registry]:
     """Every schema in schemas/, by name, and a registry that resolves $ref between them."""
-    folder = _schema_dir()
+    folder = shared("schemas")
     schemas = {p.name.removesuffix(".schema.json"): json.loads(p.read_text()) for p in sorted(folder.glob("*.schema.json"))}
     registry = referencing.Registry().with_resources(
         (s["$id"], referencing.jsonschema.DRAFT202012.create_resource(s)) for s in schemas.values()

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 import oneos.documents as documents
+from oneos import paths
 from oneos.documents import (
     DOCUMENTS,
     DocumentError,
@@ -27,6 +28,7 @@ from oneos.documents import (
     validate,
 )
 from oneos.durations import parse_seconds
+from oneos.errors import OneOSError
 from oneos.quantities import parse_memory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -573,19 +575,23 @@ def test_greenhouse_controller_answers_each_line_as_it_arrives():
         proc.wait(timeout=10)
 
 
-def test_installed_schemas_are_found_under_sys_prefix(tmp_path, monkeypatch):
-    installed = tmp_path / "prefix" / "share" / "oneos" / "schemas"
+def test_installed_schemas_are_found_beside_the_installed_package(tmp_path, monkeypatch):
+    """A wheel's data files land in PREFIX/share/oneos, PREFIX being where the package was installed:
+    a virtual environment (sys.prefix) or not (`pip install --user`: ~/.local)."""
+    installed = tmp_path / "user" / "share" / "oneos" / "schemas"
     shutil.copytree(REPO / "schemas", installed)
-    monkeypatch.setattr(documents, "__file__", str(tmp_path / "site-packages" / "oneos" / "documents.py"))
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr(paths, "_PACKAGE", tmp_path / "user" / "lib" / "python3.11" / "site-packages" / "oneos")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     for cached in (documents._schemas, documents._validator):
         cached.cache_clear()
     try:
-        assert documents._schema_dir() == installed
+        assert paths.shared("schemas") == installed
         assert problems_of(pipeline(run=[])) == [("spec.agents[0].run", "[] should be non-empty")]
         shutil.rmtree(installed)
-        with pytest.raises(documents.OneOSError, match="cannot find the OneOS JSON Schemas in .*; reinstall oneos"):
-            documents._schema_dir()
+        with pytest.raises(OneOSError) as missing:
+            paths.shared("schemas")
+        assert str(missing.value) == (f"cannot find OneOS's schemas in {installed} or {tmp_path}/venv/share/oneos/schemas; "
+                                      "reinstall oneos")
     finally:
         for cached in (documents._schemas, documents._validator):
             cached.cache_clear()
