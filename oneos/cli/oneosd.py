@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from oneos import dev
+from oneos import __version__, dev
 from oneos.errors import OneOSError, UsageError
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime, setup_logging
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to keep retrying an unreachable Name Server at start (default 60)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"oneosd {__version__}")
     return parser
 
 
