@@ -54,7 +54,8 @@ from oneos.documents import load_file  # noqa: E402
 from oneos.durations import parse_seconds  # noqa: E402
 from oneos.nameserver.client import NameServer  # noqa: E402
 from tests.procs import (BrokerProc, NameServerProc, OneosdProc, Proc, children_by_parent,  # noqa: E402
-                         descendants, run_cli, start_time, stat_fields, wait_until)
+                         descendants, start_time, stat_fields, wait_until)
+from tests.procs import cli as command  # noqa: E402 - sh: a failure raises with its stderr
 
 BIN = Path(sys.executable).parent                 # the venv's console scripts
 PYTHON = os.path.realpath(sys.executable)         # the interpreter itself, not a pyenv shim on PATH
@@ -181,10 +182,8 @@ class Cluster:
         return proc
 
     def ctl(self, *argv: str) -> subprocess.CompletedProcess:
-        done = run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url})
-        if done.returncode != 0:
-            raise RuntimeError(f"oneosctl {' '.join(argv)}: {done.stderr.strip()}")
-        return done
+        """`oneosctl ARGV`; a failure raises, with its stderr."""
+        return command("oneosctl", *argv, env={"ONEOS_NAMESERVER": self.url})
 
     def live_nodes(self) -> set[str]:
         return {n.record["id"] for n in state.read_nodes(self.ns)[0]}

@@ -8,15 +8,13 @@ which wakes on the Name Server's blocking queries as soon as something changes. 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from oneos import state
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
-from tests.procs import NameServerProc, OneosdProc, free_port, run_cli, venv_bin, wait_until
+from tests.procs import ANY_EXIT, NameServerProc, OneosdProc, cli, free_port, run_cli, wait_until
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
 LOCK_DELAY = 3
@@ -137,9 +135,8 @@ class Cluster:
 
     def run(self, line: str, *, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120):
         """`oneosctl run LINE` as a user types it: stdout as bytes, stderr as text."""
-        done = subprocess.run([venv_bin("oneosctl"), "run", line], input=input or b"", capture_output=True,
-                              env=dict(os.environ, ONEOS_NAMESERVER=self.url), cwd=cwd or self.root,
-                              timeout=timeout)
+        done = cli("oneosctl", "run", line, input=input, env={"ONEOS_NAMESERVER": self.url}, cwd=cwd or self.root,
+                   ok_code=ANY_EXIT, timeout=timeout, text=False)
         return done.returncode, done.stdout, done.stderr.decode(errors="replace")
 
     def statuses(self, pipeline: str) -> dict[str, dict]:
@@ -153,8 +150,7 @@ class Cluster:
 
     def ctl_bytes(self, *argv: str) -> bytes:
         """oneosctl's stdout as bytes (for logs, which may be binary)."""
-        return subprocess.run([venv_bin("oneosctl"), *argv], capture_output=True, timeout=60,
-                              env=dict(os.environ, ONEOS_NAMESERVER=self.url)).stdout
+        return cli("oneosctl", *argv, env={"ONEOS_NAMESERVER": self.url}, ok_code=ANY_EXIT, text=False).stdout
 
     def get_nodes(self) -> list[dict]:
         """What `oneosctl get nodes -o json` shows."""

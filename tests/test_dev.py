@@ -16,7 +16,7 @@ import requests
 from oneos import state
 from oneos.nameserver.client import NameServer
 from tests.cluster import Changes
-from tests.procs import descendants, free_port, process_alive, run_cli, venv_bin, wait_until
+from tests.procs import ANY_EXIT, cli, descendants, free_port, process_alive, run_cli, venv_bin, wait_until
 
 
 class Dev:
@@ -168,10 +168,8 @@ def test_a_second_start_reuses_the_cluster_and_keeps_the_boot_record(dev, tmp_pa
 def test_dev_refuses_a_busy_port_with_one_line(tmp_path):
     busy = Dev(tmp_path / "a").start()
     try:
-        done = subprocess.run([venv_bin("oneosd"), "--dev", "--listen", f"127.0.0.1:{busy.port}",
-                               "--data-dir", str(tmp_path / "b"), "other"],
-                              env=dict(os.environ, ONEOS_HOME=str(tmp_path / "home-b")),
-                              capture_output=True, text=True, timeout=60)
+        done = cli("oneosd", "--dev", "--listen", f"127.0.0.1:{busy.port}", "--data-dir", str(tmp_path / "b"), "other",
+                   env={"ONEOS_HOME": str(tmp_path / "home-b")}, ok_code=ANY_EXIT)
         assert done.returncode != 0
         assert "ready" not in done.stdout
         last = done.stderr.strip().splitlines()[-1]
@@ -195,6 +193,6 @@ def test_the_broker_is_a_kernel_agent_kept_running_like_a_unit(dev):
                        "the broker to run again", wake=Changes(ns))
     assert again["pid"] != first["pid"]
     boot = json.loads(dev.ctl("get", "boot", "-o", "json").stdout)
-    done = subprocess.run([venv_bin("oneosctl"), "run", "seq 3 | wc -l"], capture_output=True, timeout=60,
-                          env=dict(dev.env, ONEOS_NAMESERVER=dev.url))
+    done = cli("oneosctl", "run", "seq 3 | wc -l", env=dict(dev.env, ONEOS_NAMESERVER=dev.url), ok_code=ANY_EXIT,
+               text=False)
     assert (done.returncode, done.stdout) == (0, b"3\n"), (done.stderr, boot)

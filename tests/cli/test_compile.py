@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from oneos.compiler import compile_pipeline
+from tests.procs import ANY_EXIT, cli
 
 ONEOSCTL = Path(sys.executable).parent / "oneosctl"
 
 
-def oneosctl(*args: str | bytes, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(ONEOSCTL), *args], cwd=cwd, input=stdin, capture_output=True, text=True,
-                            timeout=60)
+def oneosctl(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    result = cli("oneosctl", *args, cwd=cwd, input=stdin, ok_code=ANY_EXIT)
     assert "Traceback" not in result.stderr
     return result
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ONEOSCTL = Path(sys.executable).parent / "oneosctl"
+from tests.procs import ANY_EXIT, cli
+
 REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """\
@@ -30,7 +30,7 @@ spec:
 
 
 def oneosctl(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(ONEOSCTL), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60)
+    result = cli("oneosctl", *args, cwd=cwd, input=stdin, ok_code=ANY_EXIT)
     assert "Traceback" not in result.stderr
     return result
 

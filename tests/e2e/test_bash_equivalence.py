@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.procs import venv_bin
+from tests.procs import ANY_EXIT, cli
 
 PIPELINES = [
     "seq 1 100000 | grep 7 | wc -l",
@@ -75,8 +75,7 @@ def test_oneosctl_run_equals_bash(three_nodes, workdir, line):
     env = dict(os.environ, ONEOS_NAMESERVER=three_nodes.url)
     expected = subprocess.run(["bash", "-c", line], capture_output=True, cwd=workdir, stdin=subprocess.DEVNULL,
                               timeout=120)
-    done = subprocess.run([venv_bin("oneosctl"), "run", "-v", line], capture_output=True, cwd=workdir,
-                          stdin=subprocess.DEVNULL, env=env, timeout=180)
+    done = cli("oneosctl", "run", "-v", line, cwd=workdir, env=env, ok_code=ANY_EXIT, timeout=180, text=False)
     stderr = done.stderr.decode(errors="replace")
     assert done.stdout == expected.stdout, stderr
     assert done.returncode == expected.returncode, stderr

@@ -22,7 +22,7 @@ import pytest
 from oneos.gpio.sim import SimBoard
 from tests.cluster import SESSION_TTL
 from tests.conftest import running_cluster
-from tests.procs import venv_bin, wait_until
+from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
 
 CONTROLLER = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "controller.py"
 
@@ -128,12 +128,11 @@ def test_dev_paths_name_devices_and_other_dev_paths_stay_the_nodes(boards, tmp_p
         if run.poll() is None:
             run.kill()
 
-    done = subprocess.run([venv_bin("oneosctl"), "run", "-v", "echo 1 > /dev/gpio/D7"], capture_output=True,
-                          text=True, timeout=60, env=dict(os.environ, ONEOS_NAMESERVER=boards.url))
+    done = cli("oneosctl", "run", "-v", "echo 1 > /dev/gpio/D7", env={"ONEOS_NAMESERVER": boards.url},
+               ok_code=ANY_EXIT)
     assert done.returncode == 0 and " echo on a1" in done.stderr, done.stderr
     assert boards.board_b.get("D7") == 1
-    done = subprocess.run([venv_bin("oneosctl"), "run", "cat /dev/null | wc -c"], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, ONEOS_NAMESERVER=boards.url))
+    done = cli("oneosctl", "run", "cat /dev/null | wc -c", env={"ONEOS_NAMESERVER": boards.url}, ok_code=ANY_EXIT)
     assert (done.returncode, done.stdout.strip()) == (0, "0")
 
 

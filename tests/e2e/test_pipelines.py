@@ -10,7 +10,7 @@ import select
 import signal
 import subprocess
 import textwrap
-from tests.procs import venv_bin, wait_until
+from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
 
 
 def placement(stderr: str) -> dict[str, str]:
@@ -21,8 +21,8 @@ def placement(stderr: str) -> dict[str, str]:
 
 def test_run_prints_what_bash_prints_with_each_stage_on_its_own_node(three_nodes):
     line = "seq 1 100000 | grep 7 | wc -l"
-    done = subprocess.run([venv_bin("oneosctl"), "run", "-v", line], capture_output=True, timeout=120,
-                          env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
+    done = cli("oneosctl", "run", "-v", line, env={"ONEOS_NAMESERVER": three_nodes.url}, ok_code=ANY_EXIT,
+               timeout=120, text=False)
     expected = subprocess.run(["bash", "-c", line], capture_output=True)
     assert (done.returncode, done.stdout) == (expected.returncode, expected.stdout) == (0, b"40951\n")
     where = placement(done.stderr.decode())
@@ -159,8 +159,7 @@ def test_a_progress_line_on_a_terminal_only(three_nodes):
         os.close(master)
     assert (done.returncode, done.stdout) == (0, b"done\n")
     assert b"placing and starting stages" in shown and b"\r\x1b[K" in shown, shown
-    piped = subprocess.run([venv_bin("oneosctl"), "run", "sleep 1 | echo done"], stdin=subprocess.DEVNULL,
-                           capture_output=True, env=env, timeout=60)
+    piped = cli("oneosctl", "run", "sleep 1 | echo done", env=env, ok_code=ANY_EXIT, text=False)
     assert (piped.returncode, piped.stdout, piped.stderr) == (0, b"done\n", b"")
 
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from oneos.gpio.sim import SimBoard
-from tests.procs import venv_bin, wait_until
+from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
 
 DEADLINE = 10.0
 
@@ -24,8 +24,9 @@ def gpio_env(board_dir=None) -> dict[str, str]:
 
 
 def gpio(*argv: str, board_dir=None, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([venv_bin("oneos-gpio"), *argv], capture_output=True, text=True, input=input,
-                          env=gpio_env(board_dir), timeout=60, stdin=None if input is not None else subprocess.DEVNULL)
+    # An empty ONEOS_GPIO_SIM is no simulated board, as if unset (whatever this environment has).
+    return cli("oneos-gpio", *argv, env={"ONEOS_GPIO_SIM": str(board_dir) if board_dir is not None else ""},
+               input=input, ok_code=ANY_EXIT)
 
 
 class Stage:

@@ -11,7 +11,7 @@ import yaml
 
 from oneos import state
 from oneos.nodeagent.hardware import detect_labels
-from tests.procs import OneosdProc, free_port, venv_bin, wait_until
+from tests.procs import ANY_EXIT, OneosdProc, cli, free_port, venv_bin, wait_until
 
 
 def node(cluster, node_id):
@@ -98,9 +98,7 @@ def test_a_config_file_is_read(cluster, tmp_path):
 
 
 def run_oneosd(home, *argv, nameserver):
-    return subprocess.run([venv_bin("oneosd"), *argv], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, env=dict(os.environ, ONEOS_HOME=str(home),
-                                                             ONEOS_NAMESERVER=nameserver))
+    return cli("oneosd", *argv, env={"ONEOS_HOME": str(home), "ONEOS_NAMESERVER": nameserver}, ok_code=ANY_EXIT)
 
 
 def test_an_invalid_config_file_is_one_line_naming_file_and_field(cluster, tmp_path):
