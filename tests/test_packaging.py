@@ -1,0 +1,106 @@
+"""OneOS as `pip install .` leaves it: the wheel, not the source tree, in a fresh virtual environment.
+
+The wheel is built and installed offline (--no-index, no build isolation: this venv's setuptools
+builds it). The fresh environment gets the dependencies already installed here through a .pth
+file naming this environment's site-packages: only a site folder's own .pth files run, so the
+editable install of oneos here (an import hook started by a .pth in that folder) stays out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import oneos
+from tests.procs import Proc, cli
+
+REPO = Path(__file__).resolve().parent.parent
+# What the build reads: the package, its metadata and the data files shipped with it.
+SOURCES = ["pyproject.toml", "README.md", "oneos", "schemas", "manifests"]
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A fresh virtual environment with the wheel of this tree installed; its bin folder."""
+    root = tmp_path_factory.mktemp("packaging")
+    src = root / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    cli(*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "--check-build-dependencies",
+        "--quiet", "--wheel-dir", str(root / "dist"), str(src), cwd=root, timeout=120)
+    [wheel] = (root / "dist").glob("*.whl")
+    assert wheel.name == f"oneos-{oneos.__version__}-py3-none-any.whl"   # the version --version prints
+
+    fresh = root / "venv"
+    cli(sys.executable, "-m", "venv", "--without-pip", str(fresh), timeout=60)
+    python = fresh / "bin" / "python"
+    here = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    # pip itself comes from this environment (ensurepip would take seconds); --ignore-installed:
+    # the oneos installed here, which pip sees on that path, is neither uninstalled nor reused.
+    cli(str(python), *pip[1:], "install", "--no-deps", "--no-index", "--ignore-installed", "--quiet", str(wheel),
+        env={"PYTHONPATH": os.pathsep.join(here)}, cwd=root, timeout=120)
+    site_packages = Path(cli(str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
+                             cwd=root).stdout.strip())
+    (site_packages / "dependencies-of-the-test-environment.pth").write_text("\n".join(here) + "\n")
+    return fresh / "bin"
+
+
+@pytest.fixture
+def outside(tmp_path, venv) -> dict:
+    """Where a user would type: a folder outside the repository, this environment's bin off PATH."""
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != Path(sys.executable).parent]
+    return {"cwd": tmp_path, "env": {"PATH": os.pathsep.join([str(venv), *path]), "PYTHONPATH": "",
+                                     "ONEOS_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}}
+
+
+@pytest.fixture
+def started():
+    """Processes a test starts; each is stopped (with its process group) even when the test fails."""
+    procs: list[Proc] = []
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+def test_the_installed_package_is_the_wheel_not_the_source_tree(venv, outside):
+    where = cli(str(venv / "python"), "-c", "import oneos, oneos.paths as p; print(oneos.__file__); "
+                "print(p.shared('schemas')); print(p.shared('manifests/init.yaml'))", **outside).stdout.split()
+    installed = str(venv.parent)
+    assert [w.startswith(installed) for w in where] == [True, True, True], where
+    assert where[1:] == [f"{installed}/share/oneos/schemas", f"{installed}/share/oneos/manifests/init.yaml"]
+    # Every schema and manifest of the repository is shipped.
+    shipped = {str(p.relative_to(venv.parent / "share" / "oneos")) for p in (venv.parent / "share" / "oneos").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped == {str(p.relative_to(REPO)) for folder in ("schemas", "manifests") for p in (REPO / folder).rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_the_commands_say_their_version(venv, outside):
+    assert cli(str(venv / "oneosctl"), "--version", **outside).stdout == f"oneosctl {oneos.__version__}\n"
+    assert cli(str(venv / "oneosd"), "--version", **outside).stdout == f"oneosd {oneos.__version__}\n"
+
+
+def test_the_demo_runs_from_the_wheel(venv, outside, started):
+    demo = Proc([str(venv / "python"), "-m", "oneos.demo"], outside["cwd"] / "demo.log", **outside)
+    started.append(demo.start())
+    try:
+        code = demo.popen.wait(240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"python -m oneos.demo did not finish within 240s:\n{demo.log()}")
+    out = demo.log()
+    assert code == 0, out
+    assert "$ cat controller.py\n" in out
+    assert re.findall(r"D7 on actuator-pi is now (\d), \d+ ms after D4 changed", out) == ["1", "0", "1", "0"], out
+    assert "demo: done; every process stopped" in out
