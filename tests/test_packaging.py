@@ -8,12 +8,15 @@ editable install of oneos here (an import hook started by a .pth in that folder)
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,22 @@ def test_the_demo_runs_from_the_wheel(venv, outside, started):
     assert "$ cat controller.py\n" in out
     assert re.findall(r"D7 on actuator-pi is now (\d), \d+ ms after D4 changed", out) == ["1", "0", "1", "0"], out
     assert "demo: done; every process stopped" in out
+
+
+def distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_declared_dependency_is_imported_by_oneos_and_every_import_is_declared():
+    declared = {distribution(re.split(r"[<>=!~;\[ ]", req)[0])
+                for req in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported = set()
+    for path in (REPO / "oneos").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    providers = importlib.metadata.packages_distributions()
+    third_party = imported - set(sys.stdlib_module_names) - {"oneos"}
+    assert {distribution(d) for module in third_party for d in providers.get(module, [module])} == declared
