@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import re
 import uuid
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ class Applied:
     outcome: str              # created | configured | unchanged
     manifest: dict[str, Any]
     previous: dict[str, Any] | None = None    # the stored manifest before this apply; None when created
+    replaced: str | None = None               # why the stored manifest it replaced could not be used, if so
 
 
 def _client_files(manifest: dict[str, Any]) -> list[str]:
@@ -75,13 +79,23 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
     digests = {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}
 
     _, entry = ns.get(state.pipeline_key(name))
-    current = state.decode(entry, "pipeline") if entry else None
+    current, replaced = None, None
+    if entry is not None:
+        try:
+            current = state.decode_pipeline(entry)
+        except DocumentError as exc:
+            replaced = str(exc)
     meta = doc["metadata"]
     for server_set in ("uid", "generation", "createdAt", "fileDigests"):
         meta.pop(server_set, None)
     if digests:
         meta["fileDigests"] = digests
-    if current is None:
+    if replaced is not None:
+        # The stored manifest cannot be used (written by hand, or by an older version): this one replaces
+        # it, keeping what can be kept of its identity, so that agents whose work is the same run on.
+        meta.update({"createdAt": state.utcnow(), **_salvaged(entry, name)})
+        outcome = "configured"
+    elif current is None:
         meta.update(uid=uuid.uuid4().hex, generation=1, createdAt=state.utcnow())
         outcome = "created"
     else:
@@ -96,13 +110,36 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
                        if k in meta}
     check("pipeline", doc, f"pipeline {name}")
     if dry_run:
-        return Applied(name, outcome, doc, current)
+        return Applied(name, outcome, doc, current, replaced)
     for data in files.values():
         ns.put(state.blob_key(hashlib.sha256(data).hexdigest()), data)
     if not state.put_document(ns, state.pipeline_key(name), "pipeline", doc,
                               cas=entry.modify_index if entry else 0):
         raise OneOSError(f"pipeline {name} was changed by someone else while it was being applied; apply again")
-    return Applied(name, outcome, doc, current)
+    return Applied(name, outcome, doc, current, replaced)
+
+
+def _salvaged(entry: Any, name: str) -> dict[str, Any]:
+    """uid, generation (+1) and createdAt of a stored manifest that cannot be used, those that are valid;
+    a new uid when its own is not, or when it is named for another pipeline (whose uid it would share)."""
+    try:
+        meta = json.loads(entry.value or b"").get("metadata")
+    except (ValueError, AttributeError):
+        meta = None
+    meta = meta if isinstance(meta, dict) and meta.get("name") == name else {}
+    kept: dict[str, Any] = {"uid": uuid.uuid4().hex, "generation": 1}
+    if isinstance(meta.get("uid"), str) and re.fullmatch(r"[0-9a-f]{32}", meta["uid"]):
+        kept["uid"] = meta["uid"]
+    if isinstance(meta.get("generation"), int) and not isinstance(meta["generation"], bool) \
+            and meta["generation"] >= 1:
+        kept["generation"] = meta["generation"] + 1
+    created = meta.get("createdAt")
+    try:
+        if isinstance(created, str) and datetime.fromisoformat(created.replace("Z", "+00:00")).tzinfo is not None:
+            kept["createdAt"] = created
+    except ValueError:
+        pass
+    return kept
 
 
 def _refuse_init_name(ns: NameServer, name: str) -> None:
@@ -122,11 +159,20 @@ def _refuse_init_name(ns: NameServer, name: str) -> None:
 
 
 def read_pipeline(ns: NameServer, name: str) -> dict[str, Any]:
-    """A stored pipeline; OneOSError naming it when there is none."""
+    """A stored pipeline; OneOSError naming it when there is none, DocumentError saying why it cannot be used."""
     _, entry = ns.get(state.pipeline_key(name))
     if entry is None:
         raise OneOSError(f"pipeline {name!r} not found; `oneosctl get pipelines` lists them")
-    return state.decode(entry, "pipeline")
+    return state.decode_pipeline(entry)
+
+
+def read_invalid_mark(ns: NameServer, name: str) -> dict[str, Any] | None:
+    """What the controller recorded of a pipeline whose stored manifest cannot be used, if anything."""
+    _, entry = ns.get(state.invalid_key(name))
+    try:
+        return state.decode(entry, "invalid") if entry else None
+    except DocumentError:
+        return None
 
 
 def delete_pipeline(ns: NameServer, name: str) -> bool:
@@ -138,6 +184,7 @@ def delete_pipeline(ns: NameServer, name: str) -> bool:
     return True
 
 
-def list_pipelines(ns: NameServer) -> list[dict[str, Any]]:
-    _, docs, _ = state.read_documents(ns, state.PIPELINES, "pipeline")
-    return [docs[k] for k in sorted(docs)]
+def list_pipelines(ns: NameServer) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every usable stored pipeline, by name; and name -> why, for each one that cannot be used."""
+    docs, problems = state.read_pipelines(ns)
+    return [docs[k] for k in sorted(docs)], problems

@@ -28,6 +28,12 @@ ASSIGN = PREFIX + "assign/"
 STATUS = PREFIX + "status/"
 BLOBS = PREFIX + "blobs/"
 DEVICES = PREFIX + "devices/"
+#: Pipelines whose stored manifest cannot be used, and why: written and removed by the controller.
+INVALID = PREFIX + "invalid/"
+#: Each node's last session renewal, held by its session: not under a prefix the controller watches.
+HEARTBEATS = PREFIX + "heartbeats/"
+#: The metadata OneOS sets when a pipeline is applied: a stored manifest without one is unusable.
+SERVER_SET = ("uid", "generation", "createdAt")
 
 
 def node_key(node_id: str) -> str:
@@ -36,6 +42,14 @@ def node_key(node_id: str) -> str:
 
 def pipeline_key(name: str) -> str:
     return PIPELINES + name
+
+
+def invalid_key(name: str) -> str:
+    return INVALID + name
+
+
+def heartbeat_key(node_id: str) -> str:
+    return HEARTBEATS + node_id
 
 
 def agent_id(pipeline: str, agent: str) -> str:
@@ -96,8 +110,14 @@ def device_key(device: str) -> str:
 
 def read_devices(ns: NameServer) -> dict[str, dict[str, Any]]:
     """device (KIND/NAME) -> its registration: which node has it."""
-    _, docs, _ = read_documents(ns, DEVICES, "device")
-    return {key[len(DEVICES):]: doc for key, doc in docs.items()}
+    return read_devices_and_problems(ns)[0]
+
+
+def read_devices_and_problems(ns: NameServer) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """device -> its registration, and device -> why, for each registration that is not valid."""
+    _, docs, problems = read_documents(ns, DEVICES, "device")
+    return ({key[len(DEVICES):]: doc for key, doc in docs.items()},
+            {key[len(DEVICES):]: why for key, why in problems.items()})
 
 
 def blob_key(digest: str) -> str:
@@ -119,6 +139,34 @@ def decode(entry: Entry, schema: str) -> Any:
     except ValueError as exc:
         raise DocumentError(f"{entry.key}: not valid JSON ({exc})") from None
     return check(schema, value, entry.key)
+
+
+def decode_pipeline(entry: Entry) -> dict[str, Any]:
+    """A stored Pipeline manifest, parsed and checked as the controller needs it: valid against its
+    schema, named as its key, with every field OneOS sets on apply; DocumentError says what is wrong."""
+    doc = decode(entry, "pipeline")
+    name = entry.key[len(PIPELINES):]
+    if doc["metadata"]["name"] != name:
+        raise DocumentError(f"{entry.key}: metadata.name is {doc['metadata']['name']!r}, not {name!r} as its key")
+    missing = [f"metadata.{field}" for field in SERVER_SET if field not in doc["metadata"]]
+    if missing:
+        raise DocumentError(f"{entry.key}: {', '.join(missing)} missing: OneOS sets "
+                            f"{'it' if len(missing) == 1 else 'them'} when a pipeline is applied "
+                            "(was it written by hand, or by an older version?)")
+    return doc
+
+
+def read_pipelines(ns: NameServer) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """name -> every usable stored pipeline, and name -> why each other one cannot be used."""
+    _, entries = ns.get_tree(PIPELINES)
+    docs, problems = {}, {}
+    for entry in entries:
+        name = entry.key[len(PIPELINES):]
+        try:
+            docs[name] = decode_pipeline(entry)
+        except DocumentError as exc:
+            problems[name] = str(exc)
+    return docs, problems
 
 
 def put_document(ns: NameServer, key: str, schema: str, doc: Any, **kwargs: Any) -> bool:
@@ -219,30 +267,42 @@ def read_leader(ns: NameServer) -> dict[str, Any] | None:
         return None
 
 
-def read_documents(ns: NameServer, prefix: str, schema: str) -> tuple[int, dict[str, Any], list[str]]:
-    """Every valid document under a prefix (key -> document), and one line per invalid one."""
+def read_documents(ns: NameServer, prefix: str, schema: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Every valid document under a prefix (key -> document), and key -> why, for each invalid one."""
     index, entries = ns.get_tree(prefix)
-    docs, problems = {}, []
+    docs, problems = {}, {}
     for entry in entries:
         try:
             docs[entry.key] = decode(entry, schema)
         except DocumentError as exc:
-            problems.append(str(exc))
+            problems[entry.key] = str(exc)
     return index, docs, problems
 
 
 def read_assignments(ns: NameServer) -> dict[str, tuple[str, dict[str, Any]]]:
     """agent id -> (node id, assignment), for every assignment in the cluster."""
-    _, docs, _ = read_documents(ns, ASSIGN, "assignment")
+    return read_assignments_and_problems(ns)[0]
+
+
+def read_assignments_and_problems(ns: NameServer) -> tuple[dict[str, tuple[str, dict[str, Any]]], dict[str, str]]:
+    """agent id -> (node id, assignment), and key -> why, for each assignment that is not valid."""
+    _, docs, problems = read_documents(ns, ASSIGN, "assignment")
     found = {}
     for key, doc in docs.items():
         node_id, _, agent_key = key[len(ASSIGN):].partition("/")
         found[agent_key] = (node_id, doc)
-    return found
+    return found, problems
 
 
 def read_statuses(ns: NameServer, pipeline: str | None = None) -> dict[str, dict[str, Any]]:
     """agent id -> status, for one pipeline or all."""
+    return read_statuses_and_problems(ns, pipeline)[0]
+
+
+def read_statuses_and_problems(ns: NameServer, pipeline: str | None = None
+                               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """agent id -> status, and agent id -> why, for each status that is not valid (one pipeline or all)."""
     prefix = STATUS + (f"{pipeline}." if pipeline else "")
-    _, docs, _ = read_documents(ns, prefix, "status")
-    return {key[len(STATUS):]: doc for key, doc in docs.items()}
+    _, docs, problems = read_documents(ns, prefix, "status")
+    return ({key[len(STATUS):]: doc for key, doc in docs.items()},
+            {key[len(STATUS):]: why for key, why in problems.items()})

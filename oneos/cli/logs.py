@@ -72,8 +72,10 @@ def _more(reader: pulsar.Reader) -> bool:
 
 def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bool) -> int:
     pipeline, agent = resolve(ns, name)
-    uid = manifests.read_pipeline(ns, pipeline)["metadata"]["uid"]
     status = _status(ns, pipeline, agent)
+    # The log streams are named by the uid of what ran, which the status has: the stored manifest may have
+    # changed since, or be unreadable.
+    uid = status.get("uid") or manifests.read_pipeline(ns, pipeline)["metadata"]["uid"]
     incarnation = status.get("incarnation", 0) - (1 if previous else 0)
     if incarnation < 1:
         raise OneOSError(f"{pipeline}/{agent} has {'no previous run' if previous else 'not started yet'}"

@@ -162,6 +162,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         where = agents_where(ns, doc["metadata"]["name"]) if detailed else {}
         done = manifests.apply_pipeline(ns, doc, base, dry_run=args.dry_run)
         print(f"pipeline/{done.name} {done.outcome}{' (dry run)' if args.dry_run else ''}")
+        if done.replaced:
+            print(f"{PROG}: pipeline {done.name}: {'would replace' if args.dry_run else 'replaced'} its stored "
+                  f"manifest, which could not be used: {done.replaced}", file=sys.stderr)
         if detailed and done.outcome != "unchanged":
             change = diff.diff_pipelines(done.previous, done.manifest)
             for line in change.change_lines() + change.plan_lines(where):
@@ -192,9 +195,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ns = _client(args)
     status = 0
     if args.resource.startswith("device"):
-        registered = state.read_devices(ns)
+        registered, bad = state.read_devices_and_problems(ns)
         for name in args.names:
-            if name in registered:
+            if name in registered or name in bad:
                 ns.delete(state.device_key(name))   # its node registers it again when it starts
                 print(f"device/{name} deleted")
             else:
@@ -223,19 +226,25 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     ns = _client(args)
-    doc = manifests.read_pipeline(ns, args.name)
+    try:
+        doc = manifests.read_pipeline(ns, args.name)
+    except DocumentError as exc:
+        return _describe_invalid(ns, args.name, str(exc))
     meta, spec = doc["metadata"], doc["spec"]
-    statuses = state.read_statuses(ns, args.name)
+    statuses, bad = state.read_statuses_and_problems(ns, args.name)
     lines = [f"Name:         {meta['name']}", f"UID:          {meta['uid']}",
              f"Generation:   {meta['generation']}", f"Created:      {meta['createdAt']} ({output.age(meta['createdAt'])} ago)",
              f"Status:       {pipeline_phase(doc, statuses)}", "Agents:"]
     rows = []
     notes = []
     for agent in spec["agents"]:
-        st = statuses.get(state.agent_id(meta["name"], agent["name"]), {})
+        key = state.agent_id(meta["name"], agent["name"])
+        st = statuses.get(key, {})
         rows.append([agent["name"], st.get("node", "<none>"), agent_state(st), restarts(st), last_exit(st),
                      output.command(agent["run"])])
-        if st.get("reason"):
+        if key in bad:
+            notes.append(f"  {agent['name']}: its status cannot be read: {bad[key]}")
+        elif st.get("reason"):
             hint = f"; see `{PROG} logs {meta['name']}/{agent['name']}`" if st["state"] == "Failed" else ""
             notes.append(f"  {agent['name']}: {st['state']}: {st['reason']}{hint}")
     lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "COMMAND"],
@@ -245,6 +254,27 @@ def cmd_describe(args: argparse.Namespace) -> int:
     links = spec.get("links", [])
     lines.append("Links:" + ("" if links else "        <none>"))
     lines += [f"  {link['from']} -> {link['to']}" for link in links]
+    print("\n".join(lines))
+    return 0
+
+
+def _describe_invalid(ns: NameServer, name: str, why: str) -> int:
+    """describe of a pipeline whose stored manifest cannot be used: its name, why, what to do, and what
+    is known of its agents from their statuses."""
+    mark = manifests.read_invalid_mark(ns, name)
+    lines = [f"Name:         {name}", "Status:       Invalid",
+             f"Reason:       {mark['reason'] if mark else why}"]
+    lines.append(f"Since:        {mark['since']} ({output.age(mark['since'])} ago)" if mark else
+                 "Since:        (the controller has not marked it yet)")
+    lines.append(f"Fix:          apply its manifest again (`{PROG} apply -f FILE`), or delete it "
+                 f"(`{PROG} delete pipeline {name}`)")
+    statuses = state.read_statuses(ns, name)
+    rows = [[st["agent"], st.get("node", "<none>"), agent_state(st), restarts(st), last_exit(st)]
+            for _, st in sorted(statuses.items())]
+    lines.append("Agents:" + ("" if rows else "       <none>"))
+    if rows:
+        lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT"],
+                                                       rows).splitlines()]
     print("\n".join(lines))
     return 0
 
@@ -366,16 +396,34 @@ def cmd_get(args: argparse.Namespace) -> int:
     return GETTERS[args.resource](_client(args), args.output, args.names)
 
 
-def _select(kind: str, items: list[dict[str, Any]], names: list[str], matches: Callable[[dict, str], bool]
-            ) -> list[dict[str, Any]]:
-    """The items that some name matches (all of them without names); OneOSError for a name that matches none."""
+def _select(kind: str, items: list[dict[str, Any]], names: list[str], matches: Callable[[dict, str], bool],
+            unreadable: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The items that some name matches (all of them without names); OneOSError for a name that matches none
+    (nor any of `unreadable`, the names that matched something that could not be read)."""
     if not names:
         return items
-    missing = [n for n in names if not any(matches(item, n) for item in items)]
+    missing = [n for n in names if n not in unreadable and not any(matches(item, n) for item in items)]
     if missing:
         raise OneOSError(f"{kind} {', '.join(repr(n) for n in missing)} not found; "
                          f"`oneosctl get {kind}s` lists them")
     return [item for item in items if any(matches(item, n) for n in names)]
+
+
+def _unreadable(what: str, hint: str, problems: dict[str, str], names: list[str],
+                matches: Callable[[str, str], bool] = str.__eq__) -> list[str]:
+    """One stderr line per stored document that cannot be read (`problems`: its name -> why; only those
+    some name matches, if names are given): `what` and `hint` with {name} in them say what it is and
+    what to do; the names that matched one."""
+    for name, why in sorted(problems.items()):
+        if not names or any(matches(name, n) for n in names):
+            print(f"{PROG}: {what.format(name=name)} cannot be read: {why}; {hint.format(name=name)}",
+                  file=sys.stderr)
+    return [n for n in names if any(matches(name, n) for name in problems)]
+
+
+def _shown_none(unreadable: list[str], items: list[dict[str, Any]], matches: Callable[[dict, str], bool]) -> int:
+    """The exit status of a `get`: 1 when a name given matched nothing that could be read, else 0."""
+    return 1 if any(not any(matches(item, n) for item in items) for n in unreadable) else 0
 
 
 def _print_structured(list_kind: str, items: list[dict[str, Any]], names: list[str], fmt: str) -> None:
@@ -387,12 +435,14 @@ def _print_structured(list_kind: str, items: list[dict[str, Any]], names: list[s
 
 
 def _show(list_kind: str, items: list[dict[str, Any]], names: list[str], fmt: str, empty: str,
-          headers: list[str], rows: Callable[[], list[list[Any]]]) -> int:
-    """What every `get` prints: the documents (json, yaml), or `empty` on stderr, or the table of `rows()`."""
+          headers: list[str], rows: Callable[[], list[list[Any]]], quiet: bool = False) -> int:
+    """What every `get` prints: the documents (json, yaml), or `empty` on stderr (not when `quiet`: lines
+    about unreadable ones said enough), or the table of `rows()`."""
     if fmt != "table":
         _print_structured(list_kind, items, names, fmt)
     elif not items:
-        print(empty, file=sys.stderr)
+        if not quiet:
+            print(empty, file=sys.stderr)
     else:
         sys.stdout.write(output.table(headers, rows()))
     return 0
@@ -420,7 +470,9 @@ def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
 
 
 def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
-    docs = _select("pipeline", manifests.list_pipelines(ns), names, lambda d, n: d["metadata"]["name"] == n)
+    stored, problems = manifests.list_pipelines(ns)
+    unreadable = _unreadable("pipeline {name}", f"`{PROG} describe pipeline {{name}}` says more", problems, names)
+    docs = _select("pipeline", stored, names, lambda d, n: d["metadata"]["name"] == n, unreadable)
 
     def rows() -> list[list[Any]]:
         statuses = state.read_statuses(ns)
@@ -433,32 +485,41 @@ def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
             table.append([name, f"{running}/{len(agents)}", pipeline_phase(doc, statuses),
                           output.age(doc["metadata"]["createdAt"])])
         return table
-    return _show("PipelineList", docs, names, fmt, f"No pipelines on the cluster at {ns.url}.",
-                 ["NAME", "RUNNING", "STATUS", "AGE"], rows)
+    return _show("PipelineList", docs, [n for n in names if n not in unreadable], fmt,
+                 f"No pipelines on the cluster at {ns.url}.", ["NAME", "RUNNING", "STATUS", "AGE"], rows,
+                 quiet=bool(problems)) or _shown_none(unreadable, docs, lambda d, n: d["metadata"]["name"] == n)
 
 
 def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
-    statuses = state.read_statuses(ns)
+    statuses, bad = state.read_statuses_and_problems(ns)
+    named = lambda agent, n: n in (agent.partition("/")[0], agent)   # noqa: E731 - PIPELINE/AGENT or PIPELINE
+    unreadable = _unreadable("the status of agent {name}", "its node rewrites it when the agent's state changes",
+                             {k.replace(".", "/", 1): why for k, why in bad.items()}, names, named)
     items = _select("agent", [statuses[k] for k in sorted(statuses)], names,
-                    lambda st, n: n in (st["pipeline"], f"{st['pipeline']}/{st['agent']}"))
+                    lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n), unreadable)
     # Only PIPELINE/AGENT names one agent: a pipeline's name lists its agents.
-    return _show("AgentList", items, [n for n in names if "/" in n], fmt, f"No agents on the cluster at {ns.url}.",
-                 ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"],
+    return _show("AgentList", items, [n for n in names if "/" in n and n not in unreadable], fmt,
+                 f"No agents on the cluster at {ns.url}.", ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"],
                  lambda: [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st),
                            restarts(st), last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"]
-                          for st in items])
+                          for st in items], quiet=bool(bad)) or _shown_none(
+        unreadable, items, lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n))
 
 
 def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
-    registered = state.read_devices(ns)
-    items = _select("device", [registered[k] for k in sorted(registered)], names, lambda d, n: d["device"] == n)
+    registered, bad = state.read_devices_and_problems(ns)
+    unreadable = _unreadable("the registration of device {name}", "its node registers it again when it starts; "
+                             f"`{PROG} delete device {{name}}` removes it", bad, names)
+    items = _select("device", [registered[k] for k in sorted(registered)], names, lambda d, n: d["device"] == n,
+                    unreadable)
 
     def rows() -> list[list[Any]]:
         alive = {n.record["id"] for n in state.read_nodes(ns)[0]}
         return [[d["device"], d["node"], "Ready" if d["node"] in alive else "NodeDown", _pairs(d["settings"])]
                 for d in items]
-    return _show("DeviceList", items, names, fmt, f"No devices registered on the cluster at {ns.url}.",
-                 ["DEVICE", "NODE", "STATE", "SETTINGS"], rows)
+    return _show("DeviceList", items, [n for n in names if n not in unreadable], fmt,
+                 f"No devices registered on the cluster at {ns.url}.", ["DEVICE", "NODE", "STATE", "SETTINGS"], rows,
+                 quiet=bool(bad)) or _shown_none(unreadable, items, lambda d, n: d["device"] == n)
 
 
 GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {

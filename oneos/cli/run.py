@@ -39,6 +39,7 @@ from oneos.bus import topics
 from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
 from oneos.compiler import compile_pipeline
+from oneos.documents import DocumentError
 from oneos.durations import format_ns
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
@@ -318,7 +319,7 @@ class Run:
             if kind == "closed":
                 raise BrokenPipeError("the reader of this stdout has gone")   # oneosctl exits 141, quietly
             if kind == "statuses":
-                statuses = {entry.key[len(state.STATUS):]: state.decode(entry, "status") for entry in value}
+                statuses = _readable(value)
                 self._follow_logs(agents, statuses)
                 self._report_progress(agents, statuses, told)
                 final = statuses.get(last_key, {})
@@ -460,3 +461,14 @@ def run(ns: NameServer, line: str, *, verbose: bool = False, timeout: float | No
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _readable(entries: list[Any]) -> dict[str, dict[str, Any]]:
+    """agent id -> status, of the entries that can be read (an unreadable one is rewritten by its node)."""
+    statuses = {}
+    for entry in entries:
+        try:
+            statuses[entry.key[len(state.STATUS):]] = state.decode(entry, "status")
+        except DocumentError:
+            pass
+    return statuses

@@ -35,10 +35,10 @@ from typing import Any, Callable
 
 from oneos import state
 from oneos.controller.scheduler import STATIC_CHECKS, Demand, NodeIndex, Usage
-from oneos.controller.view import ClusterView
+from oneos.controller.view import ClusterView, bad_assignment
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
-from oneos.nameserver.client import NameServer, TxnConflict, kv_op
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 
 log = logging.getLogger("oneos.controller")
 
@@ -186,6 +186,20 @@ def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> 
     for key, (node_id, _) in mine.items():
         if key not in wanted:
             plan.stop.append(Stop(key, node_id, gone))
+    # An assignment that is not valid runs nothing (its node ignores it): remove it, or, for a wanted
+    # agent that has no valid one, place the agent anew in its stead.
+    replace: dict[str, str] = {}
+    for full_key, why in sorted(view.bad_assignments.items()):
+        node_id, key = bad_assignment(full_key)
+        if state.split_agent_id(key)[0] != name:
+            continue
+        if key in wanted and key not in mine and key not in replace:
+            replace[key] = node_id
+        else:
+            plan.stop.append(Stop(key, node_id, f"its assignment is invalid ({why})"))
+    for key, why in sorted(view.bad_statuses.items()):
+        if state.split_agent_id(key)[0] == name and key not in wanted:
+            plan.forget.append(Forget(key, f"{gone}, and its status is invalid ({why})"))
     # Statuses no node will remove are ours: those of agents that are not wanted (so not placed
     # after this plan) and either Pending or Lost (no node has them) or on a node that is gone.
     for key, status in view.statuses.items():
@@ -200,6 +214,10 @@ def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> 
 
     for key, doc in wanted.items():
         current = mine.get(key)
+        if current is None and key in replace:
+            _place(plan, view, manifest, key, doc, f"its assignment on {replace[key]} is invalid",
+                   node=replace[key])
+            continue
         if current is None:
             _place(plan, view, manifest, key, doc, "not placed yet")
             continue
@@ -376,21 +394,52 @@ def pending_status(current: dict[str, Any] | None, pending: Pending) -> dict[str
 
 # --------------------------------------------------------------------- the pass
 
-def run_pass(view: ClusterView, writes: Writes) -> None:
+def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.utcnow) -> None:
     """Reconcile, place and write every pipeline of `view`; an error in one does not stop the others
-    (NotLeader stops all)."""
+    (NotLeader, or the Name Server out of reach, stops all).
+
+    A pipeline whose stored manifest cannot be used is marked Invalid with the reason (see
+    `mark_invalid`) and its agents are left as they are."""
     if view.init_error:
         log.error("kernel agents: %s", view.init_error)
     placer = Placer(view)
     for name in sorted(view.pipeline_names()):
-        manifest = view.desired(name)
-        if manifest is None and name in view.invalid:
-            log.error("pipeline %s: stored manifest is invalid, leaving it alone: %s", name, view.invalid[name])
-            continue
         try:
-            write(placer.place(reconcile(view, name, manifest)), view, writes)
+            manifest = view.desired(name)
+            if manifest is None and name in view.invalid:
+                mark_invalid(view, name, writes, now)
+                continue
+            write(placer.place(reconcile(view, name, manifest)), view, writes, now)
+        except (NotLeader, NameServerUnreachable, NameServerError):
+            raise
         except (DocumentError, TxnConflict) as exc:
             log.error("pipeline %s: %s", name, exc)
+        except Exception:  # noqa: BLE001 - one pipeline that trips a bug must not stop the others
+            log.exception("pipeline %s: reconciling it failed; the others go on", name)
+    for name in sorted(set(view.marks) - set(view.invalid)):
+        # Applied again (valid now) or deleted: the mark goes.
+        log.info("pipeline %s: its stored manifest is %s", name, "valid again" if name in view.manifests else "gone")
+        writes.delete(state.invalid_key(name))
+
+
+def invalid_reason(view: ClusterView, name: str) -> str:
+    """What the Invalid mark of a pipeline says: why its manifest cannot be used, and what is done meanwhile."""
+    placed = sum(1 for key in view.assignments if state.split_agent_id(key)[0] == name)
+    agents = ("nothing of it runs" if not placed else "its placed agent is left as it is" if placed == 1
+              else f"its {placed} placed agents are left as they are")
+    return f"{view.invalid[name]}; {agents}"
+
+
+def mark_invalid(view: ClusterView, name: str, writes: Writes, now: Callable[[], str] = state.utcnow) -> None:
+    """Record at oneos/invalid/<name> why the pipeline's stored manifest cannot be used (once per reason:
+    a pass that finds the same reason writes nothing)."""
+    reason = invalid_reason(view, name)
+    mark = view.marks.get(name)
+    if mark is not None and mark.get("reason") == reason:
+        return
+    log.error("pipeline %s: Invalid: %s; apply it again or delete it", name, reason)
+    writes.put(state.invalid_key(name), "invalid", {"pipeline": name, "reason": reason,
+                                                     "since": mark["since"] if mark else now()})
 
 
 def reconcile_all(ns: NameServer, leader_session: str | None = None) -> None:

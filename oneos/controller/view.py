@@ -1,8 +1,10 @@
 """The cluster as one reconciliation pass sees it: read once from the Name Server, then only read.
 
 `ClusterView.read(ns)` is the pass's only read: live nodes, assignments, statuses, devices,
-the boot record, every Pipeline manifest (and why a stored one is invalid) and the init
-manifest as the pipeline of kernel agents. Everything after it (reconcile, place, write)
+the boot record, every Pipeline manifest (and why a stored one is invalid, with the records
+the controller keeps of that) and the init manifest as the pipeline of kernel agents. An
+assignment or status that is not valid is kept aside by its key, with why, so that the pass
+can clean it up instead of tripping over it. Everything after it (reconcile, place, write)
 works from this object, so a pass decides from one picture of the cluster, and tests build
 the picture directly.
 """
@@ -31,6 +33,9 @@ class ClusterView:
     device_owners: dict[str, str] = field(default_factory=dict)             # device -> its node
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)      # pipeline -> its valid manifest
     invalid: dict[str, str] = field(default_factory=dict)                   # pipeline -> why its manifest is not
+    marks: dict[str, dict[str, Any] | None] = field(default_factory=dict)   # pipeline -> its oneos/invalid/ record
+    bad_assignments: dict[str, str] = field(default_factory=dict)           # key -> why the assignment is not valid
+    bad_statuses: dict[str, str] = field(default_factory=dict)              # agent id -> why its status is not valid
     init: dict[str, Any] | None = None        # the init manifest as a pipeline (see init_pipeline), if any
     init_error: str | None = None             # why there is no `init`, when it is not just absent
     boot: dict[str, Any] | None = None
@@ -42,14 +47,13 @@ class ClusterView:
     def read(cls, ns: NameServer) -> "ClusterView":
         """Read everything a pass needs, once (a few GETs; nothing is written)."""
         nodes, _ = state.read_nodes(ns)
-        manifests, invalid = {}, {}
-        _, entries = ns.get_tree(state.PIPELINES)
-        for entry in entries:
-            name = entry.key[len(state.PIPELINES):]
+        manifests, invalid = state.read_pipelines(ns)
+        marks: dict[str, dict[str, Any] | None] = {}
+        for entry in ns.get_tree(state.INVALID)[1]:
             try:
-                manifests[name] = state.decode(entry, "pipeline")
-            except DocumentError as exc:
-                invalid[name] = str(exc)
+                marks[entry.key[len(state.INVALID):]] = state.decode(entry, "invalid")
+            except DocumentError:
+                marks[entry.key[len(state.INVALID):]] = None     # rewritten or removed by the pass
         boot = init = init_error = None
         try:
             boot = state.read_boot(ns)
@@ -58,10 +62,12 @@ class ClusterView:
                 init = init_pipeline(state.decode(entry, "init"), entry.modify_index)
         except (DocumentError, state.BootError) as exc:
             init_error = str(exc)
-        return cls([NodeInfo.from_record(n.record) for n in nodes], state.read_assignments(ns),
-                   state.read_statuses(ns), frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
+        assignments, bad_assignments = state.read_assignments_and_problems(ns)
+        statuses, bad_statuses = state.read_statuses_and_problems(ns)
+        return cls([NodeInfo.from_record(n.record) for n in nodes], assignments, statuses,
+                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
                    {name: doc["node"] for name, doc in state.read_devices(ns).items()},
-                   manifests, invalid, init, init_error, boot)
+                   manifests, invalid, marks, bad_assignments, bad_statuses, init, init_error, boot)
 
     def alive(self, node_id: str) -> bool:
         """Whether the node is live (in this view: see kernel_only)."""
@@ -86,6 +92,8 @@ class ClusterView:
         names = set(self.manifests) | set(self.invalid)
         names |= {state.split_agent_id(k)[0] for k in self.assignments}
         names |= {state.split_agent_id(k)[0] for k in self.statuses}
+        names |= {state.split_agent_id(k)[0] for k in self.bad_statuses}
+        names |= {state.split_agent_id(bad_assignment(k)[1])[0] for k in self.bad_assignments}
         if self.init is not None:
             names.add(self.init["metadata"]["name"])
         return names
@@ -96,6 +104,12 @@ class ClusterView:
         for key, (node_id, doc) in self.assignments.items():
             usage.add(node_id, Demand.from_spec(key, doc["agent"]))
         return usage
+
+
+def bad_assignment(key: str) -> tuple[str, str]:
+    """The (node, agent id) an assignment's key names: oneos/assign/<node>/<agent id>."""
+    node_id, _, agent_key = key[len(state.ASSIGN):].partition("/")
+    return node_id, agent_key
 
 
 def init_pipeline(init: dict[str, Any], modify_index: int) -> dict[str, Any]:

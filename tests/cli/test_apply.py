@@ -113,3 +113,30 @@ def test_get_agents_and_describe_show_restarts_and_the_last_exit(ctl, ns, name, 
     assert re.search(r"ticker\s+n1\s+Failed\(1\)\s+4 \(\d+s ago\)\s+1 \(\d+s ago\)\s+seq 100", described)
     assert (f"ticker: Failed: start limit hit: 5 starts within 10s (startLimitBurst=5); "
             f"see `oneosctl logs {name}/ticker`") in described
+
+
+def test_get_names_each_status_and_device_it_cannot_read_and_lists_the_rest(ctl, ns, name, tmp_path):
+    assert ctl("apply", "-f", write(tmp_path, name, "cat")).returncode == 0
+    put_status(ns, name, "ticker", state="Running", node="n1")
+    ns.put(state.status_key(state.agent_id(name, "upper")), b"{not json")
+    device = f"gpio/{name}"
+    ns.put(state.device_key(device), b'{"device": "gpio/x"}')
+    try:
+        listed = ctl("get", "agents", name)
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:3] == [f"{name}/ticker", "n1",
+                                                                                      "Running"]
+        assert listed.stderr == (f"oneosctl: the status of agent {name}/upper cannot be read: oneos/status/{name}."
+                                 "upper: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+                                 "column 2 (char 1)); its node rewrites it when the agent's state changes\n")
+        named = ctl("get", "agents", f"{name}/upper")
+        assert (named.returncode, named.stdout, named.stderr) == (1, "", listed.stderr)
+        assert f"upper: its status cannot be read: oneos/status/{name}.upper" in ctl("describe", "pipeline",
+                                                                                     name).stdout
+
+        devices = ctl("get", "devices", device)
+        assert devices.returncode == 1 and devices.stderr.startswith(
+            f"oneosctl: the registration of device {device} cannot be read: oneos/devices/{device}: ")
+        assert ctl("delete", "device", device).stdout == f"device/{device} deleted\n"
+        assert ns.get(state.device_key(device))[1] is None
+    finally:
+        ns.delete(state.device_key(device))

@@ -8,6 +8,7 @@ here on a ClusterView built by hand, with the transactions recorded instead of s
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import uuid
@@ -40,7 +41,7 @@ def pipeline(*agents, links=(), name="p", generation=1, uid=UID, placement=None)
     if placement:
         spec["placement"] = placement
     return {"apiVersion": "oneos/v1", "kind": "Pipeline",
-            "metadata": {"name": name, "uid": uid, "generation": generation}, "spec": spec}
+            "metadata": {"name": name, "uid": uid, "generation": generation, "createdAt": NOW}, "spec": spec}
 
 
 def assigned(manifest, name, node_id, epoch=1):
@@ -346,18 +347,66 @@ def test_an_agent_removed_from_its_pipeline_is_stopped():
 
 # -------------------------------------------------------------------------- the pass
 
-def test_a_pass_places_each_pipeline_on_what_the_earlier_ones_left_and_skips_an_invalid_one(caplog):
+def test_a_pass_places_each_pipeline_on_what_the_earlier_ones_left_and_marks_an_invalid_one(caplog):
     first, second = (pipeline(agent("a", resources={"memory": "3Gi"}), name=n) for n in ("first", "second"))
-    cluster = view([node("n1")], manifests={"first": first, "second": second},
-                   invalid={"bad": "oneos/manifests/Pipeline/bad: 'spec' is a required property"},
-                   statuses=[status(pipeline(agent("a"), name="bad"), "a", "n1")])
+    bad = pipeline(agent("a"), name="bad")
+    why = "oneos/manifests/Pipeline/bad: 'spec' is a required property"
+    cluster = view([node("n1")], [assigned(bad, "a", "n1")], [status(bad, "a", "n1")],
+                   manifests={"first": first, "second": second}, invalid={"bad": why})
+    recorder = Recorder()
+    with caplog.at_level(logging.ERROR, "oneos.controller"):
+        run_pass(cluster, Writes(recorder), now=lambda: NOW)
+    keys = [key for txn in recorder.txns for _, key, _ in txn]
+    assert keys == ["oneos/invalid/bad", "oneos/assign/n1/first.a", "oneos/status/second.a"]
+    mark = recorder.txns[0][0][2]
+    assert mark == {"pipeline": "bad", "reason": f"{why}; its placed agent is left as it is", "since": NOW}
+    assert recorder.txns[2][0][2]["reason"] == "0/1 nodes: 1 not enough memory (1Gi free < 3Gi)"
+    assert f"pipeline bad: Invalid: {why}" in caplog.text
+
+    # The next pass finds the mark saying the same: it writes nothing for it, and says nothing.
+    caplog.clear()
+    again = Recorder()
+    with caplog.at_level(logging.ERROR, "oneos.controller"):
+        run_pass(dataclasses.replace(cluster, manifests={}, marks={"bad": mark}), Writes(again))
+    assert again.txns == [] and caplog.text == ""
+
+
+def test_the_invalid_mark_goes_once_the_pipeline_is_applied_again_or_deleted():
+    mark = {"pipeline": "p", "reason": "...", "since": NOW}
+    for manifests in ({"p": pipeline(agent("a"))}, {}):
+        recorder = Recorder()
+        run_pass(view([node("n1")], manifests=manifests, marks={"p": mark, "q": None}), Writes(recorder))
+        assert [txn for txn in recorder.txns if txn[0][1].startswith(state.INVALID)] == [
+            [("delete", "oneos/invalid/p", None)], [("delete", "oneos/invalid/q", None)]]
+
+
+def test_a_pipeline_that_trips_a_bug_does_not_stop_the_others(caplog):
+    broken = pipeline(agent("a"), name="broken")
+    del broken["metadata"]["uid"]          # only decode_pipeline keeps such a manifest out of a real view
+    cluster = view([node("n1")], manifests={"broken": broken, "fine": pipeline(agent("a"), name="fine")})
     recorder = Recorder()
     with caplog.at_level(logging.ERROR, "oneos.controller"):
         run_pass(cluster, Writes(recorder))
-    keys = [key for txn in recorder.txns for _, key, _ in txn]
-    assert keys == ["oneos/assign/n1/first.a", "oneos/status/second.a"]
-    assert recorder.txns[1][0][2]["reason"] == "0/1 nodes: 1 not enough memory (1Gi free < 3Gi)"
-    assert "pipeline bad: stored manifest is invalid, leaving it alone" in caplog.text
+    assert [key for txn in recorder.txns for _, key, _ in txn] == ["oneos/assign/n1/fine.a"]
+    assert "pipeline broken: reconciling it failed; the others go on" in caplog.text
+
+
+def test_an_invalid_assignment_is_removed_or_replaced_and_an_invalid_status_of_no_agent_forgotten():
+    manifest = pipeline(agent("a"), agent("b"))
+    cluster = view([node("n1"), node("n2")], [assigned(manifest, "b", "n2")], [status(manifest, "b", "n2")],
+                   bad_assignments={"oneos/assign/n1/p.a": "not valid JSON", "oneos/assign/n1/p.b": "x",
+                                    "oneos/assign/n1/p.gone": "y"},
+                   bad_statuses={"p.gone": "not valid JSON", "p.a": "z"})
+    assert "p" in cluster.pipeline_names()
+    plan = planned(cluster, manifest)
+    assert plan.stop == [Stop("p.b", "n1", "its assignment is invalid (x)"),
+                         Stop("p.gone", "n1", "its assignment is invalid (y)")]
+    assert plan.forget == [Forget("p.gone", "no longer in the pipeline, and its status is invalid (not valid JSON)")]
+    # a has no valid assignment: placed anew, in the same transaction that removes the invalid one.
+    assert [(e.key, e.reason) for e in plan.place] == [("p.a", "its assignment on n1 is invalid")]
+    txns = written(plan, cluster)
+    assert [(verb, key) for verb, key, _ in txns[-1]] == [("delete", "oneos/assign/n1/p.a"),
+                                                         ("set", f"oneos/assign/{plan.place[0].node}/p.a")]
 
 
 def test_reconcile_is_pure():
@@ -420,8 +469,22 @@ def test_a_pass_reads_the_cluster_once_then_only_writes(builtin_nameserver, tmp_
     state.put_document(ns, state.pipeline_key("p"), "pipeline", manifest)
     ns.put(state.pipeline_key("bad"), b'{"kind": "Pipeline"}')
 
+    by_hand = dict(manifest, metadata={"name": "old", "generation": 1})            # as an older version wrote it
+    ns.put(state.pipeline_key("old"), state.encode(by_hand))
+    ns.put(state.pipeline_key("other"), state.encode(manifest))                    # named p, stored as other
+    ns.put(state.assign_key("n2", "p.x"), b"{")
+    ns.put(state.status_key("p.y"), b'{"state": "Running"}')
+    ns.put(state.invalid_key("gone"), b"?")
+
     cluster = ClusterView.read(ns)
-    assert set(cluster.manifests) == {"p"} and set(cluster.invalid) == {"bad"}
+    assert set(cluster.manifests) == {"p"}
+    assert cluster.invalid == {
+        "bad": "oneos/manifests/Pipeline/bad: 'apiVersion' is a required property (and 2 more)",
+        "old": "oneos/manifests/Pipeline/old: metadata.uid, metadata.createdAt missing: OneOS sets them when a "
+               "pipeline is applied (was it written by hand, or by an older version?)",
+        "other": "oneos/manifests/Pipeline/other: metadata.name is 'p', not 'other' as its key"}
+    assert set(cluster.bad_assignments) == {"oneos/assign/n2/p.x"} and set(cluster.bad_statuses) == {"p.y"}
+    assert cluster.marks == {"gone": None}
     assert cluster.kernel_ids == {"n1"} and cluster.init_error is None and cluster.init["kind"] == "Init"
 
     counting = Counting(ns)
@@ -429,4 +492,6 @@ def test_a_pass_reads_the_cluster_once_then_only_writes(builtin_nameserver, tmp_
     first_write = counting.calls.index("txn")
     assert set(counting.calls[first_write:]) == {"txn"}, counting.calls
     assert {key for key, _ in state.read_assignments(ns).items()} == {"p.a", "p.b"}
+    assert ns.get(state.status_key("p.y"))[1] is None and ns.get(state.assign_key("n2", "p.x"))[1] is None
+    assert sorted(ns.keys(state.INVALID)[1]) == ["oneos/invalid/bad", "oneos/invalid/old", "oneos/invalid/other"]
 

@@ -10,6 +10,8 @@ import select
 import signal
 import subprocess
 import textwrap
+
+from oneos import state
 from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
 
 
@@ -192,3 +194,67 @@ def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(th
                    "upper's new output")
     finally:
         three_nodes.ctl("delete", "pipeline", "greeter2")
+
+
+SLEEPER = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  agents:
+    - {{name: a, run: [sleep, "1000"]}}
+"""
+
+
+def test_a_bad_stored_pipeline_is_marked_invalid_and_every_other_one_runs(three_nodes, tmp_path):
+    c = three_nodes
+    names = ("aaa-by-hand", "aab-garbage", "zzz-good")
+    files = {}
+    for name in names:
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(SLEEPER.format(name=name))
+    marks = lambda: set(c.ns.keys(state.INVALID)[1])   # noqa: E731
+    running = lambda name: (c.statuses(name).get("a") or {}).get("state") == "Running"   # noqa: E731
+    # Written by hand: one without what OneOS sets on apply (uid, generation, createdAt), first in a
+    # pass's order; one that is not JSON at all.
+    by_hand = {"apiVersion": "oneos/v1", "kind": "Pipeline", "metadata": {"name": "aaa-by-hand"},
+               "spec": {"agents": [{"name": "a", "run": ["sleep", "1000"]}]}}
+    c.ns.put(state.pipeline_key("aaa-by-hand"), json.dumps(by_hand))
+    c.ns.put(state.pipeline_key("aab-garbage"), b"agents: [not json")
+    try:
+        assert c.ctl("apply", "-f", str(files["zzz-good"])).returncode == 0
+        c.wait_for(lambda: running("zzz-good"), 30, "the good pipeline to run")
+        c.wait_for(lambda: marks() == {"oneos/invalid/aaa-by-hand", "oneos/invalid/aab-garbage"}, 10,
+                   "both bad pipelines marked Invalid")
+
+        listed = c.ctl("get", "pipelines")
+        assert listed.returncode == 0 and "zzz-good" in listed.stdout and "aaa-by-hand" not in listed.stdout
+        assert [line.split(" cannot be read: ")[0] for line in listed.stderr.splitlines()] == [
+            "oneosctl: pipeline aaa-by-hand", "oneosctl: pipeline aab-garbage"]
+        described = c.ctl("describe", "pipeline", "aaa-by-hand")
+        assert described.returncode == 0 and described.stdout.splitlines()[:3] == [
+            "Name:         aaa-by-hand", "Status:       Invalid",
+            "Reason:       oneos/manifests/Pipeline/aaa-by-hand: metadata.uid, metadata.generation, "
+            "metadata.createdAt missing: OneOS sets them when a pipeline is applied (was it written by hand, or "
+            "by an older version?); nothing of it runs"]
+        assert "`oneosctl delete pipeline aaa-by-hand`" in described.stdout
+
+        # Applied over, the bad manifest is replaced: the pipeline runs and its mark goes.
+        applied = c.ctl("apply", "-f", str(files["aaa-by-hand"]))
+        assert applied.stdout == "pipeline/aaa-by-hand configured\n"
+        assert "replaced its stored manifest, which could not be used" in applied.stderr
+        c.wait_for(lambda: running("aaa-by-hand") and "oneos/invalid/aaa-by-hand" not in marks(), 30,
+                   "the replaced pipeline to run, unmarked")
+        pid = c.statuses("aaa-by-hand")["a"]["pid"]
+
+        # Broken by hand while it runs: marked, its agent left running; deleted, the agent stops.
+        c.ns.put(state.pipeline_key("aaa-by-hand"), b"{}")
+        c.wait_for(lambda: "oneos/invalid/aaa-by-hand" in marks(), 10, "the broken pipeline marked Invalid")
+        assert "its placed agent is left as it is" in c.ctl("describe", "pipeline", "aaa-by-hand").stdout
+        assert c.statuses("aaa-by-hand")["a"]["pid"] == pid and os.path.exists(f"/proc/{pid}")
+        assert c.ctl("delete", "pipeline", "aaa-by-hand", "aab-garbage").returncode == 0
+        c.wait_for(lambda: not c.statuses("aaa-by-hand") and not marks(), 20, "its agent and the marks gone")
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "its process to end")
+    finally:
+        c.ctl("delete", "pipeline", *names)
+    c.wait_for(lambda: not any(c.statuses(name) for name in names), 20, "every agent of the test gone")
