@@ -10,8 +10,11 @@ Fencing: an agent runs in at most one place. Every status write (and so every st
 a transaction that checks that this node still holds its membership session and that the
 assignment is still here, at the index the runner knows. When either check fails, the
 controller has written this node off (or moved the agent): the runner stops its process
-at once. When the node cannot renew its session for most of a TTL, `suspend()` stops
-every agent before the cluster can declare the node dead; `resume()` starts what is
+at once. A write that cannot reach the Name Server is tried again, with backoff, for as
+long as the node holds its session (a restart of the Name Server is no reason to kill
+anything); only the node's session watchdog fences on an outage: when the node cannot
+renew its session for most of a TTL, `suspend()` stops every agent before the cluster
+can declare the node dead; `resume()` starts what is
 still assigned here once the node is back. The bytes of a written-off copy are fenced
 off downstream by the assignment's epoch (see oneos/bus/frames.py).
 
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("oneos.nodeagent")
 
 STOP_GRACE_S = 5.0
+WRITE_RETRY_S = 0.25       # the first wait before a status write is tried again (the Name Server out of reach)
+WRITE_RETRY_MAX_S = 2.0    # ... doubling up to this
 
 
 def _start_error(program: str, exc: OSError) -> tuple[int, str]:
@@ -210,8 +215,9 @@ class AgentRunner(Service):
             bridge.exited(final=True)
             return code, message, None
         served.after_start()
-        self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
+        # Its bytes flow before its status says Running: that write may wait out a Name Server outage.
         bridge.attach(self.proc, stdout=terminal)
+        self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
         code = exit_status(self.proc.wait())
         served.close()
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
@@ -302,34 +308,58 @@ class AgentRunner(Service):
     def _write_status(self, status: dict[str, Any]) -> bool:
         """Write the status, fenced (see the module doc); False when this node may no longer run the agent.
 
-        While the Name Server is unreachable it keeps trying (the process runs on meanwhile):
-        the node's watchdog suspends every agent if the outage outlasts the session.
+        While the Name Server is out of reach (down, restarting, no leader) it keeps trying, with
+        backoff, for as long as the node holds its membership session; the process runs on meanwhile.
+        Only the node's session watchdog fences on an outage (Supervisor.suspend, when the node has not
+        renewed for most of a TTL), and stop() ends the wait. A start waits here for its Starting status:
+        nothing starts that the Name Server has not seen is still assigned here.
         """
         op = state.set_document_op(state.status_key(self.key), "status", status)
         assign_key = state.assign_key(self.sup.node_id, self.key)
-        for _ in range(3):
+        delay, since = WRITE_RETRY_S, None
+        while True:
             session = self.sup.lease()
             if session is None:
                 return False
             try:
-                self.sup.ns.txn([kv_op("check-session", state.node_key(self.sup.node_id), session=session),
-                                 kv_op("check-index", assign_key, index=self.index), op])
-                return True
-            except TxnConflict:
-                # The assignment may only have been rewritten (a new generation, same work): look.
-                _, entry = self.sup.ns.get(assign_key)
                 try:
-                    current = state.decode(entry, "assignment") if entry else None
-                except DocumentError:
-                    current = None
-                if current is None or not self.same_work(current):
-                    return False
-                self.index = entry.modify_index
-            except NameServerUnreachable as exc:
-                log.warning("%s: status not written (%s); retrying", self.key, exc)
-                if self.stopping.wait(1.0):
-                    return True
-        return False
+                    self.sup.ns.txn([kv_op("check-session", state.node_key(self.sup.node_id), session=session),
+                                     kv_op("check-index", assign_key, index=self.index), op])
+                except TxnConflict as conflict:
+                    if any(index == 0 for index, _ in conflict.errors):
+                        return False       # the session no longer holds the node record: written off
+                    # The assignment may only have been rewritten (a new generation, same work): look.
+                    _, entry = self.sup.ns.get(assign_key)
+                    try:
+                        current = state.decode(entry, "assignment") if entry else None
+                    except DocumentError:
+                        current = None
+                    if current is None or not self.same_work(current):
+                        return False
+                    self.index = entry.modify_index
+                    continue
+                if since is not None:
+                    log.info("%s: status written (%s), after %.0fs without the Name Server", self.key,
+                             status["state"], time.monotonic() - since)
+                return True
+            except (NameServerUnreachable, NameServerError) as exc:
+                if isinstance(exc, NameServerError) and not exc.status >= 500:
+                    raise
+                if since is None:
+                    since = time.monotonic()
+                    log.warning("%s: status %s not written (%s); retrying while this node holds its session",
+                                self.key, status["state"], exc)
+            if self.stopping.wait(delay):
+                return True
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
+    def repair_status(self) -> None:
+        """Write the status again as it is: the stored one was found unreadable (written by hand?)."""
+        if self.status and not self.stopping.is_set():
+            log.warning("%s: its stored status cannot be read; writing it again", self.key)
+            if not self._write_status(dict(self.status)):
+                self.fence("this node no longer holds the agent's assignment (it was moved, or the node was "
+                           "written off)")
 
     def fence(self, why: str) -> None:
         """Kill the process now (no grace period): it may run elsewhere already."""
@@ -475,6 +505,9 @@ class Supervisor(Service):
                 try:
                     doc = state.decode(entry, "status")
                 except DocumentError:
+                    runner = self.runners.get(entry.key[len(state.STATUS):])
+                    if runner is not None:
+                        runner.repair_status()    # one of ours, overwritten by hand
                     continue
                 if doc["state"] in state.FINAL_STATES:
                     final.add(entry.key[len(state.STATUS):])
