@@ -232,19 +232,67 @@ def bootstrap(ns: NameServer, boot: dict[str, Any], init: dict[str, Any], *, for
     return wrote_boot, wrote_init
 
 
+def timestamp(when: datetime | None = None) -> str:
+    """A moment (now by default) as stored documents write it, to the millisecond."""
+    when = when or datetime.now(timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """A stored timestamp as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+
+
+def new_heartbeat(node_id: str, ttl: float, when: datetime | None = None) -> dict[str, Any]:
+    """What a node writes at oneos/heartbeats/<id> after renewing its session (held by that session)."""
+    return {"node": node_id, "renewedAt": timestamp(when), "ttl": ttl}
+
+
+def overdue(heartbeat: dict[str, Any] | None, now: datetime) -> float | None:
+    """Seconds since the node last renewed its session, when that is more than its session TTL (the node
+    is NotReady: paused, cut off, or dying; its session may still run for up to another TTL); else None.
+
+    A node with no heartbeat (an older version, or one that has just joined) counts as renewing. The
+    node's clock wrote the time and `now` is the reader's: their clocks are assumed to agree to well
+    within a TTL, as Kubernetes assumes of its node leases.
+    """
+    if not heartbeat:
+        return None
+    silent = (now - parse_time(heartbeat["renewedAt"])).total_seconds()
+    return silent if silent > heartbeat["ttl"] else None
+
+
 @dataclass
 class NodeView:
     """A node as `oneosctl get nodes` shows it."""
 
     record: dict[str, Any]
     leader: bool
+    heartbeat: dict[str, Any] | None = None
+    silent: float | None = None           # seconds since its last renewal, once that is overdue (NotReady)
+
+    @property
+    def state(self) -> str:
+        """Ready (or Stopping) as the node says, or NotReady once its renewals are overdue."""
+        return "NotReady" if self.silent is not None else self.record["state"]
+
+    def not_ready_reason(self) -> str:
+        """Why it is NotReady, for people."""
+        return (f"node {self.record['id']} is NotReady: no session renewal for {self.silent:.0f}s "
+                f"(session TTL {self.heartbeat['ttl']:g}s)" if self.heartbeat and self.silent is not None else "")
 
 
-def read_nodes(ns: NameServer) -> tuple[list[NodeView], list[str]]:
-    """Live nodes sorted by id, and one line per node record that failed validation."""
+def read_nodes(ns: NameServer, now: datetime | None = None) -> tuple[list[NodeView], list[str]]:
+    """Live nodes sorted by id, and one line per node record that failed validation.
+
+    With `now` (the commands), each node's heartbeat is read too and the node is NotReady
+    once its last renewal is older than its session TTL; without (the controller's pass),
+    heartbeats are not read: the controller goes by the sessions alone.
+    """
     _, entries = ns.get_tree(NODES)
     leader = read_leader(ns)
     leader_id = leader["node"] if leader else None
+    beats = read_heartbeats(ns) if now is not None else {}
     nodes, problems = [], []
     for entry in entries:
         try:
@@ -252,8 +300,25 @@ def read_nodes(ns: NameServer) -> tuple[list[NodeView], list[str]]:
         except DocumentError as exc:
             problems.append(str(exc))
             continue
-        nodes.append(NodeView(record, record["id"] == leader_id))
+        beat = beats.get(record["id"])
+        nodes.append(NodeView(record, record["id"] == leader_id, beat, overdue(beat, now) if now else None))
     return nodes, problems
+
+
+def read_heartbeats(ns: NameServer) -> dict[str, dict[str, Any]]:
+    """node id -> its last heartbeat (the unreadable ones are left out: such a node counts as renewing)."""
+    _, docs, _ = read_documents(ns, HEARTBEATS, "heartbeat")
+    return {key[len(HEARTBEATS):]: doc for key, doc in docs.items()}
+
+
+def not_ready_nodes(ns: NameServer, now: datetime) -> dict[str, str]:
+    """node id -> why it is NotReady, for each live node whose renewals are overdue (one read)."""
+    found = {}
+    for key_node, beat in read_heartbeats(ns).items():
+        silent = overdue(beat, now)
+        if silent is not None:
+            found[key_node] = NodeView({"id": key_node}, False, beat, silent).not_ready_reason()
+    return found
 
 
 def read_leader(ns: NameServer) -> dict[str, Any] | None:

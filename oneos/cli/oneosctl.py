@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return _describe_invalid(ns, args.name, str(exc))
     meta, spec = doc["metadata"], doc["spec"]
     statuses, bad = state.read_statuses_and_problems(ns, args.name)
+    not_ready = _not_ready(ns)
+    statuses = {key: as_seen(st, not_ready) for key, st in statuses.items()}
     lines = [f"Name:         {meta['name']}", f"UID:          {meta['uid']}",
              f"Generation:   {meta['generation']}", f"Created:      {meta['createdAt']} ({output.age(meta['createdAt'])} ago)",
              f"Status:       {pipeline_phase(doc, statuses)}", "Agents:"]
@@ -268,8 +271,9 @@ def _describe_invalid(ns: NameServer, name: str, why: str) -> int:
                  "Since:        (the controller has not marked it yet)")
     lines.append(f"Fix:          apply its manifest again (`{PROG} apply -f FILE`), or delete it "
                  f"(`{PROG} delete pipeline {name}`)")
+    not_ready = _not_ready(ns)
     statuses = state.read_statuses(ns, name)
-    rows = [[st["agent"], st.get("node", "<none>"), agent_state(st), restarts(st), last_exit(st)]
+    rows = [[st["agent"], st.get("node", "<none>"), agent_state(as_seen(st, not_ready)), restarts(st), last_exit(st)]
             for _, st in sorted(statuses.items())]
     lines.append("Agents:" + ("" if rows else "       <none>"))
     if rows:
@@ -277,6 +281,23 @@ def _describe_invalid(ns: NameServer, name: str, why: str) -> int:
                                                        rows).splitlines()]
     print("\n".join(lines))
     return 0
+
+
+#: States a node reports while it runs an agent: Unknown while that node is NotReady.
+LIVE_STATES = ("Starting", "Running", "Restarting")
+
+
+def _not_ready(ns: NameServer) -> dict[str, str]:
+    """node -> why it is NotReady, for the nodes whose session renewals are overdue now."""
+    return state.not_ready_nodes(ns, datetime.now(timezone.utc))
+
+
+def as_seen(status: dict, not_ready: dict[str, str]) -> dict:
+    """A status as the tables show it: Unknown, with the reason, while the node that reported it is NotReady."""
+    if status.get("node") in not_ready and status.get("state") in LIVE_STATES:
+        return dict(status, state="Unknown",
+                    reason=f"{not_ready[status['node']]}; it last reported {status['state']}")
+    return status
 
 
 def agent_state(status: dict) -> str:
@@ -309,13 +330,16 @@ def last_exit(status: dict) -> str:
 
 
 def pipeline_phase(doc: dict, statuses: dict[str, dict]) -> str:
-    """One word for a pipeline: Pending, Failed, Running, Completed or Starting."""
+    """One word for a pipeline: Failed, Pending, Unknown (an agent's node is NotReady), Completed, Running
+    or Starting."""
     name = doc["metadata"]["name"]
     states = [statuses.get(state.agent_id(name, a["name"]), {}).get("state") for a in doc["spec"]["agents"]]
     if "Failed" in states:
         return "Failed"
     if "Pending" in states:
         return "Pending"
+    if "Unknown" in states:
+        return "Unknown"
     if all(s == "Exited" for s in states):
         return "Completed"
     if all(s in ("Running", "Exited") for s in states):
@@ -454,14 +478,24 @@ def _pairs(mapping: dict[str, Any]) -> str:
 
 
 def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
-    nodes, problems = state.read_nodes(ns)
+    nodes, problems = state.read_nodes(ns, now=datetime.now(timezone.utc))
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
-    items = _select("node", [dict(n.record, leader=n.leader) for n in nodes], names, lambda r, n: r["id"] == n)
+    items = _select("node", [_node_item(n) for n in nodes], names, lambda r, n: r["id"] == n)
+    for node in nodes:
+        if node.silent is not None and (not names or node.record["id"] in names):
+            print(f"{PROG}: {node.not_ready_reason()}; its agents are Unknown until it renews, and placed "
+                  "elsewhere if its session ends", file=sys.stderr)
     return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.",
                  ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"],
                  lambda: [[r["id"], r["state"], "yes" if r["leader"] else "no", "yes" if r["kernel"] else "no",
                            _pairs(r["labels"]), output.age(r["startedAt"])] for r in items])
+
+
+def _node_item(node: state.NodeView) -> dict[str, Any]:
+    """A node as `get nodes -o json` prints it: its record, whether it leads, and its state now (NotReady
+    once its renewals are overdue)."""
+    return dict(node.record, leader=node.leader, state=node.state)
 
 
 def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
@@ -475,7 +509,8 @@ def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
     docs = _select("pipeline", stored, names, lambda d, n: d["metadata"]["name"] == n, unreadable)
 
     def rows() -> list[list[Any]]:
-        statuses = state.read_statuses(ns)
+        not_ready = _not_ready(ns)
+        statuses = {key: as_seen(st, not_ready) for key, st in state.read_statuses(ns).items()}
         table = []
         for doc in docs:
             name = doc["metadata"]["name"]
@@ -500,10 +535,13 @@ def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     # Only PIPELINE/AGENT names one agent: a pipeline's name lists its agents.
     return _show("AgentList", items, [n for n in names if "/" in n and n not in unreadable], fmt,
                  f"No agents on the cluster at {ns.url}.", ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"],
-                 lambda: [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(st),
-                           restarts(st), last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"]
-                          for st in items], quiet=bool(bad)) or _shown_none(
+                 lambda: _agent_rows(items, _not_ready(ns)), quiet=bool(bad)) or _shown_none(
         unreadable, items, lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n))
+
+
+def _agent_rows(items: list[dict[str, Any]], not_ready: dict[str, str]) -> list[list[Any]]:
+    return [[f"{st['pipeline']}/{st['agent']}", st.get("node", "<none>"), agent_state(as_seen(st, not_ready)),
+             restarts(st), last_exit(st), output.age(st["startedAt"]) if "startedAt" in st else "-"] for st in items]
 
 
 def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
@@ -514,9 +552,10 @@ def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
                     unreadable)
 
     def rows() -> list[list[Any]]:
-        alive = {n.record["id"] for n in state.read_nodes(ns)[0]}
-        return [[d["device"], d["node"], "Ready" if d["node"] in alive else "NodeDown", _pairs(d["settings"])]
-                for d in items]
+        shown = {n.record["id"]: n.state for n in state.read_nodes(ns, now=datetime.now(timezone.utc))[0]}
+        return [[d["device"], d["node"], {"NotReady": "NodeNotReady", None: "NodeDown"}.get(shown.get(d["node"]),
+                                                                                          "Ready"),
+                 _pairs(d["settings"])] for d in items]
     return _show("DeviceList", items, [n for n in names if n not in unreadable], fmt,
                  f"No devices registered on the cluster at {ns.url}.", ["DEVICE", "NODE", "STATE", "SETTINGS"], rows,
                  quiet=bool(bad)) or _shown_none(unreadable, items, lambda d, n: d["device"] == n)

@@ -1,8 +1,9 @@
 """`oneosd`: the OneOS runtime on one machine.
 
 It reads the boot record, joins the cluster under its runtime id (a TTL session holding
-its node record), renews that session every TTL/2, and, on a kernel runtime, contends
-for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
+its node record and its heartbeat), renews that session every TTL/2 and writes the time
+of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
+than the TTL), and, on a kernel runtime, contends for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
 disappears from `oneosctl get nodes` immediately.
 
 The runtime owns its parts and stops them in order: its heartbeat and lease watchdog,
@@ -130,6 +131,7 @@ class Runtime(Service):
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
         log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
         self.membership.join()
+        self._heartbeat()
         devices.register(self.ns, self.cfg.id, self.cfg.devices)
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
@@ -168,6 +170,7 @@ class Runtime(Service):
             try:
                 if self.membership.renew():
                     self._renewed()
+                    self._heartbeat()
                     self.supervisor.resume()
                 else:
                     # The cluster has written this node off: what ran here may run elsewhere now.
@@ -175,6 +178,7 @@ class Runtime(Service):
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
                     self._renewed()
+                    self._heartbeat()
                     self.supervisor.resume()
                 if self.election:
                     self.election.renew()
@@ -190,6 +194,14 @@ class Runtime(Service):
                 return
             except NameServerError as exc:
                 log.warning("heartbeat: %s; retrying", exc)
+
+    def _heartbeat(self) -> None:
+        """Write the heartbeat after a renewal (see Membership.beat); a failure only leaves it older."""
+        assert self.membership is not None
+        try:
+            self.membership.beat()
+        except (NameServerUnreachable, NameServerError) as exc:
+            log.debug("heartbeat not written: %s", exc)
 
     def _renewed(self) -> None:
         with self._lease_lock:

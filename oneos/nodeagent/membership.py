@@ -1,4 +1,4 @@
-"""A runtime's membership: a TTL session that holds `oneos/nodes/<id>`.
+"""A runtime's membership: a TTL session that holds `oneos/nodes/<id>` and `oneos/heartbeats/<id>`.
 
 The node record is acquired by the session with behavior `delete`, so it disappears
 when the session ends: at once on a clean stop (the session is destroyed), within 2×TTL
@@ -95,6 +95,13 @@ class Membership:
             self.session = None
             return False
         return True
+
+    def beat(self) -> None:
+        """Say when the session was last renewed (now): `oneos/heartbeats/<id>`, held by the session so that
+        it goes with it. The commands show the node NotReady once this is older than the TTL."""
+        if self.session:
+            state.put_document(self.ns, state.heartbeat_key(self.node_id), "heartbeat",
+                               state.new_heartbeat(self.node_id, self.ttl), acquire=self.session)
 
     def update(self) -> None:
         """Rewrite the node record (it stays held by the session)."""
