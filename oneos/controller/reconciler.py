@@ -410,10 +410,10 @@ def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.u
                 mark_invalid(view, name, writes, now)
                 continue
             write(placer.place(reconcile(view, name, manifest)), view, writes, now)
+        except (DocumentError, TxnConflict) as exc:     # TxnConflict first: it is a NameServerError
+            log.error("pipeline %s: %s", name, exc)
         except (NotLeader, NameServerUnreachable, NameServerError):
             raise
-        except (DocumentError, TxnConflict) as exc:
-            log.error("pipeline %s: %s", name, exc)
         except Exception:  # noqa: BLE001 - one pipeline that trips a bug must not stop the others
             log.exception("pipeline %s: reconciling it failed; the others go on", name)
     for name in sorted(set(view.marks) - set(view.invalid)):

@@ -20,7 +20,7 @@ from oneos.controller.reconciler import (Forget, Keep, Lost, NotLeader, Placer, 
                                          reconcile_all, run_pass, write)
 from oneos.controller.scheduler import NodeInfo
 from oneos.controller.view import ClusterView, init_pipeline
-from oneos.nameserver.client import NameServer, kv_op
+from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 from tests.cluster import EMPTY_INIT
 
 UID = "0123456789abcdef" * 2
@@ -380,15 +380,26 @@ def test_the_invalid_mark_goes_once_the_pipeline_is_applied_again_or_deleted():
             [("delete", "oneos/invalid/p", None)], [("delete", "oneos/invalid/q", None)]]
 
 
-def test_a_pipeline_that_trips_a_bug_does_not_stop_the_others(caplog):
+class Conflicting(Recorder):
+    """A Recorder whose transactions touching the `clash` pipeline are rolled back."""
+
+    def txn(self, ops):
+        if any(".clash." in op["KV"]["Key"] or "/clash." in op["KV"]["Key"] for op in ops):
+            raise TxnConflict([(0, "someone else wrote it")])
+        return super().txn(ops)
+
+
+def test_a_pipeline_that_trips_a_bug_or_a_conflict_does_not_stop_the_others(caplog):
     broken = pipeline(agent("a"), name="broken")
     del broken["metadata"]["uid"]          # only decode_pipeline keeps such a manifest out of a real view
-    cluster = view([node("n1")], manifests={"broken": broken, "fine": pipeline(agent("a"), name="fine")})
-    recorder = Recorder()
+    cluster = view([node("n1")], manifests={"broken": broken, "clash": pipeline(agent("a"), name="clash"),
+                                            "fine": pipeline(agent("a"), name="fine")})
+    recorder = Conflicting()
     with caplog.at_level(logging.ERROR, "oneos.controller"):
         run_pass(cluster, Writes(recorder))
     assert [key for txn in recorder.txns for _, key, _ in txn] == ["oneos/assign/n1/fine.a"]
     assert "pipeline broken: reconciling it failed; the others go on" in caplog.text
+    assert "pipeline clash: transaction rolled back: op 0: someone else wrote it" in caplog.text
 
 
 def test_an_invalid_assignment_is_removed_or_replaced_and_an_invalid_status_of_no_agent_forgotten():
