@@ -226,6 +226,10 @@ def test_a_bad_stored_pipeline_is_marked_invalid_and_every_other_one_runs(three_
         c.wait_for(lambda: running("zzz-good"), 30, "the good pipeline to run")
         c.wait_for(lambda: marks() == {"oneos/invalid/aaa-by-hand", "oneos/invalid/aab-garbage"}, 10,
                    "both bad pipelines marked Invalid")
+        # A status overwritten by hand: the agent's node writes it again, the agent untouched.
+        good = c.statuses("zzz-good")["a"]
+        c.ns.put(state.status_key("zzz-good.a"), b"garbage")
+        c.wait_for(lambda: c.statuses("zzz-good").get("a") == good, 10, "the node to write the status again")
 
         listed = c.ctl("get", "pipelines")
         assert listed.returncode == 0 and "zzz-good" in listed.stdout and "aaa-by-hand" not in listed.stdout
