@@ -401,7 +401,7 @@ def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.u
     A pipeline whose stored manifest cannot be used is marked Invalid with the reason (see
     `mark_invalid`) and its agents are left as they are."""
     if view.init_error:
-        log.error("kernel agents: %s", view.init_error)
+        log.error("kernel agents: %s; they are left as they run", view.init_error)
     placer = Placer(view)
     for name in sorted(view.pipeline_names()):
         try:
@@ -409,6 +409,8 @@ def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.u
             if manifest is None and name in view.invalid:
                 mark_invalid(view, name, writes, now)
                 continue
+            if manifest is None and view.init_error and _kernel(view, name):
+                continue    # the init manifest (or the boot record) cannot be read: not a reason to stop them
             write(placer.place(reconcile(view, name, manifest)), view, writes, now)
         except (DocumentError, TxnConflict) as exc:     # TxnConflict first: it is a NameServerError
             log.error("pipeline %s: %s", name, exc)
@@ -420,6 +422,11 @@ def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.u
         # Applied again (valid now) or deleted: the mark goes.
         log.info("pipeline %s: its stored manifest is %s", name, "valid again" if name in view.manifests else "gone")
         writes.delete(state.invalid_key(name))
+
+
+def _kernel(view: ClusterView, name: str) -> bool:
+    """Whether the pipeline's agents are kernel agents (the init manifest's)."""
+    return any(doc.get("kernel") for key, (_, doc) in view.assignments.items() if state.split_agent_id(key)[0] == name)
 
 
 def invalid_reason(view: ClusterView, name: str) -> str:

@@ -276,6 +276,17 @@ def test_a_kernel_agent_on_a_node_that_is_no_longer_kernel_is_moved():
     assert [(e.previous, e.node) for e in planned(cluster, init, "oneos-init").place] == [("k1", "k2")]
 
 
+def test_kernel_agents_are_left_running_while_the_init_manifest_cannot_be_read(caplog):
+    init = init_pipeline(INIT, modify_index=1)
+    cluster = view([node("k1")], [assigned(init, "broker", "k1")], [status(init, "broker", "k1")],
+                   kernel_ids=frozenset({"k1"}), init_error="oneos/init: not valid JSON")
+    recorder = Recorder()
+    with caplog.at_level(logging.ERROR, "oneos.controller"):
+        run_pass(cluster, Writes(recorder))
+    assert recorder.txns == []     # not stopped as if deleted
+    assert "kernel agents: oneos/init: not valid JSON; they are left as they run" in caplog.text
+
+
 # ----------------------------------------------------------------------------- devices
 
 def test_an_agent_whose_device_owner_is_down_is_pending_with_the_device_then_placed_back():
