@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from oneos import state
+from oneos import manifests, state
+from oneos.documents import load_file
 from tests.procs import run_cli
 
 MANIFEST = """\
@@ -116,7 +117,7 @@ def test_get_agents_and_describe_show_restarts_and_the_last_exit(ctl, ns, name, 
 
 
 def test_get_names_each_status_and_device_it_cannot_read_and_lists_the_rest(ctl, ns, name, tmp_path):
-    assert ctl("apply", "-f", write(tmp_path, name, "cat")).returncode == 0
+    manifests.apply_pipeline(ns, load_file(write(tmp_path, name, "cat"))[0], tmp_path)   # as `apply` does
     put_status(ns, name, "ticker", state="Running", node="n1")
     ns.put(state.status_key(state.agent_id(name, "upper")), b"{not json")
     device = f"gpio/{name}"
