@@ -67,7 +67,7 @@ def terminals(three_nodes):
 
 
 def runs_in_cluster(cluster: Cluster) -> list[str]:
-    return [doc["metadata"]["name"] for doc in manifests.list_pipelines(cluster.ns)
+    return [doc["metadata"]["name"] for doc in manifests.list_pipelines(cluster.ns)[0]
             if doc["metadata"]["name"].startswith("run-")]
 
 
