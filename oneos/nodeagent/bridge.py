@@ -8,7 +8,8 @@
   sends it to the journal. The stream ends (EOF) only once the agent is done for good, so
   readers do not see an end between two runs of a restarted agent.
 - stderr, and lines about the agent from OneOS: the agent's log topic (one per incarnation,
-  read by `oneosctl logs` and `run`) and a local file next to its working directory.
+  read by `oneosctl logs` and `run`) and a local file next to its working directory,
+  size-capped and rotated (logfiles.py).
   Kernel agents (such as the broker itself) do without the bus: their log is the file.
 """
 
@@ -25,6 +26,7 @@ from oneos import state
 from oneos.bus import topics
 from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
+from oneos.nodeagent.logfiles import LogFile, LogLimits
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -35,9 +37,10 @@ class Bridge:
     """Created per process start (incarnation); `attach` the process, then `finish` when it exits."""
 
     def __init__(self, client: Any, namespace: str, key: str, assignment: dict[str, Any], incarnation: int,
-                 log_dir: Path, wire: int | None = None) -> None:
+                 log_dir: Path, wire: int | None = None, log_limits: LogLimits | None = None) -> None:
         """`incarnation` counts the agent's starts (it names the log); `wire`, the incarnation its
-        frames and subscriptions carry, adds the placement epoch (oneos.bus.frames.incarnation)."""
+        frames and subscriptions carry, adds the placement epoch (oneos.bus.frames.incarnation);
+        `log_limits`, how much of the local log file is kept."""
         wire = incarnation if wire is None else wire
         pipeline, agent = state.split_agent_id(key)
         uid = assignment["uid"]
@@ -66,9 +69,8 @@ class Bridge:
             self.log = StreamWriter(client, [topics.log_topic(namespace, uid, agent, incarnation)], wire,
                                     name=f"{key}.log")
             self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{key}.{incarnation}.log"
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = LogFile(log_dir, key, incarnation, log_limits or LogLimits())
+        self.log_path = self._log_file.path
         self._log_lock = threading.Lock()
         self.reader: StreamReader | None = None
         self._threads: list[threading.Thread] = []
@@ -120,7 +122,6 @@ class Bridge:
     def _write_log(self, data: bytes) -> None:
         with self._log_lock:
             self._log_file.write(data)
-            self._log_file.flush()
             if self.log is None:
                 return
             try:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from oneos.documents import DocumentError, check, dump_yaml, load_yaml
 from oneos.errors import UsageError
 from oneos.nameserver.client import nameserver_url
+from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
@@ -38,6 +39,7 @@ class RuntimeConfig:
     devices: dict[str, Any] = field(default_factory=dict)
     home: Path = field(default_factory=oneos_home)
     gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
+    logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
 
     @property
     def data_dir(self) -> Path:
@@ -192,6 +194,10 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         raise UsageError(f"memory limit: {exc}") from None
     labels = dict(saved.get("labels") or {})
     labels.update(given.labels or {})
+    try:
+        logs = LogLimits.from_config(saved.get("logs"), str(path))
+    except ValueError as exc:
+        raise UsageError(f"{exc}; fix the config file") from None
     return RuntimeConfig(
         id=node_id,
         nameserver=nameserver_url(given.nameserver or saved.get("nameserver")),
@@ -201,6 +207,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         devices=dict(saved.get("devices") or {}),
         home=home,
         gpio_simulate=gpio_simulate(saved, path),
+        logs=logs,
     )
 
 

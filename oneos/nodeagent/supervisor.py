@@ -4,7 +4,8 @@ It watches `oneos/assign/<node>/` with blocking queries. Each assigned agent get
 AgentRunner: a thread that prepares the agent's private working directory (with its
 shipped files), starts the process from its argv (never through a shell), bridges its
 stdin/stdout/stderr to Pulsar (bridge.py), restarts it per its restart policy, and
-writes `oneos/status/<pipeline>.<agent>`. An assignment that disappears is stopped.
+writes `oneos/status/<pipeline>.<agent>`. An assignment that disappears is stopped, and
+its working directory and log files (logfiles.py) are removed.
 
 Fencing: an agent runs in at most one place. Every status write (and so every start) is
 a transaction that checks that this node still holds its membership session and that the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +46,7 @@ from oneos.bus import frames
 from oneos.documents import DocumentError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 from oneos.nameserver.watch import Watch
+from oneos.nodeagent import logfiles
 from oneos.nodeagent.devices import DeviceError, DeviceServer
 from oneos.nodeagent.restart import RestartPolicy
 from oneos.service import Service, stop_all
@@ -56,6 +59,8 @@ log = logging.getLogger("oneos.nodeagent")
 STOP_GRACE_S = 5.0
 WRITE_RETRY_S = 0.25       # the first wait before a status write is tried again (the Name Server out of reach)
 WRITE_RETRY_MAX_S = 2.0    # ... doubling up to this
+#: An agent id, PIPELINE.AGENT, both names as common.schema.json's `name`: what may be swept.
+_AGENT_ID = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def _start_error(program: str, exc: OSError) -> tuple[int, str]:
@@ -246,13 +251,13 @@ class AgentRunner(Service):
         wire = frames.incarnation(self.epoch, incarnation)
         if self.assignment.get("kernel"):
             # Kernel agents (the broker itself among them) do without the bus: local log only.
-            return Bridge(None, self.sup.namespace, self.key, self.assignment, incarnation, self.sup.workdir / "logs",
-                          wire=wire)
+            return Bridge(None, self.sup.namespace, self.key, self.assignment, incarnation, self.sup.log_dir,
+                          wire=wire, log_limits=self.sup.log_limits)
         delay, told = 0.5, False
         while not self.stopping.is_set():
             try:
                 return Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
-                              self.sup.workdir / "logs", wire=wire)
+                              self.sup.log_dir, wire=wire, log_limits=self.sup.log_limits)
             except Exception as exc:  # noqa: BLE001 - pulsar raises its own exception types
                 if not told:
                     log.warning("%s: waiting for the message bus before starting it: %s", self.key, exc)
@@ -370,8 +375,9 @@ class AgentRunner(Service):
         self.cancel()
 
     def remove(self) -> None:
-        """After stop(): forget the agent here (its status, unless another node has taken it)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """After stop(): forget the agent here: its working directory, its log files, and its
+        status, unless another node has taken it."""
+        self.sup.remove_files(self.key)
         _, entry = self.sup.ns.get(state.status_key(self.key))
         if entry is None:
             return
@@ -388,10 +394,11 @@ class Supervisor(Service):
 
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
                  bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
-                 devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None) -> None:
+                 devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None,
+                 log_limits: logfiles.LogLimits | None = None) -> None:
         """`lease` gives the membership session that holds this node's record (None: not a member now);
         `devices` are the node's, from its config (see devices.py); `agent_env`, what the node adds
-        to its agents' environment."""
+        to its agents' environment; `log_limits`, how much of each agent's log file is kept."""
         super().__init__("supervisor")
         self.ns = ns
         self.devices = devices or {}
@@ -402,6 +409,8 @@ class Supervisor(Service):
         self._sync_lock = threading.RLock()
         self.namespace = boot["pulsar"]["namespace"]
         self.workdir = workdir
+        self.log_dir = workdir / "logs"
+        self.log_limits = log_limits or logfiles.LogLimits()
         self._bus_factory = bus_factory
         self._bus = None
         self._bus_lock = threading.Lock()
@@ -442,8 +451,40 @@ class Supervisor(Service):
                 pass
 
     def _follow_assignments(self) -> None:
+        first = True
         for _, entries in self._assignments:
-            self._sync({e.key[len(self._prefix):]: e for e in entries})
+            assigned = {e.key[len(self._prefix):]: e for e in entries}
+            self._sync(assigned)
+            if first:
+                # What agents that left while this node was down left behind (their pipeline
+                # was deleted meanwhile): their working directories and log files.
+                first = False
+                self._sweep(set(assigned))
+
+    def remove_files(self, key: str) -> None:
+        """Remove an agent's working directory and log files (it has left this node)."""
+        workdir = self.workdir / key
+        if workdir.parent == self.workdir and key not in ("", ".", "..", "logs"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            logfiles.remove(self.log_dir, key)
+        except ValueError as exc:
+            log.error("%s", exc)
+
+    def _sweep(self, assigned: set[str]) -> None:
+        """Remove the files of every agent not assigned here (left by an earlier run of this node)."""
+        try:
+            names = {entry.name for entry in os.scandir(self.workdir) if entry.is_dir()} - {"logs"}
+        except FileNotFoundError:
+            names = set()
+        with self._sync_lock:    # no runner starts meanwhile
+            keep = assigned | set(self.runners)
+            stale = {name for name in names | logfiles.agent_ids(self.log_dir)
+                     if name not in keep and _AGENT_ID.fullmatch(name)}
+            for key in sorted(stale):
+                self.remove_files(key)
+        if stale:
+            log.info("removed the files of %d agent(s) no longer on this node", len(stale))
 
     def suspend(self, why: str) -> None:
         """Stop every agent now and start none until `resume()`: this node may be written off."""
