@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import re
+import time
 import uuid
 from datetime import datetime
 from dataclasses import dataclass
@@ -111,8 +112,13 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
     check("pipeline", doc, f"pipeline {name}")
     if dry_run:
         return Applied(name, outcome, doc, current, replaced)
+    # The flags (when it was shipped, in ms) make every put a change, even of the same content:
+    # its ModifyIndex moves, so the controller's blob collector keeps a file shipped again
+    # (see oneos/controller/janitor.py). The collector's grace covers this apply until its
+    # manifest is written.
+    shipped = time.time_ns() // 1_000_000
     for data in files.values():
-        ns.put(state.blob_key(hashlib.sha256(data).hexdigest()), data)
+        ns.put(state.blob_key(hashlib.sha256(data).hexdigest()), data, flags=shipped)
     if not state.put_document(ns, state.pipeline_key(name), "pipeline", doc,
                               cas=entry.modify_index if entry else 0):
         raise OneOSError(f"pipeline {name} was changed by someone else while it was being applied; apply again")

@@ -202,9 +202,10 @@ def utcnow() -> str:
 
 def new_boot_record(*, cluster: str, pulsar_url: str, namespace: str = "public/default",
                     kernel_nodes: list[str] | None = None, session_ttl: str = "10s",
-                    lock_delay: str = "15s") -> dict[str, Any]:
-    """A boot record (validated when written)."""
-    return {
+                    lock_delay: str = "15s", pulsar_admin_url: str | None = None,
+                    blob_grace: str | None = None) -> dict[str, Any]:
+    """A boot record (validated when written); the optional fields only when given."""
+    boot = {
         "schemaVersion": 1,
         "cluster": cluster,
         "pulsar": {"url": pulsar_url, "namespace": namespace},
@@ -214,6 +215,11 @@ def new_boot_record(*, cluster: str, pulsar_url: str, namespace: str = "public/d
         "lockDelay": lock_delay,
         "createdAt": utcnow(),
     }
+    if pulsar_admin_url:
+        boot["pulsar"]["adminUrl"] = pulsar_admin_url.rstrip("/")
+    if blob_grace:
+        boot["blobGracePeriod"] = blob_grace
+    return boot
 
 
 def default_init(path: str | Path | None = None) -> dict[str, Any]:

@@ -66,3 +66,8 @@ def _agent(name: str) -> str:
         raise OneOSError(f"agent name {name!r} is not lowercase letters, digits and '-' "
                          f"(starting and ending with a letter or digit)")
     return name
+
+
+def pipeline_prefix(namespace: str, uid: str) -> str:
+    """What every topic of the pipeline with this uid starts with (and no other pipeline's does)."""
+    return _topic(namespace, uid, "x")[:-len("x.")]

@@ -104,6 +104,11 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", default="oneos", help="the cluster's name (default oneos)")
     p.add_argument("--namespace", default="public/default", metavar="TENANT/NAMESPACE",
                    help="Pulsar namespace for the pipes' topics (default public/default)")
+    p.add_argument("--pulsar-admin-url", metavar="URL",
+                   help="the Pulsar cluster's admin API, http://HOST:8080: deleted pipelines' topics are deleted "
+                        "through it (leave it out for pulsar-lite, which has none)")
+    p.add_argument("--blob-grace", metavar="DURATION",
+                   help="how long a shipped file no manifest references is kept before it is deleted (default 60s)")
     p.add_argument("--session-ttl", default="10s", metavar="DURATION",
                    help="node liveness TTL, 10s..86400s (default 10s): a dead node is gone within twice this")
     p.add_argument("--lock-delay", default="15s", metavar="DURATION",
@@ -119,7 +124,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Write what a new cluster needs, where absent."""
     boot = state.new_boot_record(cluster=args.cluster, pulsar_url=args.pulsar_url, namespace=args.namespace,
                                  kernel_nodes=args.kernel_node, session_ttl=args.session_ttl,
-                                 lock_delay=args.lock_delay)
+                                 lock_delay=args.lock_delay, pulsar_admin_url=args.pulsar_admin_url,
+                                 blob_grace=args.blob_grace)
     check("boot", boot, "the boot record from these options")
     ns = _client(args)
     wrote_boot, wrote_init = state.bootstrap(ns, boot, state.default_init(args.init), force=args.force)

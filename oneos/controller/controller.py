@@ -3,7 +3,8 @@
 Watches (blocking queries) only say *that* something changed under manifests/ or nodes/;
 each wake-up runs one reconciliation pass over every pipeline, and a periodic pass
 catches anything a watch missed. A deposed leader stops at once; one that has not heard
-yet cannot write either, as every write checks that it still holds the lock.
+yet cannot write either, as every write checks that it still holds the lock. On a timer
+of its own, the janitor (janitor.py) deletes what deleted pipelines leave behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import threading
 from typing import Callable
 
 from oneos import state
-from oneos.controller.reconciler import NotLeader, reconcile_all
+from oneos.controller.janitor import Janitor
+from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nameserver.watch import Watch
 from oneos.service import Service
@@ -36,10 +38,21 @@ class Controller(Service):
         self.leader_session = leader_session
         self._dirty = threading.Event()
         self._watches = [Watch.keys(ns, prefix) for prefix in (state.MANIFESTS, state.NODES)]
+        # The janitor's rounds have a client of their own too (one client per thread).
+        self._janitor_ns = ns.clone()
+        self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()))
+
+    def _session(self) -> str | None:
+        """The leader session every write checks (None without one); NotLeader once it is gone."""
+        session = self.leader_session() if self.leader_session else None
+        if self.leader_session and session is None:
+            raise NotLeader("the leader session is gone; stopping the controller")
+        return session
 
     def _launch(self) -> None:
         self._dirty.set()
         self.spawn(self._loop, "reconcile")
+        self.spawn(self._sweep, "janitor")
         for watch in self._watches:
             self.spawn(lambda watch=watch: self._follow(watch), f"watch {watch.what}")
 
@@ -48,6 +61,10 @@ class Controller(Service):
         for watch in self._watches:
             watch.close()
         self.ns.close()
+        self._janitor_ns.close()
+
+    def _release(self) -> None:
+        self.janitor.close()
 
     def _follow(self, watch: Watch) -> None:
         for _ in watch:
@@ -60,10 +77,10 @@ class Controller(Service):
                 return
             self._dirty.clear()
             try:
-                session = self.leader_session() if self.leader_session else None
-                if self.leader_session and session is None:
-                    raise NotLeader("the leader session is gone; stopping the controller")
-                reconcile_all(self.ns, session)
+                session = self._session()
+                view = reconcile_all(self.ns, session)
+                if view is not None:
+                    self.janitor.observe(view)
             except NotLeader as exc:
                 log.warning("%s", exc)
                 return
@@ -77,3 +94,20 @@ class Controller(Service):
                 log.exception("reconcile failed; trying again")
                 self.stopping.wait(1.0)
                 self._dirty.set()
+
+    def _sweep(self) -> None:
+        """The janitor's rounds: one now, then every `janitor.interval()` seconds until the controller stops."""
+        while True:
+            try:
+                self.janitor.sweep()
+            except NotLeader as exc:
+                log.warning("%s", exc)
+                return
+            except (NameServerUnreachable, NameServerError) as exc:
+                if self.stopping.is_set():
+                    return
+                log.debug("janitor: %s; trying again next round", exc)
+            except Exception:  # noqa: BLE001 - a bug must not silently stop the janitor
+                log.exception("janitor round failed; trying again next round")
+            if self.stopping.wait(self.janitor.interval()):
+                return

@@ -449,6 +449,9 @@ def mark_invalid(view: ClusterView, name: str, writes: Writes, now: Callable[[],
                                                      "since": mark["since"] if mark else now()})
 
 
-def reconcile_all(ns: NameServer, leader_session: str | None = None) -> None:
-    """One pass over every pipeline: read the cluster once, then reconcile, place and write each."""
-    run_pass(ClusterView.read(ns), Writes(ns, leader_session))
+def reconcile_all(ns: NameServer, leader_session: str | None = None) -> ClusterView:
+    """One pass over every pipeline: read the cluster once, then reconcile, place and write each;
+    the view the pass worked from."""
+    view = ClusterView.read(ns)
+    run_pass(view, Writes(ns, leader_session))
+    return view

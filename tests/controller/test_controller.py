@@ -39,7 +39,8 @@ def test_stop_ends_every_thread_without_waiting_out_the_watches(ns, monkeypatch)
     monkeypatch.setattr(controller_module, "reconcile_all", lambda ns, session: passes.append(session))
     controller = Controller(ns)
     controller.start()
-    wait_until(lambda: len(threads_of(controller)) == 3 and passes, 30, "the loop, its two watches and a pass")
+    wait_until(lambda: len(threads_of(controller)) == 4 and passes, 30,
+               "the loop, its two watches, the janitor and a pass")
     # A change under a watched prefix wakes the loop for one more pass.
     before = len(passes)
     ns.put("oneos/nodes/someone", b"{}")
