@@ -61,18 +61,20 @@ class Cluster:
         self.ns = NameServer(self.url)
         self.nodes: list[OneosdProc] = []
 
-    def bootstrap(self, pulsar_url: str | None = None, init: str = EMPTY_INIT) -> None:
+    def bootstrap(self, pulsar_url: str | None = None, init: str = EMPTY_INIT, **boot_fields: object) -> None:
         """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on.
 
         The init manifest has no kernel agents by default: the test owns the broker (it kills
         and restarts it), so a kernel agent must not start one of its own. Written in-process,
-        as `oneosctl bootstrap` writes it (tests/cli/test_bootstrap.py runs the command).
+        as `oneosctl bootstrap` writes it (tests/cli/test_bootstrap.py runs the command);
+        `boot_fields` are added to the boot record (such as blobGracePeriod="2s").
         """
         pulsar_url = pulsar_url or f"pulsar://127.0.0.1:{free_port()}"
         init_path = self.root / "init.yaml"
         init_path.write_text(init)
         boot = state.new_boot_record(cluster="e2e", pulsar_url=pulsar_url, session_ttl=f"{SESSION_TTL}s",
                                      lock_delay=f"{LOCK_DELAY}s")
+        boot.update(boot_fields)
         assert state.bootstrap(self.ns, boot, state.default_init(init_path)) == (True, True)
 
     def ctl(self, *argv: str, env: dict[str, str] | None = None):

@@ -64,8 +64,9 @@ def cluster(builtin_nameserver, tmp_path):
 
 
 @contextlib.contextmanager
-def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT):
-    """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end."""
+def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT, **boot_fields):
+    """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end;
+    `boot_fields` go into the boot record."""
     if REAL_CONSUL:
         pytest.skip("starts its own Name Server: built-in Name Server only")
     nameserver = NameServerProc(root / "ns-data").start()
@@ -74,7 +75,7 @@ def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT):
     try:
         broker.start()
         c.broker = broker
-        c.bootstrap(broker.url, init)
+        c.bootstrap(broker.url, init, **boot_fields)
         for node_id, flags in nodes.items():
             c.start(node_id, *flags)
         c.wait_for(c.leader, 20, "a leader")
