@@ -41,6 +41,7 @@ from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 log = logging.getLogger("oneos.controller")
 
 BLOB_GRACE_S = 60.0
+MIN_GRACE_S = 1.0     # a shorter one could not cover an apply between its files and its manifest
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -93,9 +94,9 @@ class Janitor:
     # -- timing ------------------------------------------------------------
 
     def grace(self) -> float:
-        """The boot record's blobGracePeriod (as last read), else BLOB_GRACE_S."""
+        """The boot record's blobGracePeriod (as last read; at least MIN_GRACE_S), else BLOB_GRACE_S."""
         text = (self.boot or {}).get("blobGracePeriod")
-        return parse_seconds(text) if text else BLOB_GRACE_S
+        return max(MIN_GRACE_S, parse_seconds(text)) if text else BLOB_GRACE_S
 
     def interval(self) -> float:
         """How often a round runs: a quarter of the grace, from 1s to 15s."""

@@ -38,3 +38,15 @@ def test_bootstrap_writes_the_boot_record_once_and_force_replaces_it(builtin_nam
     forced = bootstrap(url, "--cluster", "other", "--pulsar-url", "pulsar://127.0.0.1:6652", "--force")
     assert forced.returncode == 0 and forced.stdout.startswith("boot record written to")
     assert state.read_boot(ns)["cluster"] == "other"
+
+
+def test_bootstrap_records_the_pulsar_admin_url_and_the_blob_grace_period(builtin_nameserver):
+    url = builtin_nameserver.url
+    bad = bootstrap(url, "--pulsar-url", "pulsar://127.0.0.1:6651", "--pulsar-admin-url", "broker:8080")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "pulsar.adminUrl: 'broker:8080'" in bad.stderr, bad.stderr
+    done = bootstrap(url, "--pulsar-url", "pulsar://127.0.0.1:6651", "--pulsar-admin-url", "http://broker:8080/",
+                     "--blob-grace", "5m")
+    assert done.returncode == 0, done.stderr
+    boot = state.read_boot(NameServer(url))
+    assert (boot["pulsar"]["adminUrl"], boot["blobGracePeriod"]) == ("http://broker:8080", "5m")
