@@ -2,17 +2,22 @@
 few starts kept, removed with the agent, and the limits read from the node's config.
 
 The files of real agents (written by their bridge, removed with their pipeline) are checked
-with real processes in tests/e2e/test_bounded_disk.py.
+with real processes in tests/e2e/test_bounded_disk.py; here, what a node that starts again
+finds of agents whose pipelines were deleted while it was down.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from oneos import state
 from oneos.errors import UsageError
+from oneos.nameserver.client import NameServer
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import logfiles
 from oneos.nodeagent.logfiles import LogFile, LogLimits
+from oneos.nodeagent.supervisor import Supervisor
+from tests.procs import wait_until
 
 SMALL = LogLimits(max_file_bytes=4096, rotated=2, incarnations=3)
 
@@ -94,3 +99,29 @@ def test_the_limits_come_from_the_nodes_config(tmp_path, monkeypatch):
     config.write_text("logs: {incarnations: 0}\n")
     with pytest.raises(UsageError, match=f"^{config}.*incarnations"):
         load()
+
+
+def test_a_node_that_starts_removes_the_files_of_agents_no_longer_assigned_to_it(builtin_nameserver, tmp_path):
+    ns = NameServer(builtin_nameserver.url)
+    manifest = {"apiVersion": "oneos/v1", "kind": "Pipeline", "metadata": {"name": "kept", "uid": "1" * 32,
+                                                                          "generation": 1},
+                "spec": {"agents": [{"name": "a", "run": ["sleep", "60"]}]}}
+    state.put_document(ns, state.assign_key("n9", "kept.a"), "assignment",
+                       dict(state.desired_assignments(manifest)["kept.a"], epoch=1))
+    workdir = tmp_path / "agents"
+    for key in ("kept.a", "gone.a", "gone.b"):
+        (workdir / key).mkdir(parents=True)
+        (workdir / key / "tool.py").write_text("print()\n")
+    (workdir / "logs").mkdir()
+    for name in ("kept.a.1.log", "gone.a.1.log", "gone.a.2.log.1", "gone.c.3.log", "README"):
+        (workdir / "logs" / name).write_text("old\n")
+    (workdir / "Not-An-Agent").mkdir()
+    sup = Supervisor(ns, "n9", {"pulsar": {"namespace": "public/default"}}, workdir, bus_factory=lambda: None)
+    sup.suspend("this test starts no agent")      # its assignments are kept, and nothing runs
+    sup.start()
+    try:
+        wait_until(lambda: not (workdir / "gone.a").exists() and names(workdir / "logs") == ["README", "kept.a.1.log"],
+                   20, "the files of the agents no longer assigned here to be removed")
+        assert names(workdir) == ["Not-An-Agent", "kept.a", "logs"]
+    finally:
+        sup.stop()
