@@ -52,7 +52,14 @@ class PulsarAdmin:
         if reply.status_code != 200:
             raise PulsarAdminError(f"listing the topics of {namespace} at {self.url}: HTTP {reply.status_code} "
                                    f"{reply.text.strip()[:200]}")
-        return [str(t) for t in reply.json()]
+        try:
+            names = reply.json()
+        except ValueError:
+            names = None
+        if not isinstance(names, list):
+            raise PulsarAdminError(f"listing the topics of {namespace} at {self.url}: the reply is not a list of "
+                                   "topics; is pulsar.adminUrl the admin API (port 8080)?")
+        return [str(t) for t in names]
 
     def delete_topic(self, topic: str) -> bool:
         """Delete a persistent topic with its subscriptions (force: even with clients connected);

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ class Janitor:
         self._live: dict[str, str] = {}        # uid -> pipeline name, of the manifests the last pass saw
         self.owed: set[str] = set()            # uids of deleted pipelines whose topics are still to delete
         self._failing: set[str] = set()        # uids whose topic deletion failed (said once)
+        self._owed_lock = threading.Lock()     # observe() runs in the pass's thread, the rounds in their own
         self.boot: dict[str, Any] | None = None
 
     # -- timing ------------------------------------------------------------
@@ -169,8 +171,9 @@ class Janitor:
         A pipeline whose stored manifest is invalid is not taken for deleted: it is left alone.
         """
         if not (view.boot or {}).get("pulsar", {}).get("adminUrl"):
-            self._live.clear()
-            self.owed.clear()
+            with self._owed_lock:
+                self._live = {}
+                self.owed.clear()
             return
         live = {m["metadata"]["uid"]: name for name, m in view.manifests.items()}
         if view.init is not None:
@@ -178,15 +181,18 @@ class Janitor:
         gone = {uid for uid, name in self._live.items() if uid not in live and name not in view.invalid}
         placed = [doc for _, doc in view.assignments.values()] + list(view.statuses.values())
         gone |= {doc["uid"] for doc in placed if doc["uid"] not in live and doc["pipeline"] not in view.invalid}
-        self.owed |= gone
-        self._live = live
+        with self._owed_lock:
+            self.owed |= gone
+            self._live = live
 
     def reap_topics(self) -> list[str]:
         """Delete the topics of every deleted pipeline nothing is left of; the topics deleted."""
         pulsar = (self.boot or {}).get("pulsar", {})
-        if not self.owed or not pulsar.get("adminUrl"):
+        with self._owed_lock:
+            owed = set(self.owed)
+        if not owed or not pulsar.get("adminUrl"):
             return []
-        ready = self.owed - self._lingering()
+        ready = owed - self._lingering()
         if not ready:
             return []
         if self._admin is None or self._admin.url != pulsar["adminUrl"].rstrip("/"):
@@ -208,7 +214,8 @@ class Janitor:
             except PulsarAdminError as exc:
                 self._say_once(uid, f"pipeline uid {uid}: its topics are not deleted yet: {exc}")
                 continue
-            self.owed.discard(uid)
+            with self._owed_lock:
+                self.owed.discard(uid)
             self._failing.discard(uid)
         if deleted:
             log.info("deleted %d topic(s) of deleted pipelines", len(deleted))
