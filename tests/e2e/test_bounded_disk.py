@@ -77,7 +77,7 @@ def key_count(cluster) -> int:
 def one_liner(i: int) -> tuple[str, int, bytes, bytes]:
     """Run i: (line, exit status, stdout, what its stderr contains)."""
     if i % 2 == 0:
-        k = i % SCRIPTS
+        k = (i // 2) % SCRIPTS
         return f"./s{k}.sh run-{i}", 0, f"run-{i}\n".encode(), f"script {k}\n".encode()
     if i % 4 == 1:
         return f"ls /nonexistent-{i}", 2, b"", f"/nonexistent-{i}".encode()
