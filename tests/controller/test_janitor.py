@@ -290,3 +290,19 @@ def test_an_unreachable_admin_api_is_one_line_that_names_it():
         PulsarAdmin(url, timeout=2).topics("public/default")
     assert str(raised.value) == (f"the Pulsar admin API at {url} is unreachable (ConnectionError); "
                                  "check pulsar.adminUrl in the boot record")
+
+
+def test_a_pipeline_whose_manifest_turned_invalid_keeps_its_topics(admin_ns, tmp_path):
+    """Its agents are left running (the pass leaves it alone): it is not taken for deleted."""
+    ns, fake = admin_ns
+    janitor = make_janitor(ns, Clock())
+    manifest, folder = shipping(tmp_path, "broken")
+    manifests.apply_pipeline(ns, manifest, folder)
+    uid = manifests.read_pipeline(ns, "broken")["metadata"]["uid"]
+    fake.topics |= set(_pipeline_topics(uid))
+    janitor.observe(ClusterView.read(ns))
+    ns.put(state.pipeline_key("broken"), json.dumps({"metadata": {"name": "broken", "uid": uid}}))
+    state.put_document(ns, state.status_key("broken.b"), "status", _status("broken", uid))
+    janitor.observe(ClusterView.read(ns))
+    janitor.sweep()
+    assert janitor.owed == set() and fake.deleted == []
