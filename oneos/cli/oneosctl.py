@@ -19,7 +19,7 @@ from oneos import __version__, diff, manifests, state
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
-from oneos.errors import OneOSError
+from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer
 
 PROG = "oneosctl"
@@ -28,13 +28,24 @@ STDIN_NAME = "<stdin>"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def _add_filename(parser: argparse.ArgumentParser, help: str) -> None:
-    """The kubectl-style -f/--filename option: repeatable, several files after one -f."""
+def _add_filename(parser: argparse.ArgumentParser, help: str, positional: bool = True) -> None:
+    """The kubectl-style -f/--filename option: repeatable, several files after one -f; with
+    `positional`, the files may also be named without -f (`apply pipeline.yaml`), both mixed."""
+    about = (f"; '-' reads stdin; a directory means its {', '.join(MANIFEST_SUFFIXES)} files")
+    if positional:
+        parser.add_argument("files", nargs="*", action="extend", metavar="FILE", help=f"{help}{about}")
     parser.add_argument(
-        "-f", "--filename", dest="files", metavar="FILE", action="extend", nargs="+", required=True,
-        help=f"{help}; repeat -f or list several files after one; '-' reads stdin; a directory means its "
-             f"{', '.join(MANIFEST_SUFFIXES)} files",
+        "-f", "--filename", dest="files", metavar="FILE", action="extend", nargs="+", default=[],
+        help=f"{help}, as kubectl takes it; repeat -f or list several files after one",
     )
+
+
+def _files(args: argparse.Namespace) -> list[str]:
+    """The files named, with or without -f; UsageError when there are none."""
+    if not args.files:
+        raise UsageError(f"{args.command}: name the manifests: `{PROG} {args.command} FILE...` or "
+                         f"`{PROG} {args.command} -f FILE`")
+    return args.files
 
 
 def manifest_paths(name: str) -> list[str]:
@@ -62,6 +73,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
         "validate", help="check manifests without applying them",
         description="Check manifests against the OneOS schemas and rules, without contacting the cluster. "
                     "Prints FILE: valid for each valid file, else one line per problem on stderr and exits 2.",
+        usage=f"{PROG} validate [-h] FILE... | -f FILE...",
     )
     _add_filename(p, "manifest to check")
     p.set_defaults(run=cmd_validate)
@@ -70,7 +82,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every file named; 0 when all are valid, 2 when any is not."""
     status = 0
-    for given in args.files:
+    for given in _files(args):
         try:
             names = manifest_paths(given)
         except DocumentError as err:
@@ -140,6 +152,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def _add_apply(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="create or update pipelines from manifests",
+                       usage=f"{PROG} apply [-h] [--dry-run] [-v] FILE... | -f FILE...",
                        description="Create or update each pipeline in the manifests. A pipeline whose spec did "
                                    "not change is left alone (\"unchanged\"). On an update only the agents "
                                    "whose work changed restart (their spec, their links, their shipped files' "
@@ -154,16 +167,8 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = load_pipelines(_files(args), "applied")
     ns = _client(args)
-    loaded = []
-    for given in args.files:
-        for name in manifest_paths(given):
-            base = Path.cwd() if name == STDIN else Path(name).resolve().parent
-            loaded += [(doc, base) for doc in read_manifests(name)]
-    for doc, _ in loaded:
-        if doc["kind"] != "Pipeline":
-            raise DocumentError(f"{doc['kind']} {doc['metadata']['name']}: only Pipeline manifests are applied; "
-                                "the init manifest is installed with `oneosctl bootstrap --init FILE --force`")
     detailed = args.dry_run or args.verbose
     for doc, base in loaded:
         where = agents_where(ns, doc["metadata"]["name"]) if detailed else {}
@@ -179,6 +184,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_pipelines(files: list[str], done: str) -> list[tuple[dict, Path]]:
+    """Every Pipeline manifest in `files`, with the folder its shipped files are relative to;
+    DocumentError for a file that is not valid or holds another kind (`done`: what is done with them)."""
+    loaded = []
+    for given in files:
+        for name in manifest_paths(given):
+            base = Path.cwd() if name == STDIN else Path(name).resolve().parent
+            loaded += [(doc, base) for doc in read_manifests(name)]
+    for doc, _ in loaded:
+        if doc["kind"] != "Pipeline":
+            raise DocumentError(f"{doc['kind']} {doc['metadata']['name']}: only Pipeline manifests are {done}; "
+                                "the init manifest is installed with `oneosctl bootstrap --init FILE --force`")
+    return loaded
+
+
 def agents_where(ns: NameServer, pipeline: str) -> dict[str, str]:
     """agent -> its state and node now ("Running on n2"), for the agents of a pipeline that have a status."""
     found = {}
@@ -192,13 +212,27 @@ def agents_where(ns: NameServer, pipeline: str) -> dict[str, str]:
 
 
 def _add_delete(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("delete", help="delete a pipeline and stop its agents")
-    p.add_argument("resource", choices=["pipeline", "pipelines", "device", "devices"])
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p = sub.add_parser(
+        "delete", help="delete pipelines (and stop their agents) by name or by their manifests",
+        usage=f"{PROG} delete [-h] (pipeline|device) NAME... | -f FILE...",
+        description="Delete the pipelines named, or those the manifests name (-f, as kubectl), and stop their "
+                    "agents; a device registration, by its name. A name that is not there is \"not found\" "
+                    "and the exit status is 1; the others are deleted all the same.")
+    p.add_argument("resource", nargs="?", choices=["pipeline", "pipelines", "device", "devices"])
+    p.add_argument("names", nargs="*", metavar="NAME")
+    _add_filename(p, "delete the pipelines this manifest names", positional=False)
     p.set_defaults(run=cmd_delete)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if args.files:
+        if args.resource or args.names:
+            raise UsageError("delete: give either -f FILE or RESOURCE NAME..., not both")
+        args.resource, args.names = "pipeline", [doc["metadata"]["name"]
+                                                 for doc, _ in load_pipelines(args.files, "deleted")]
+    elif not args.resource or not args.names:
+        raise UsageError(f"delete: name what to delete: `{PROG} delete pipeline NAME...` or "
+                         f"`{PROG} delete -f FILE`")
     ns = _client(args)
     status = 0
     if args.resource.startswith("device"):
@@ -415,8 +449,7 @@ def _add_get(sub: argparse._SubParsersAction) -> None:
                                    "pipeline name or PIPELINE/AGENT.")
     p.add_argument("resource", choices=sorted(GETTERS), help="what to show")
     p.add_argument("names", nargs="*", metavar="NAME", help="show only these")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table",
-                   help="table (default), or the documents as json or yaml")
+    _add_output(p, ["table", "json", "yaml"], "table (default), or the documents as json or yaml")
     p.set_defaults(run=cmd_get)
 
 
@@ -594,7 +627,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
                     "column, and the exit status is 2.")
     p.add_argument("pipeline", metavar="PIPELINE", help="the one-liner, quoted as one argument")
     p.add_argument("--name", help="the pipeline's name (default: the stage names joined by '-')")
-    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
+    _add_output(p, ["yaml", "json"], "yaml (default) or json")
     p.set_defaults(run=cmd_compile)
 
 
@@ -633,16 +666,49 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+# Global options go before or after the subcommand (`oneosctl get pipelines --nameserver URL`),
+# as kubectl takes them: the main parser sets their defaults, and each subcommand's parser has
+# them too with default=SUPPRESS, so that it sets them only when they are given after it.
+OUTPUT_FORMATS = ["table", "json", "yaml"]
+
+
+def _add_globals(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    parser.add_argument("--nameserver", metavar="URL", default=default,
+                        help="the Name Server (default $ONEOS_NAMESERVER, else http://127.0.0.1:8500)")
+
+
+def _add_output(parser: argparse.ArgumentParser, formats: list[str], help: str) -> None:
+    """-o/--output of a command that prints documents; the first of `formats` is its default."""
+    parser.add_argument("-o", "--output", choices=formats, default=argparse.SUPPRESS, help=help)
+    parser.set_defaults(output_formats=formats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog=PROG, description="Declarative control of a OneOS cluster.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--nameserver", metavar="URL", default=None,
-                        help="the Name Server (default $ONEOS_NAMESERVER, else http://127.0.0.1:8500)")
+    _add_globals(parser, default=None)
+    parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default=None,
+                        help="how commands that print documents (get, compile) print them")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for command in {id(p): p for p in sub.choices.values()}.values():
+        _add_globals(command)
     return parser
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """-o given before the subcommand: only for one that prints documents, in a format it has."""
+    formats = getattr(args, "output_formats", None)
+    if formats is None:
+        if args.output is not None:
+            raise UsageError(f"-o/--output is for the commands that print documents (get, compile), "
+                             f"not {args.command}")
+    elif args.output is None:
+        args.output = formats[0]
+    elif args.output not in formats:
+        raise UsageError(f"{args.command} -o/--output: {args.output!r} is not one of {', '.join(formats)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -652,6 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        _check_output(args)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
     try:
         return args.run(args)
     except OneOSError as err:

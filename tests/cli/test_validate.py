@@ -175,12 +175,12 @@ def test_shipped_manifests_are_valid():
     ]
 
 
-def test_without_f_prints_usage(workdir):
+def test_without_files_says_how_to_name_them(workdir):
     result = oneosctl("validate", cwd=workdir)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert "the following arguments are required: -f/--filename" in result.stderr
-    assert result.stderr.startswith("usage: oneosctl validate")
+    assert result.stderr == ("oneosctl: validate: name the manifests: `oneosctl validate FILE...` or "
+                             "`oneosctl validate -f FILE`\n")
 
 
 def test_help_lists_validate(workdir):
