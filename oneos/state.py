@@ -104,6 +104,21 @@ def desired_assignments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return wanted
 
 
+def writes_output(agent: dict[str, Any], outputs: list[str]) -> bool:
+    """Whether an agent's stdout is its pipeline's output (read by `oneosctl run`, and by
+    `oneosctl logs PIPELINE`): its spec says so (`stdout`, not a device), or no agent reads it."""
+    if "stdout" in agent:
+        return "device" not in agent["stdout"]
+    return not outputs
+
+
+def output_agents(manifest: dict[str, Any]) -> list[str]:
+    """The agents of a pipeline whose stdout is the pipeline's output, in the manifest's order."""
+    links = manifest["spec"].get("links", [])
+    return [a["name"] for a in manifest["spec"]["agents"]
+            if writes_output(a, [link["to"] for link in links if link["from"] == a["name"]])]
+
+
 def device_key(device: str) -> str:
     return f"{DEVICES}{device}"
 

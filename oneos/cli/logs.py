@@ -1,24 +1,31 @@
-"""`oneosctl logs PIPELINE/AGENT [-f]`: an agent's stderr (and unread stdout), from wherever it runs.
+"""`oneosctl logs PIPELINE/AGENT [-f]`: an agent's stderr, from wherever it runs; `oneosctl logs
+PIPELINE [-f]`: the pipeline's output (its last stages' stdout).
 
 Each run (incarnation) of an agent has its own log stream on the bus (see
 oneos/nodeagent/bridge.py). Without -f the current run's log is printed up to now; with
 -f it is followed, into the next runs too, until the agent is done for good.
+
+A pipeline's output is one stream per agent that nobody reads, across its restarts: a
+restarted agent's replay is dropped by offset, so each byte shows once. Without -f it is
+printed up to now; with -f until its agents are done for good (or the pipeline is deleted).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import pulsar
 
 from oneos import manifests, state
 from oneos.bus import client as bus_client
 from oneos.bus import frames, topics
-from oneos.errors import OneOSError
+from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer
 
 POLL_MS = 500
+ALIVE_CHECK_S = 2.0   # how often `logs -f PIPELINE` checks that the pipeline is still there
 
 
 def resolve(ns: NameServer, name: str) -> tuple[str, str]:
@@ -30,7 +37,8 @@ def resolve(ns: NameServer, name: str) -> tuple[str, str]:
     if len(matches) == 1:
         return state.split_agent_id(matches[0])
     if not matches:
-        raise OneOSError(f"no agent {name!r}; `oneosctl get agents` lists them as PIPELINE/AGENT")
+        raise OneOSError(f"no pipeline or agent {name!r}; `oneosctl get pipelines` and `oneosctl get agents` "
+                         "list them")
     raise OneOSError(f"several pipelines have an agent {name!r}: "
                      f"{', '.join(k.replace('.', '/') for k in sorted(matches))}; name one as PIPELINE/AGENT")
 
@@ -40,10 +48,13 @@ def _status(ns: NameServer, pipeline: str, agent: str) -> dict[str, Any]:
     return state.decode(entry, "status") if entry else {}
 
 
-def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool) -> bool:
-    """Copy one log stream to `out`: to its end (True), or, without `follow`, to what is there now."""
+def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool,
+             alive: Callable[[], bool] | None = None) -> bool:
+    """Copy one stream (a log, an output) to `out`: to its end (True), or, without `follow`, to
+    what is there now; with `follow`, also until `alive()`, asked now and then, says False."""
     reader = client.create_reader(topic, pulsar.MessageId.earliest)
     link: frames.Link[None] = frames.Link(reorder_limit=1 << 40)   # a reader cannot hand frames back
+    checked = time.monotonic()
     try:
         while not link.done:
             if not follow and not _more(reader):
@@ -51,9 +62,13 @@ def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool) 
             try:
                 message = reader.read_next(timeout_millis=POLL_MS)
             except pulsar.Timeout:
-                if follow:
-                    continue
-                return False
+                if not follow:
+                    return False
+                if alive is not None and time.monotonic() - checked >= ALIVE_CHECK_S:
+                    if not alive():
+                        return False
+                    checked = time.monotonic()
+                continue
             for chunk in link.accept(frames.decode(message.data()), None).deliver:
                 out.write(chunk)
                 out.flush()
@@ -70,7 +85,77 @@ def _more(reader: pulsar.Reader) -> bool:
         return True    # then read_next's timeout says it
 
 
+class _Shared:
+    """An output several threads write to, a frame's bytes at a time."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes | memoryview) -> None:
+        with self.lock:
+            self.out.write(data)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.out.flush()
+
+
+def output(ns: NameServer, pipeline: str, out: BinaryIO, *, follow: bool) -> int:
+    """Print a pipeline's output: the stdout of each agent nobody reads, up to now or, with `follow`,
+    to its end; several such agents' streams interleave, a frame at a time."""
+    doc = manifests.read_pipeline(ns, pipeline)
+    uid = doc["metadata"]["uid"]
+    agents = state.output_agents(doc)
+    if not agents:
+        raise OneOSError(f"pipeline {pipeline} has no output: every agent's stdout goes to another agent or a "
+                         f"device; `oneosctl logs {pipeline}/AGENT` shows an agent's stderr")
+
+    def alive(agent: str) -> Callable[[], bool]:
+        def check() -> bool:
+            _, entry = ns.get(state.pipeline_key(pipeline))
+            if entry is None:
+                return False
+            now = state.decode(entry, "pipeline")
+            return now["metadata"]["uid"] == uid and agent in state.output_agents(now)
+        return check
+
+    boot = state.read_boot(ns)
+    client = bus_client.connect(boot["pulsar"]["url"])
+    namespace = boot["pulsar"]["namespace"]
+    try:
+        if not follow or len(agents) == 1:
+            for agent in agents:
+                copy_log(client, topics.output_topic(namespace, uid, agent), out, follow=follow, alive=alive(agent))
+            return 0
+        shared = _Shared(out)
+        errors: list[BaseException] = []
+
+        def copy(agent: str) -> None:
+            try:
+                copy_log(client, topics.output_topic(namespace, uid, agent), shared, follow=True, alive=alive(agent))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+                errors.append(exc)
+        threads = [threading.Thread(target=copy, args=(a,), name=f"logs {pipeline}/{a}", daemon=True)
+                   for a in agents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return 0
+    finally:
+        bus_client.close(client)
+
+
 def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bool) -> int:
+    """`oneosctl logs NAME`: a pipeline's output when a pipeline has that name, else an agent's log."""
+    if "/" not in name and ns.get(state.pipeline_key(name))[1] is not None:
+        if previous:
+            raise UsageError(f"{name} is a pipeline: -p/--previous shows an agent's log of its run before, "
+                             f"as `oneosctl logs -p {name}/AGENT`")
+        return output(ns, name, out, follow=follow)
     pipeline, agent = resolve(ns, name)
     status = _status(ns, pipeline, agent)
     # The log streams are named by the uid of what ran, which the status has: the stored manifest may have

@@ -427,9 +427,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_logs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("logs", help="print an agent's log (its stderr), from wherever it runs")
-    p.add_argument("agent", metavar="PIPELINE/AGENT", help="the agent (its name alone if only one pipeline has it)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, across restarts")
+    p = sub.add_parser(
+        "logs", help="print a pipeline's output, or an agent's log (its stderr), from wherever it runs",
+        description="`logs PIPELINE` prints the pipeline's output: the stdout of its agents that no other agent "
+                    "reads (its last stages), each byte once across their restarts. `logs PIPELINE/AGENT` (or an "
+                    "agent's name alone, if only one pipeline has it and no pipeline has that name) prints the "
+                    "agent's log: its stderr and OneOS's lines about it.")
+    p.add_argument("agent", metavar="PIPELINE|PIPELINE/AGENT", help="a pipeline (its output) or an agent (its log)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing as it grows, across restarts, until it ends for good")
     p.add_argument("-p", "--previous", action="store_true", help="the log of the run before the current one")
     p.set_defaults(run=cmd_logs)
 

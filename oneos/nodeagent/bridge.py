@@ -3,14 +3,16 @@
 - stdin: the link topics of the agents it reads (and, under `oneosctl run`, the pipeline's
   input stream), through a subscription of this incarnation: a restarted process reads its
   input again from the start (replay, see oneos/bus/reader.py); nothing to read: /dev/null.
-- stdout: every link topic to the agents that read it (and the pipeline's output stream
-  under `oneosctl run`; a pipe, or a pseudo-terminal when `oneosctl run` writes to one); an agent nobody reads writes its stdout to its log, as systemd
-  sends it to the journal. The stream ends (EOF) only once the agent is done for good, so
-  readers do not see an end between two runs of a restarted agent.
+- stdout: every link topic to the agents that read it; an agent nobody reads (the last
+  stage) writes the pipeline's output stream instead (its `output_topic`, read by
+  `oneosctl run` and `oneosctl logs PIPELINE`), never its log; through a pipe, or a
+  pseudo-terminal when `oneosctl run` writes to one. The stream ends (EOF) only once the
+  agent is done for good, so readers do not see an end between two runs of a restarted
+  agent, and as on a link a restarted agent's replay is dropped by offset.
 - stderr, and lines about the agent from OneOS: the agent's log topic (one per incarnation,
-  read by `oneosctl logs` and `run`) and a local file next to its working directory,
-  size-capped and rotated (logfiles.py).
-  Kernel agents (such as the broker itself) do without the bus: their log is the file.
+  read by `oneosctl logs PIPELINE/AGENT` and `run`) and a local file next to its working
+  directory, size-capped and rotated (logfiles.py). Kernel agents (such as the broker
+  itself) do without the bus: their log is the file, their stdout too.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class Bridge:
         if attached and "stdin" in spec and "device" not in spec["stdin"]:
             self.input_topics.append(topics.input_topic(namespace, uid, agent))
         output_topics = [topics.link_topic(namespace, uid, agent, dst) for dst in assignment["outputs"]]
-        self.to_client = attached and "stdout" in spec and "device" not in spec["stdout"]
-        if self.to_client:
+        self.to_client = attached and "stdout" in spec and "device" not in spec["stdout"]   # `oneosctl run` reads it
+        # Its stdout is the pipeline's output: kept apart from its log (stderr) even when nobody reads it now.
+        self.to_output = client is not None and state.writes_output(spec, assignment["outputs"])
+        if self.to_output:
             output_topics.append(topics.output_topic(namespace, uid, agent))
         if client is None:
             # Without the bus (kernel agents, the broker among them): the local log file only.
@@ -64,8 +68,9 @@ class Bridge:
                 raise ValueError(f"{key}: an agent with links needs the message bus")
             self.output = self.log = None
         else:
-            # Nobody reads it: stdout goes to the log, as systemd sends it to the journal.
             self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
+            if self.to_output:
+                self.output.announce()   # `oneosctl logs PIPELINE` can tell an empty output from none yet
             self.log = StreamWriter(client, [topics.log_topic(namespace, uid, agent, incarnation)], wire,
                                     name=f"{key}.log")
             self.log.announce()   # `oneosctl logs` can tell an empty log from one not written yet
@@ -161,7 +166,7 @@ class Bridge:
 
     def readers_gone(self) -> None:
         """Every agent reading this one has ended: close its stdout so it gets SIGPIPE, as in a shell."""
-        if self.output is not None and not self.to_client and not self.output.closed:
+        if self.output is not None and not self.to_output and not self.output.closed:
             log.info("%s: every reader has ended; closing its stdout", self.key)
             self.output.close()
 

@@ -188,10 +188,11 @@ def test_reapplying_a_changed_manifest_updates_it_and_dry_run_changes_nothing(th
         assert after["upper"]["pid"] != before["upper"]["pid"]
         # The agent whose spec did not change kept running, untouched.
         assert after["ticker"]["pid"] == before["ticker"]["pid"]
-        # The new upper reads its input again from the start; unbuffered, its output (its log,
-        # since nothing reads it) shows at once.
-        wait_until(lambda: b"b\nc\nd\n" in three_nodes.ctl_bytes("logs", "greeter2/upper"), 30,
+        # The new upper reads its input again from the start; unbuffered, its output (the
+        # pipeline's, since nothing reads it) shows at once, and not in its log (its stderr).
+        wait_until(lambda: three_nodes.ctl_bytes("logs", "greeter2").startswith(b"a\nb\nc\nd\n"), 30,
                    "upper's new output")
+        assert three_nodes.ctl_bytes("logs", "greeter2/upper") == b""
     finally:
         three_nodes.ctl("delete", "pipeline", "greeter2")
 

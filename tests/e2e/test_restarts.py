@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import textwrap
+
+from tests.procs import venv_bin
 
 
 def apply(cluster, tmp_path, name: str, agent: str) -> None:
@@ -98,3 +102,43 @@ def test_no_leaves_an_exited_agent_with_its_status(three_nodes, tmp_path):
                          described), described
     finally:
         delete(three_nodes, "oneshot")
+
+
+def test_a_pipelines_output_is_kept_apart_from_stderr_and_shows_each_byte_once_across_restarts(three_nodes,
+                                                                                             tmp_path):
+    # The last stage prints its input, then fails once: restarted, it reads its input again and
+    # prints it all again. `logs PIPELINE` shows it once; the stage's log only its stderr.
+    manifest = tmp_path / "replay.yaml"
+    manifest.write_text(textwrap.dedent("""\
+        apiVersion: oneos/v1
+        kind: Pipeline
+        metadata: {name: replay}
+        spec:
+          agents:
+            - name: numbers
+              run: [seq, "1", "2000"]
+            - name: last
+              run: [sh, -c, "cat; echo run over >&2; [ -e ran-once ] || { touch ran-once; exit 3; }"]
+              restart: on-failure
+              restartSec: 0.1
+          links:
+            - {from: numbers, to: last}
+        """))
+    assert three_nodes.ctl("apply", str(manifest)).stdout == "pipeline/replay created\n"   # no -f, as users type it
+    expected = b"".join(b"%d\n" % i for i in range(1, 2001))
+    follow = subprocess.Popen([venv_bin("oneosctl"), "logs", "-f", "replay"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
+    try:
+        out, err = follow.communicate(timeout=60)   # -f ends with the stream: once the stage is done for good
+        assert (follow.returncode, out, err) == (0, expected, b"")
+        status = three_nodes.wait_for(lambda: (s := three_nodes.statuses("replay").get("last", {})).get("state")
+                                      == "Exited" and s, 30, "the last stage's status")
+        assert (status["exitCode"], status["restarts"]) == (0, 1)
+        assert three_nodes.ctl_bytes("logs", "replay") == expected
+        assert three_nodes.ctl_bytes("logs", "replay/last") == b"run over\n"
+        assert three_nodes.ctl_bytes("logs", "-p", "replay/last") == b"run over\n"
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+        delete(three_nodes, "replay")
