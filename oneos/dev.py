@@ -4,9 +4,10 @@ Starts the built-in Name Server as a child, writes the boot record and the init 
 where absent, and runs one local kernel runtime in this process. The broker (pulsar-lite)
 is a kernel agent of the init manifest: the runtime's controller places it on this node
 and its supervisor keeps it running (restart: always), as systemd keeps a unit. One
-ready line says where everything listens, once the broker answers. Ctrl-C or SIGTERM stops the runtime (so its
-node leaves at once), then every child; children also die with this process if it is
-killed, so nothing is left behind.
+ready line says where everything listens, once the broker answers. Ctrl-C or SIGTERM (while
+it starts, too) stops the runtime (so its node leaves at once): its agents first, while the
+broker still takes their last bytes, the broker after them; then every child. Children also
+die with this process if it is killed, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -68,10 +69,16 @@ class Child:
                 self.popen.wait()
 
 
-def _wait(what: str, ready: Any, child: Child, timeout: float = 20.0) -> None:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM came while the cluster was starting: stop what started, quietly."""
+
+
+def _wait(what: str, ready: Any, child: Child, stop: threading.Event, timeout: float = 20.0) -> None:
     """Poll `ready()` until true; fail with the child's last log line if it exits first."""
     deadline = time.monotonic() + timeout
     while True:
+        if stop.is_set():
+            raise Interrupted(what)
         if not child.alive():
             raise OneOSError(f"{what} exited with status {child.popen.returncode}: {child.last_words()} "
                              f"(log: {child.log_path})")
@@ -126,7 +133,7 @@ def _wait_for_broker(ns: NameServer, port: int, log_dir: Path, stop: threading.E
     deadline = time.monotonic() + BROKER_WAIT_S
     while not _tcp_ready("127.0.0.1", port):
         if stop.is_set():
-            raise OneOSError("stopped while waiting for the broker")
+            raise Interrupted("the broker")
         if time.monotonic() > deadline:
             statuses = {k: v for k, v in state.read_statuses(ns).items() if v.get("node")}
             brokers = [f"{k.replace('.', '/', 1)} {v['state']}" + (f" ({v['reason']})" if v.get("reason") else "")
@@ -163,7 +170,7 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
                                           "--data-dir", str(data / "nameserver")], data / "logs" / "nameserver.log")
         children.append(nameserver)
         ns = NameServer(url)
-        _wait(f"the Name Server on {listen}", ns.leader, nameserver)
+        _wait(f"the Name Server on {listen}", ns.leader, nameserver, stop)
 
         port = _pulsar_port(ns)
         pulsar_url = f"pulsar://127.0.0.1:{port}"
@@ -182,6 +189,8 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
                     raise OneOSError(f"the {child.name} process exited with status {child.popen.returncode}: "
                                      f"{child.last_words()} (log: {child.log_path})")
         log.info("stopping")
+    except Interrupted as exc:
+        log.info("stopping: asked to while waiting for %s", exc)
     except (OneOSError, NameServerError) as exc:
         log.error("%s", exc)
         status = getattr(exc, "exit_code", 1)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 
 import pulsar
@@ -103,39 +104,53 @@ def test_sigterm_stops_every_child_and_the_node_leaves(dev):
     assert [pid for pid in dev.children if process_alive(pid)] == []
 
 
-FOREVER = """\
+STREAMING = """\
 apiVersion: oneos/v1
 kind: Pipeline
-metadata: {name: forever}
+metadata: {name: streaming}
 spec:
   agents:
-    - {name: src, run: [tail, -f, /dev/null]}
-    - {name: mid, run: [cat]}
-    - {name: dst, run: [cat]}
+    - name: src
+      run: [python3, -u, -c, "import itertools, time; [print(i) or time.sleep(0.005) for i in itertools.count()]"]
+    - name: mid
+      run: [cat]
+    - name: dst
+      run: [cat]
   links:
     - {from: src, to: mid}
     - {from: mid, to: dst}
 """
 
 
-def test_sigterm_with_a_pipeline_running_stops_its_agents_then_the_broker(dev, tmp_path):
+def test_ctrl_c_with_a_pipeline_streaming_stops_everything_quietly(dev, tmp_path):
+    """Ctrl-C while a pipeline streams: the agents stop while the broker still takes their last
+    bytes, then the broker and the Name Server; exit 0, and not one line of error on stderr."""
     dev.start()
-    (tmp_path / "forever.yaml").write_text(FOREVER)
-    assert dev.ctl("apply", "-f", str(tmp_path / "forever.yaml")).returncode == 0
+    (tmp_path / "streaming.yaml").write_text(STREAMING)
+    assert dev.ctl("apply", str(tmp_path / "streaming.yaml")).returncode == 0
+    ns = NameServer(dev.url)
 
     def running():
-        statuses = state.read_statuses(NameServer(dev.url), "forever").values()
-        return sorted(s["agent"] for s in statuses if s["state"] == "Running")
+        return sorted(s["agent"] for s in state.read_statuses(ns, "streaming").values() if s["state"] == "Running")
 
-    wait_until(lambda: running() == ["dst", "mid", "src"], 60, "the pipeline to run")
+    wait_until(lambda: running() == ["dst", "mid", "src"], 60, "the pipeline to run", wake=Changes(ns))
+    # Bytes flow through all three stages to the pipeline's output.
+    wait_until(lambda: dev.ctl("logs", "streaming").stdout.startswith("0\n1\n2\n"), 30, "the pipeline's output")
     everything = descendants(dev.proc.pid)
     dev.children |= set(everything)
-    dev.proc.send_signal(signal.SIGTERM)
-    # The agents stop while the broker still takes their last bytes: nothing waits on a broker
-    # that is gone (that took 30 s, the log flush's limit).
-    assert dev.proc.wait(20) == 0
-    assert "stopped" in dev.proc.stderr.read()
+    sent = time.monotonic()
+    dev.proc.send_signal(signal.SIGINT)
+    assert dev.proc.wait(30) == 0
+    took = time.monotonic() - sent
+    stderr = dev.proc.stderr.read()
+    prefix = f"oneosd --dev {dev.node_id}: "
+    # Every line is one of oneosd's (no Pulsar client lines, no traceback), and none tells of a problem.
+    strays = [line for line in stderr.splitlines() if not line.startswith(prefix)
+              or re.search(r"error|warn|traceback|exception|fail|refused|cannot|timed? ?out", line, re.I)]
+    assert strays == [], stderr
+    assert stderr.splitlines()[-1] == f"{prefix}stopped; nothing left running"
     assert [pid for pid in everything if process_alive(pid)] == []
+    print(f"oneosd --dev stopped {took:.2f}s after Ctrl-C")   # shown with -s; the issue asks for under 3 s
 
 
 def test_kill9_of_dev_leaves_no_child_behind(dev):

@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The console script: main(), then an exit that the Pulsar client library cannot turn into an abort."""
     from oneos.bus.client import exit_process
-    exit_process(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:   # Ctrl-C before the handlers that stop in order were in place
+        code = 130
+    exit_process(code)
 
 
 if __name__ == "__main__":
