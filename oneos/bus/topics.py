@@ -28,7 +28,7 @@ def input_topic(namespace: str, uid: str, agent: str) -> str:
 
 
 def output_topic(namespace: str, uid: str, agent: str) -> str:
-    """The pipeline's stdout out of `agent`, read by `oneosctl run`."""
+    """The pipeline's stdout out of `agent`, read by `oneosctl run` and `oneosctl logs PIPELINE`."""
     return _topic(namespace, uid, "out", _agent(agent))
 
 

@@ -77,6 +77,11 @@ def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool,
         reader.close()
 
 
+def _has_run(status: dict[str, Any]) -> bool:
+    """Whether an agent's stdio bridge has run (and so announced its streams): it is, or was, Running."""
+    return status.get("incarnation", 0) > 1 or status.get("state") not in (None, "Pending", "Starting")
+
+
 def _more(reader: pulsar.Reader) -> bool:
     """Whether the stream has more now; pulsar-lite cannot tell for a topic nobody wrote yet."""
     try:
@@ -124,9 +129,13 @@ def output(ns: NameServer, pipeline: str, out: BinaryIO, *, follow: bool) -> int
     client = bus_client.connect(boot["pulsar"]["url"])
     namespace = boot["pulsar"]["namespace"]
     try:
-        if not follow or len(agents) == 1:
-            for agent in agents:
-                copy_log(client, topics.output_topic(namespace, uid, agent), out, follow=follow, alive=alive(agent))
+        if not follow:
+            # An agent that has not started yet has no stream to read: its output is empty.
+            for agent in [a for a in agents if _has_run(_status(ns, pipeline, a))]:
+                copy_log(client, topics.output_topic(namespace, uid, agent), out, follow=False)
+            return 0
+        if len(agents) == 1:
+            copy_log(client, topics.output_topic(namespace, uid, agents[0]), out, follow=True, alive=alive(agents[0]))
             return 0
         shared = _Shared(out)
         errors: list[BaseException] = []
