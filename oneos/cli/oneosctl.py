@@ -36,7 +36,8 @@ def _add_filename(parser: argparse.ArgumentParser, help: str, positional: bool =
         parser.add_argument("files", nargs="*", action="extend", metavar="FILE", help=f"{help}{about}")
     parser.add_argument(
         "-f", "--filename", dest="files", metavar="FILE", action="extend", nargs="+", default=[],
-        help=f"{help}, as kubectl takes it; repeat -f or list several files after one",
+        help=f"{help}, as kubectl takes it; repeat -f or list several files after one"
+             + ("" if positional else about),
     )
 
 
@@ -152,7 +153,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def _add_apply(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="create or update pipelines from manifests",
-                       usage=f"{PROG} apply [-h] [--dry-run] [-v] FILE... | -f FILE...",
+                       usage=f"{PROG} apply [-h] [--dry-run] [-v] [--nameserver URL] FILE... | -f FILE...",
                        description="Create or update each pipeline in the manifests. A pipeline whose spec did "
                                    "not change is left alone (\"unchanged\"). On an update only the agents "
                                    "whose work changed restart (their spec, their links, their shipped files' "
@@ -214,7 +215,7 @@ def agents_where(ns: NameServer, pipeline: str) -> dict[str, str]:
 def _add_delete(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "delete", help="delete pipelines (and stop their agents) by name or by their manifests",
-        usage=f"{PROG} delete [-h] (pipeline|device) NAME... | -f FILE...",
+        usage=f"{PROG} delete [-h] [--nameserver URL] (pipeline|device) NAME... | -f FILE...",
         description="Delete the pipelines named, or those the manifests name (-f, as kubectl), and stop their "
                     "agents; a device registration, by its name. A name that is not there is \"not found\" "
                     "and the exit status is 1; the others are deleted all the same.")
