@@ -57,7 +57,6 @@ class Bridge:
         if attached and "stdin" in spec and "device" not in spec["stdin"]:
             self.input_topics.append(topics.input_topic(namespace, uid, agent))
         output_topics = [topics.link_topic(namespace, uid, agent, dst) for dst in assignment["outputs"]]
-        self.to_client = attached and "stdout" in spec and "device" not in spec["stdout"]   # `oneosctl run` reads it
         # Its stdout is the pipeline's output: kept apart from its log (stderr) even when nobody reads it now.
         self.to_output = client is not None and state.writes_output(spec, assignment["outputs"])
         if self.to_output:
