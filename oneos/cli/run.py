@@ -380,6 +380,9 @@ class Run:
     def cleanup(self) -> None:
         """Delete the pipeline and let go of everything, all at once, in at most about CLEANUP_S."""
         self.stopping = True
+        # What the client library says from here on is about closing what it may have closed already
+        # (a producer closed with the client: AlreadyClosed): not news for the user.
+        self.pulsar_log.disabled = True
         deadline = time.monotonic() + CLEANUP_S
         self.progress.clear()
         for watch in self.watches:
