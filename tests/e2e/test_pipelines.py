@@ -11,7 +11,7 @@ import signal
 import subprocess
 import textwrap
 
-from oneos import state
+from oneos import manifests, state
 from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
 
 
@@ -123,17 +123,26 @@ def test_an_unplaceable_agent_is_pending_with_the_reason(three_nodes, tmp_path):
 
 
 def test_ctrl_c_deletes_the_run(three_nodes):
+    # PYTHONFAULTHANDLER: should it ever not stop, SIGABRT makes it print where each thread was.
     proc = subprocess.Popen([venv_bin("oneosctl"), "run", "sleep 300 | cat"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url))
+                            env=dict(os.environ, ONEOS_NAMESERVER=three_nodes.url, PYTHONFAULTHANDLER="1"))
     try:
-        three_nodes.wait_for(lambda: any(s["state"] == "Running" and s["agent"] == "sleep"
-                               for s in three_nodes.statuses_all()), 30, "the run to start")
+        # Its own sleep stage: not that of a run an earlier test deleted, whose status may linger a moment.
+        live = lambda: {d["metadata"]["name"] for d in manifests.list_pipelines(three_nodes.ns)[0]}
+        three_nodes.wait_for(lambda: any(s["state"] == "Running" and s["agent"] == "sleep" and s["pipeline"] in live()
+                                         for s in three_nodes.statuses_all()), 30, "the run to start")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 130
+        try:
+            assert proc.wait(30) == 130
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"oneosctl run did not stop within 30s of SIGINT; where it was:\n{err.decode()}")
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.communicate()
     three_nodes.wait_for(lambda: not three_nodes.statuses_all(), 30, "the run's agents to be removed")
 
 
