@@ -12,8 +12,8 @@ import time
 
 from oneos.nameserver.client import NameServer
 
-THREADS = 16
-INCREMENTS = 50
+THREADS = 8
+INCREMENTS = 25
 
 
 def test_cas_increments_lose_no_update(nameserver_url: str, prefix: str):
