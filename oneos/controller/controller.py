@@ -76,38 +76,38 @@ class Controller(Service):
             if self.stopping.is_set():
                 return
             self._dirty.clear()
-            try:
-                session = self._session()
-                view = reconcile_all(self.ns, session)
-                if view is not None:
-                    self.janitor.observe(view)
-            except NotLeader as exc:
-                log.warning("%s", exc)
+            done = self._attempt(self._reconcile, "reconcile", "trying again", logging.WARNING)
+            if done is None:
                 return
-            except (NameServerUnreachable, NameServerError) as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("reconcile: %s; trying again", exc)
-                self.stopping.wait(1.0)
-                self._dirty.set()
-            except Exception:  # noqa: BLE001 - a bug must not silently stop the controller
-                log.exception("reconcile failed; trying again")
+            if not done:
                 self.stopping.wait(1.0)
                 self._dirty.set()
 
+    def _reconcile(self) -> None:
+        view = reconcile_all(self.ns, self._session())
+        if view is not None:
+            self.janitor.observe(view)
+
     def _sweep(self) -> None:
         """The janitor's rounds: one now, then every `janitor.interval()` seconds until the controller stops."""
-        while True:
-            try:
-                self.janitor.sweep()
-            except NotLeader as exc:
-                log.warning("%s", exc)
-                return
-            except (NameServerUnreachable, NameServerError) as exc:
-                if self.stopping.is_set():
-                    return
-                log.debug("janitor: %s; trying again next round", exc)
-            except Exception:  # noqa: BLE001 - a bug must not silently stop the janitor
-                log.exception("janitor round failed; trying again next round")
+        while self._attempt(self.janitor.sweep, "janitor", "trying again next round", logging.DEBUG) is not None:
             if self.stopping.wait(self.janitor.interval()):
                 return
+
+    def _attempt(self, work: Callable[[], None], what: str, retry: str, outage_level: int) -> bool | None:
+        """Run one round of a loop (the passes', the janitor's): True when it went through, False when it
+        failed and is to be tried again (the Name Server out of reach, logged at `outage_level`; or a bug),
+        None when the loop must end (the leadership is lost, or the controller is stopping)."""
+        try:
+            work()
+            return True
+        except NotLeader as exc:
+            log.warning("%s", exc)
+            return None
+        except (NameServerUnreachable, NameServerError) as exc:
+            if self.stopping.is_set():
+                return None
+            log.log(outage_level, "%s: %s; %s", what, exc, retry)
+        except Exception:  # noqa: BLE001 - a bug must not silently stop the controller or its janitor
+            log.exception("%s failed; %s", what, retry)
+        return False
