@@ -460,7 +460,12 @@ def run(ns: NameServer, line: str, *, verbose: bool = False, timeout: float | No
                 raise
             return 128 + job.signalled
         finally:
-            job.cleanup()
+            try:
+                job.cleanup()
+            except Interrupted:
+                # The signal came after execute() returned, before the cleanup's first line: a handler
+                # raises only until the cleanup begins, and only once, so nothing of it ran, and now runs.
+                job.cleanup()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -5,9 +5,15 @@ What a user sees of the same behaviours on a real cluster is in tests/e2e/test_r
 
 from __future__ import annotations
 
+import io
+import logging
+import signal
+import sys
+
 import pytest
 
 from oneos.cli import oneosctl
+from oneos.cli import run as run_module
 from oneos.cli.run import Patience, mark_tty
 from oneos.compiler import compile_pipeline
 from oneos.documents import DocumentError, check
@@ -66,3 +72,37 @@ def test_timeout_must_be_a_positive_duration(given, capsys):
 def test_timeout_reads_go_durations():
     args = oneosctl.build_parser().parse_args(["run", "--timeout", "1m30s", "seq 3"])
     assert args.timeout == 90.0
+
+
+class EndsAsASignalComes(run_module.Run):
+    """A run whose SIGTERM comes after execute() returned, as the cleanup is called: CPython runs a
+    Python signal handler at the next function's first instruction, so before any of the cleanup."""
+
+    made: list[EndsAsASignalComes] = []
+
+    def __init__(self, *_: object, **__: object) -> None:
+        self.signalled = None
+        self.stopping = False
+        self.pulsar_log = logging.getLogger("test_run.EndsAsASignalComes")
+        self.progress = run_module.Progress(io.StringIO())
+        self.cleaned = 0
+        self.made.append(self)
+
+    def execute(self) -> int:
+        return 0
+
+    def cleanup(self) -> None:
+        if self.signalled is None:
+            self.on_signal(signal.SIGTERM, None)
+        self.cleaned += 1
+        self.stopping = True
+
+
+def test_a_signal_between_the_end_and_the_cleanup_still_cleans_up(monkeypatch, tmp_path):
+    monkeypatch.setattr(run_module, "Run", EndsAsASignalComes)
+    with open(tmp_path / "stdin", "w+") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        # The run was over: its status, as after a signal that comes during the cleanup.
+        assert run_module.run(None, "seq 3") == 0
+    job, = EndsAsASignalComes.made
+    assert job.signalled == signal.SIGTERM and job.cleaned == 1
