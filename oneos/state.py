@@ -69,6 +69,12 @@ def assign_key(node_id: str, agent_key: str) -> str:
     return f"{ASSIGN}{node_id}/{agent_key}"
 
 
+def split_assign_key(key: str) -> tuple[str, str]:
+    """The (node id, agent id) an assignment's key names: oneos/assign/<node>/<agent id>."""
+    node_id, _, agent_key = key[len(ASSIGN):].partition("/")
+    return node_id, agent_key
+
+
 def status_key(agent_key: str) -> str:
     return STATUS + agent_key
 
@@ -415,7 +421,7 @@ def read_assignments_and_problems(ns: NameServer) -> tuple[dict[str, tuple[str, 
     _, docs, problems = read_documents(ns, ASSIGN, "assignment")
     found = {}
     for key, doc in docs.items():
-        node_id, _, agent_key = key[len(ASSIGN):].partition("/")
+        node_id, agent_key = split_assign_key(key)
         found[agent_key] = (node_id, doc)
     return found, problems
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from oneos import state
 from oneos.controller.scheduler import STATIC_CHECKS, Demand, NodeIndex, Usage
-from oneos.controller.view import ClusterView, bad_assignment
+from oneos.controller.view import ClusterView
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
@@ -190,7 +190,7 @@ def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> 
     # agent that has no valid one, place the agent anew in its stead.
     replace: dict[str, str] = {}
     for full_key, why in sorted(view.bad_assignments.items()):
-        node_id, key = bad_assignment(full_key)
+        node_id, key = state.split_assign_key(full_key)
         if state.split_agent_id(key)[0] != name:
             continue
         if key in wanted and key not in mine and key not in replace:

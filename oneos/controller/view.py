@@ -93,7 +93,7 @@ class ClusterView:
         names |= {state.split_agent_id(k)[0] for k in self.assignments}
         names |= {state.split_agent_id(k)[0] for k in self.statuses}
         names |= {state.split_agent_id(k)[0] for k in self.bad_statuses}
-        names |= {state.split_agent_id(bad_assignment(k)[1])[0] for k in self.bad_assignments}
+        names |= {state.split_agent_id(state.split_assign_key(k)[1])[0] for k in self.bad_assignments}
         if self.init is not None:
             names.add(self.init["metadata"]["name"])
         return names
@@ -104,12 +104,6 @@ class ClusterView:
         for key, (node_id, doc) in self.assignments.items():
             usage.add(node_id, Demand.from_spec(key, doc["agent"]))
         return usage
-
-
-def bad_assignment(key: str) -> tuple[str, str]:
-    """The (node, agent id) an assignment's key names: oneos/assign/<node>/<agent id>."""
-    node_id, _, agent_key = key[len(state.ASSIGN):].partition("/")
-    return node_id, agent_key
 
 
 def init_pipeline(init: dict[str, Any], modify_index: int) -> dict[str, Any]:
