@@ -106,11 +106,10 @@ class _Shared:
             self.out.flush()
 
 
-def output(ns: NameServer, pipeline: str, out: BinaryIO, *, follow: bool) -> int:
-    """Print a pipeline's output: the stdout of each agent nobody reads, up to now or, with `follow`,
-    to its end; several such agents' streams interleave, a frame at a time."""
-    doc = manifests.read_pipeline(ns, pipeline)
-    uid = doc["metadata"]["uid"]
+def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) -> int:
+    """Print the output of the pipeline `doc` (as stored): the stdout of each agent nobody reads, up to
+    now or, with `follow`, to its end; several such agents' streams interleave, a frame at a time."""
+    pipeline, uid = doc["metadata"]["name"], doc["metadata"]["uid"]
     agents = state.output_agents(doc)
     if not agents:
         raise OneOSError(f"pipeline {pipeline} has no output: every agent's stdout goes to another agent or a "
@@ -160,11 +159,12 @@ def output(ns: NameServer, pipeline: str, out: BinaryIO, *, follow: bool) -> int
 
 def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bool) -> int:
     """`oneosctl logs NAME`: a pipeline's output when a pipeline has that name, else an agent's log."""
-    if "/" not in name and ns.get(state.pipeline_key(name))[1] is not None:
+    entry = None if "/" in name else ns.get(state.pipeline_key(name))[1]
+    if entry is not None:
         if previous:
             raise UsageError(f"{name} is a pipeline: -p/--previous shows an agent's log of its run before, "
                              f"as `oneosctl logs -p {name}/AGENT`")
-        return output(ns, name, out, follow=follow)
+        return output(ns, state.decode_pipeline(entry), out, follow=follow)
     pipeline, agent = resolve(ns, name)
     status = _status(ns, pipeline, agent)
     # The log streams are named by the uid of what ran, which the status has: the stored manifest may have
