@@ -170,7 +170,6 @@ class Runtime(Service):
             try:
                 if self.membership.renew():
                     self._renewed()
-                    self._heartbeat()
                     self.supervisor.resume()
                 else:
                     # The cluster has written this node off: what ran here may run elsewhere now.
@@ -178,7 +177,6 @@ class Runtime(Service):
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
                     self._renewed()
-                    self._heartbeat()
                     self.supervisor.resume()
                 if self.election:
                     self.election.renew()
@@ -204,10 +202,12 @@ class Runtime(Service):
             log.debug("heartbeat not written: %s", exc)
 
     def _renewed(self) -> None:
+        """After the session was renewed (or joined again): the lease starts over, the heartbeat says so."""
         with self._lease_lock:
             outage = self._lease.renewed(time.monotonic())
         if outage is not None:
             log.info("the Name Server is back after %.0fs", outage)
+        self._heartbeat()
 
     def _watch_lease(self) -> None:
         """Stop every agent before the cluster can take this node for dead (self-fencing, see lease.py)."""
