@@ -179,7 +179,7 @@ def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> 
     if kernel:
         view = view.kernel_only()
     plan = Plan(name, kernel=kernel)
-    mine = {k: v for k, v in view.assignments.items() if state.split_agent_id(k)[0] == name}
+    mine = view.placed(name)
     wanted = state.desired_assignments(manifest) if manifest else {}
     gone = "the pipeline was deleted" if manifest is None else "no longer in the pipeline"
 
@@ -426,12 +426,12 @@ def run_pass(view: ClusterView, writes: Writes, now: Callable[[], str] = state.u
 
 def _kernel(view: ClusterView, name: str) -> bool:
     """Whether the pipeline's agents are kernel agents (the init manifest's)."""
-    return any(doc.get("kernel") for key, (_, doc) in view.assignments.items() if state.split_agent_id(key)[0] == name)
+    return any(doc.get("kernel") for _, doc in view.placed(name).values())
 
 
 def invalid_reason(view: ClusterView, name: str) -> str:
     """What the Invalid mark of a pipeline says: why its manifest cannot be used, and what is done meanwhile."""
-    placed = sum(1 for key in view.assignments if state.split_agent_id(key)[0] == name)
+    placed = len(view.placed(name))
     agents = ("nothing of it runs" if not placed else "its placed agent is left as it is" if placed == 1
               else f"its {placed} placed agents are left as they are")
     return f"{view.invalid[name]}; {agents}"

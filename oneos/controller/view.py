@@ -87,6 +87,10 @@ class ClusterView:
             return self.init
         return self.manifests.get(name)
 
+    def placed(self, name: str) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The valid assignments of pipeline `name`: agent id -> (node id, assignment)."""
+        return {k: v for k, v in self.assignments.items() if state.split_agent_id(k)[0] == name}
+
     def pipeline_names(self) -> set[str]:
         """Every pipeline that has a manifest, an assignment or a status: all that may need work."""
         names = set(self.manifests) | set(self.invalid)
