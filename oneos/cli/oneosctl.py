@@ -552,7 +552,8 @@ def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
 def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
     stored, problems = manifests.list_pipelines(ns)
     unreadable = _unreadable("pipeline {name}", f"`{PROG} describe pipeline {{name}}` says more", problems, names)
-    docs = _select("pipeline", stored, names, lambda d, n: d["metadata"]["name"] == n, unreadable)
+    named = lambda doc, n: doc["metadata"]["name"] == n   # noqa: E731
+    docs = _select("pipeline", stored, names, named, unreadable)
 
     def rows() -> list[list[Any]]:
         not_ready = _not_ready(ns)
@@ -568,7 +569,7 @@ def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
         return table
     return _show("PipelineList", docs, [n for n in names if n not in unreadable], fmt,
                  f"No pipelines on the cluster at {ns.url}.", ["NAME", "RUNNING", "STATUS", "AGE"], rows,
-                 quiet=bool(problems)) or _shown_none(unreadable, docs, lambda d, n: d["metadata"]["name"] == n)
+                 quiet=bool(problems)) or _shown_none(unreadable, docs, named)
 
 
 def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
@@ -576,13 +577,13 @@ def _get_agents(ns: NameServer, fmt: str, names: list[str]) -> int:
     named = lambda agent, n: n in (agent.partition("/")[0], agent)   # noqa: E731 - PIPELINE/AGENT or PIPELINE
     unreadable = _unreadable("the status of agent {name}", "its node rewrites it when the agent's state changes",
                              {k.replace(".", "/", 1): why for k, why in bad.items()}, names, named)
-    items = _select("agent", [statuses[k] for k in sorted(statuses)], names,
-                    lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n), unreadable)
+    status_named = lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n)   # noqa: E731
+    items = _select("agent", [statuses[k] for k in sorted(statuses)], names, status_named, unreadable)
     # Only PIPELINE/AGENT names one agent: a pipeline's name lists its agents.
     return _show("AgentList", items, [n for n in names if "/" in n and n not in unreadable], fmt,
                  f"No agents on the cluster at {ns.url}.", ["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT", "AGE"],
-                 lambda: _agent_rows(items, _not_ready(ns)), quiet=bool(bad)) or _shown_none(
-        unreadable, items, lambda st, n: named(f"{st['pipeline']}/{st['agent']}", n))
+                 lambda: _agent_rows(items, _not_ready(ns)), quiet=bool(bad)) or _shown_none(unreadable, items,
+                                                                                             status_named)
 
 
 def _agent_rows(items: list[dict[str, Any]], not_ready: dict[str, str]) -> list[list[Any]]:
@@ -594,8 +595,8 @@ def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
     registered, bad = state.read_devices_and_problems(ns)
     unreadable = _unreadable("the registration of device {name}", "its node registers it again when it starts; "
                              f"`{PROG} delete device {{name}}` removes it", bad, names)
-    items = _select("device", [registered[k] for k in sorted(registered)], names, lambda d, n: d["device"] == n,
-                    unreadable)
+    named = lambda d, n: d["device"] == n   # noqa: E731
+    items = _select("device", [registered[k] for k in sorted(registered)], names, named, unreadable)
 
     def rows() -> list[list[Any]]:
         shown = {n.record["id"]: n.state for n in state.read_nodes(ns, now=datetime.now(timezone.utc))[0]}
@@ -604,7 +605,7 @@ def _get_devices(ns: NameServer, fmt: str, names: list[str]) -> int:
                  _pairs(d["settings"])] for d in items]
     return _show("DeviceList", items, [n for n in names if n not in unreadable], fmt,
                  f"No devices registered on the cluster at {ns.url}.", ["DEVICE", "NODE", "STATE", "SETTINGS"], rows,
-                 quiet=bool(bad)) or _shown_none(unreadable, items, lambda d, n: d["device"] == n)
+                 quiet=bool(bad)) or _shown_none(unreadable, items, named)
 
 
 GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {
