@@ -48,12 +48,9 @@ class ClusterView:
         """Read everything a pass needs, once (a few GETs; nothing is written)."""
         nodes, _ = state.read_nodes(ns)
         manifests, invalid = state.read_pipelines(ns)
-        marks: dict[str, dict[str, Any] | None] = {}
-        for entry in ns.get_tree(state.INVALID)[1]:
-            try:
-                marks[entry.key[len(state.INVALID):]] = state.decode(entry, "invalid")
-            except DocumentError:
-                marks[entry.key[len(state.INVALID):]] = None     # rewritten or removed by the pass
+        _, docs, broken = state.read_documents(ns, state.INVALID, "invalid")
+        # A mark that is not valid is kept as None: the pass rewrites or removes it.
+        marks = {key[len(state.INVALID):]: docs.get(key) for key in (*docs, *broken)}
         boot = init = init_error = None
         try:
             boot = state.read_boot(ns)
