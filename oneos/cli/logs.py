@@ -133,9 +133,6 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
             for agent in [a for a in agents if _has_run(_status(ns, pipeline, a))]:
                 copy_log(client, topics.output_topic(namespace, uid, agent), out, follow=False)
             return 0
-        if len(agents) == 1:
-            copy_log(client, topics.output_topic(namespace, uid, agents[0]), out, follow=True, alive=alive(agents[0]))
-            return 0
         shared = _Shared(out)
         errors: list[BaseException] = []
 
