@@ -117,8 +117,8 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
     # (see oneos/controller/janitor.py). The collector's grace covers this apply until its
     # manifest is written.
     shipped = time.time_ns() // 1_000_000
-    for data in files.values():
-        ns.put(state.blob_key(hashlib.sha256(data).hexdigest()), data, flags=shipped)
+    for file_name, data in files.items():
+        ns.put(state.blob_key(digests[file_name]), data, flags=shipped)
     if not state.put_document(ns, state.pipeline_key(name), "pipeline", doc,
                               cas=entry.modify_index if entry else 0):
         raise OneOSError(f"pipeline {name} was changed by someone else while it was being applied; apply again")
