@@ -21,6 +21,7 @@ import pulsar
 from oneos import manifests, state
 from oneos.bus import client as bus_client
 from oneos.bus import frames, topics
+from oneos.cli.output import Sink
 from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer
 
@@ -48,9 +49,9 @@ def _status(ns: NameServer, pipeline: str, agent: str) -> dict[str, Any]:
     return state.decode(entry, "status") if entry else {}
 
 
-def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool,
+def copy_log(client: pulsar.Client, topic: str, sink: Sink, *, follow: bool,
              alive: Callable[[], bool] | None = None) -> bool:
-    """Copy one stream (a log, an output) to `out`: to its end (True), or, without `follow`, to
+    """Copy one stream (a log, an output) to `sink`: to its end (True), or, without `follow`, to
     what is there now; with `follow`, also until `alive()`, asked now and then, says False."""
     reader = client.create_reader(topic, pulsar.MessageId.earliest)
     link: frames.Link[None] = frames.Link(reorder_limit=1 << 40)   # a reader cannot hand frames back
@@ -70,8 +71,7 @@ def copy_log(client: pulsar.Client, topic: str, out: BinaryIO, *, follow: bool,
                     checked = time.monotonic()
                 continue
             for chunk in link.accept(frames.decode(message.data()), None).deliver:
-                out.write(chunk)
-                out.flush()
+                sink(chunk)
         return True
     finally:
         reader.close()
@@ -88,22 +88,6 @@ def _more(reader: pulsar.Reader) -> bool:
         return reader.has_message_available()
     except pulsar.PulsarException:
         return True    # then read_next's timeout says it
-
-
-class _Shared:
-    """An output several threads write to, a frame's bytes at a time."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.lock = threading.Lock()
-
-    def write(self, data: bytes | memoryview) -> None:
-        with self.lock:
-            self.out.write(data)
-
-    def flush(self) -> None:
-        with self.lock:
-            self.out.flush()
 
 
 def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) -> int:
@@ -124,6 +108,7 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
             return now["metadata"]["uid"] == uid and agent in state.output_agents(now)
         return check
 
+    sink = Sink(out)
     boot = state.read_boot(ns)
     client = bus_client.connect(boot["pulsar"]["url"])
     namespace = boot["pulsar"]["namespace"]
@@ -131,14 +116,13 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
         if not follow:
             # An agent that has not started yet has no stream to read: its output is empty.
             for agent in [a for a in agents if _has_run(_status(ns, pipeline, a))]:
-                copy_log(client, topics.output_topic(namespace, uid, agent), out, follow=False)
+                copy_log(client, topics.output_topic(namespace, uid, agent), sink, follow=False)
             return 0
-        shared = _Shared(out)
         errors: list[BaseException] = []
 
         def copy(agent: str) -> None:
             try:
-                copy_log(client, topics.output_topic(namespace, uid, agent), shared, follow=True, alive=alive(agent))
+                copy_log(client, topics.output_topic(namespace, uid, agent), sink, follow=True, alive=alive(agent))
             except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
                 errors.append(exc)
         threads = [threading.Thread(target=copy, args=(a,), name=f"logs {pipeline}/{a}", daemon=True)
@@ -171,12 +155,13 @@ def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bo
     if incarnation < 1:
         raise OneOSError(f"{pipeline}/{agent} has {'no previous run' if previous else 'not started yet'}"
                          f" ({status.get('state', 'no status')})")
+    sink = Sink(out)
     boot = state.read_boot(ns)
     client = bus_client.connect(boot["pulsar"]["url"])
     namespace = boot["pulsar"]["namespace"]
     try:
         while True:
-            ended = copy_log(client, topics.log_topic(namespace, uid, agent, incarnation), out, follow=follow)
+            ended = copy_log(client, topics.log_topic(namespace, uid, agent, incarnation), sink, follow=follow)
             if not follow or not ended:
                 return 0
             # That run is over: follow the next one, if the agent is started again.

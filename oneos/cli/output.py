@@ -1,12 +1,13 @@
-"""How the command-line tools print: kubectl-style tables, ages, and -o json|yaml."""
+"""How the command-line tools print: kubectl-style tables, ages, -o json|yaml, and streams as they come."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import signal
+import threading
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from oneos.documents import dump_yaml
 
@@ -52,3 +53,21 @@ def signal_name(status: int) -> str | None:
         except ValueError:
             return None
     return None
+
+
+class Sink:
+    """Where one stream's bytes go: a binary file, written and flushed as they come; several threads
+    may write to one Sink, a chunk at a time."""
+
+    def __init__(self, target: BinaryIO, before_first: Any = None) -> None:
+        self.target = target
+        self.lock = threading.Lock()
+        self.before_first = before_first
+
+    def __call__(self, data: bytes) -> None:
+        with self.lock:
+            if self.before_first is not None:
+                self.before_first()
+                self.before_first = None
+            self.target.write(data)
+            self.target.flush()

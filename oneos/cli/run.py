@@ -38,6 +38,7 @@ from oneos.bus import client as bus_client
 from oneos.bus import topics
 from oneos.bus.reader import StreamReader
 from oneos.bus.writer import StreamWriter
+from oneos.cli.output import Sink
 from oneos.compiler import compile_pipeline
 from oneos.documents import DocumentError
 from oneos.durations import format_ns
@@ -136,23 +137,6 @@ class Progress:
             self.stream.flush()
         except (OSError, ValueError):   # the terminal is gone (SIGHUP)
             self.enabled = False
-
-
-class _Sink:
-    """Where one stream's bytes go: a binary file, written and flushed as they come."""
-
-    def __init__(self, target: BinaryIO, before_first: Any = None) -> None:
-        self.target = target
-        self.lock = threading.Lock()
-        self.before_first = before_first
-
-    def __call__(self, data: bytes) -> None:
-        with self.lock:
-            if self.before_first is not None:
-                self.before_first()
-                self.before_first = None
-            self.target.write(data)
-            self.target.flush()
 
 
 def _open(path: str, append: bool, cwd: Path) -> BinaryIO:
@@ -256,7 +240,7 @@ class Run:
             on_closed = (lambda: self.events.put(("closed", None))) if target is self.stdout else None
             reader = StreamReader(self.client, [topics.output_topic(self.namespace, self.uid, agent["name"])],
                                   "oneosctl-run", name=f"{self.name}.{agent['name']}.out",
-                                  on_data=_Sink(target, self.progress.clear), on_closed=on_closed)
+                                  on_data=Sink(target, self.progress.clear), on_closed=on_closed)
             self.readers.append(reader.start())
 
     def _serve_stdin(self, agents: list[dict[str, Any]]) -> None:
@@ -284,7 +268,7 @@ class Run:
                 self.files.append(target)
             topic = topics.log_topic(self.namespace, self.uid, agent["name"], incarnation)
             reader = StreamReader(self.client, [topic], "oneosctl-run", name=f"{self.name}.{agent['name']}.log",
-                                  on_data=_Sink(target, self.progress.clear))
+                                  on_data=Sink(target, self.progress.clear))
             self.log_readers[(agent["name"], incarnation)] = reader.start()
 
     def _wait(self, agents: list[dict[str, Any]], last: str) -> dict[str, Any]:
