@@ -77,6 +77,12 @@ def copy_log(client: pulsar.Client, topic: str, sink: Sink, *, follow: bool,
         reader.close()
 
 
+def _connect(ns: NameServer) -> tuple[pulsar.Client, str]:
+    """A client of the cluster's broker, and the namespace of its topics, as the boot record says."""
+    boot = state.read_boot(ns)
+    return bus_client.connect(boot["pulsar"]["url"]), boot["pulsar"]["namespace"]
+
+
 def _has_run(status: dict[str, Any]) -> bool:
     """Whether an agent's stdio bridge has run (and so announced its streams): it is, or was, Running."""
     return status.get("incarnation", 0) > 1 or status.get("state") not in (None, "Pending", "Starting")
@@ -109,9 +115,7 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
         return check
 
     sink = Sink(out)
-    boot = state.read_boot(ns)
-    client = bus_client.connect(boot["pulsar"]["url"])
-    namespace = boot["pulsar"]["namespace"]
+    client, namespace = _connect(ns)
     try:
         if not follow:
             # An agent that has not started yet has no stream to read: its output is empty.
@@ -156,9 +160,7 @@ def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bo
         raise OneOSError(f"{pipeline}/{agent} has {'no previous run' if previous else 'not started yet'}"
                          f" ({status.get('state', 'no status')})")
     sink = Sink(out)
-    boot = state.read_boot(ns)
-    client = bus_client.connect(boot["pulsar"]["url"])
-    namespace = boot["pulsar"]["namespace"]
+    client, namespace = _connect(ns)
     try:
         while True:
             ended = copy_log(client, topics.log_topic(namespace, uid, agent, incarnation), sink, follow=follow)
