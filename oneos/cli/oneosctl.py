@@ -274,8 +274,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return _describe_invalid(ns, args.name, str(exc))
     meta, spec = doc["metadata"], doc["spec"]
     statuses, bad = state.read_statuses_and_problems(ns, args.name)
-    not_ready = _not_ready(ns)
-    statuses = {key: as_seen(st, not_ready) for key, st in statuses.items()}
+    statuses = _seen_now(ns, statuses)
     lines = [f"Name:         {meta['name']}", f"UID:          {meta['uid']}",
              f"Generation:   {meta['generation']}", f"Created:      {meta['createdAt']} ({output.age(meta['createdAt'])} ago)",
              f"Status:       {pipeline_phase(doc, statuses)}", "Agents:"]
@@ -331,6 +330,12 @@ LIVE_STATES = ("Starting", "Running", "Restarting")
 def _not_ready(ns: NameServer) -> dict[str, str]:
     """node -> why it is NotReady, for the nodes whose session renewals are overdue now."""
     return state.not_ready_nodes(ns, datetime.now(timezone.utc))
+
+
+def _seen_now(ns: NameServer, statuses: dict[str, dict]) -> dict[str, dict]:
+    """agent id -> status, each as the tables show it now (as_seen)."""
+    not_ready = _not_ready(ns)
+    return {key: as_seen(st, not_ready) for key, st in statuses.items()}
 
 
 def as_seen(status: dict, not_ready: dict[str, str]) -> dict:
@@ -556,8 +561,7 @@ def _get_pipelines(ns: NameServer, fmt: str, names: list[str]) -> int:
     docs = _select("pipeline", stored, names, named, unreadable)
 
     def rows() -> list[list[Any]]:
-        not_ready = _not_ready(ns)
-        statuses = {key: as_seen(st, not_ready) for key, st in state.read_statuses(ns).items()}
+        statuses = _seen_now(ns, state.read_statuses(ns))
         table = []
         for doc in docs:
             name = doc["metadata"]["name"]
