@@ -241,7 +241,9 @@ class Run:
             reader = StreamReader(self.client, [topics.output_topic(self.namespace, self.uid, agent["name"])],
                                   "oneosctl-run", name=f"{self.name}.{agent['name']}.out",
                                   on_data=Sink(target, self.progress.clear), on_closed=on_closed)
-            self.readers.append(reader.start())
+            # Kept before it starts: a signal between the two would leave a reader the cleanup does not stop.
+            self.readers.append(reader)
+            reader.start()
 
     def _serve_stdin(self, agents: list[dict[str, Any]]) -> None:
         for agent in agents:
@@ -269,7 +271,8 @@ class Run:
             topic = topics.log_topic(self.namespace, self.uid, agent["name"], incarnation)
             reader = StreamReader(self.client, [topic], "oneosctl-run", name=f"{self.name}.{agent['name']}.log",
                                   on_data=Sink(target, self.progress.clear))
-            self.log_readers[(agent["name"], incarnation)] = reader.start()
+            self.log_readers[(agent["name"], incarnation)] = reader   # kept first, as in _serve_stdout
+            reader.start()
 
     def _wait(self, agents: list[dict[str, Any]], last: str) -> dict[str, Any]:
         """Until the last stage is done for good and its output has all arrived; its status.
