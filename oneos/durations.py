@@ -27,6 +27,8 @@ def parse_ns(text: str) -> int:
             raise ValueError(f'time: invalid duration "{text}"')
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
+    if not total < 1 << 63:  # Go's Duration is an int64; also catches inf from a huge number
+        raise ValueError(f'time: invalid duration "{text}"')
     return sign * int(round(total))
 
 

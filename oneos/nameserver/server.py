@@ -12,6 +12,8 @@ import base64
 import binascii
 import json
 import logging
+import math
+import re
 import signal
 import socket
 import sys
@@ -35,6 +37,8 @@ MAX_TXN_OPS = 128
 KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
             "check-not-exists", "delete", "delete-tree", "delete-cas"}
 DRAIN_LIMIT = 64 << 20             # past this, a refused body is not read: the connection is closed
+_DIGITS = re.compile(r"[0-9]+")    # ASCII digits only: str.isdigit() also takes '²'
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 
 class HTTPError(Exception):
@@ -48,7 +52,11 @@ class _Params:
 
     def __init__(self, query: str) -> None:
         self._values: dict[str, str] = {}
-        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        try:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "Invalid query: a parameter is not valid UTF-8") from None
+        for name, value in pairs:
             self._values.setdefault(name, value)
 
     def __contains__(self, name: str) -> bool:
@@ -59,7 +67,7 @@ class _Params:
 
     def uint(self, name: str, what: str) -> int:
         raw = self._values.get(name, "")
-        if not raw.isdigit() or int(raw) >= 1 << 64:
+        if not _DIGITS.fullmatch(raw) or int(raw) >= 1 << 64:
             raise HTTPError(400, f"Invalid {what}: {raw!r} is not an unsigned 64-bit integer")
         return int(raw)
 
@@ -113,14 +121,24 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         url = urllib.parse.urlsplit(self.path)
-        path = urllib.parse.unquote(url.path)
-        params = _Params(url.query)
         try:
+            path = _decode_path(url.path)
+            try:
+                # http.server read the request line as Latin-1: get the client's bytes back first.
+                params = _Params(url.query.encode("latin-1").decode("utf-8"))
+            except UnicodeError:
+                raise HTTPError(400, "Invalid query: a parameter is not valid UTF-8") from None
             status, body, headers = self._route(method, path, params)
         except HTTPError as exc:
             status, body, headers = exc.status, str(exc), {}
         except StoreError as exc:
             status, body, headers = exc.status, str(exc), {}
+        except (TimeoutError, ConnectionError) as exc:
+            # The client stalled or went away in the middle of its body: there is no one to answer.
+            log.info("dropped %s %s from %s: %s", method, self.path, self.address_string(),
+                     "timed out reading the body" if isinstance(exc, TimeoutError) else exc)
+            self.close_connection = True
+            return
         except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not kill the connection
             log.exception("internal error serving %s %s", method, self.path)
             status, body, headers = 500, f"internal error: {exc}", {}
@@ -156,7 +174,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             return None
-        if not raw.strip().isdigit():
+        if not _DIGITS.fullmatch(raw.strip()):
             raise HTTPError(400, f"Invalid Content-Length {raw!r}")
         return int(raw)
 
@@ -173,24 +191,42 @@ class Handler(BaseHTTPRequestHandler):
                                      "See https://developer.hashicorp.com/docs/agent/config/config-files"
                                      "#kv_max_value_size.")
             data = self.rfile.read(length) if length else b""
+            if len(data) < length:
+                self.close_connection = True
+                raise HTTPError(400, f"Request body ended after {len(data)} of {length} bytes")
         return data
 
     def _read_chunked(self, limit: int) -> bytes:
         parts: list[bytes] = []
         total = 0
+        keep = self.close_connection
+        self.close_connection = True     # until the last chunk is read: an error leaves the stream unsynced
         while True:
-            line = self.rfile.readline(1024).strip()
-            size = int(line.split(b";")[0] or b"0", 16)
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise HTTPError(400, "Invalid chunked encoding: missing chunk size line")
+            size_text = line.split(b";")[0].strip()
+            if not _HEX.fullmatch(size_text):
+                raise HTTPError(400, f"Invalid chunked encoding: bad chunk size {size_text[:32]!r}")
+            size = int(size_text, 16)
             if size == 0:
-                while self.rfile.readline(1024).strip():
-                    pass
+                while True:
+                    trailer = self.rfile.readline(1024)
+                    if not trailer.endswith(b"\n"):
+                        raise HTTPError(400, "Invalid chunked encoding: missing final CRLF")
+                    if not trailer.strip():
+                        break
+                self.close_connection = keep
                 return b"".join(parts)
             total += size
             if total > limit:
-                self.close_connection = True
                 raise HTTPError(413, f"Request body too large, max size: {limit} bytes")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise HTTPError(400, "Invalid chunked encoding: body ended inside a chunk")
+            parts.append(chunk)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise HTTPError(400, "Invalid chunked encoding: missing CRLF after chunk data")
 
     def _drain(self) -> None:
         """Read and discard an unread body, so that the answer is not lost to a reset."""
@@ -263,6 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         store = self.server.store
         if key.startswith("/"):
             raise HTTPError(400, "key must not begin with a '/'")
+        _check_key(key)
         if method == "GET":
             index, wait = self._blocking_args(params)
             if "keys" in params:
@@ -316,10 +353,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _txn(self) -> tuple[int, Any, dict[str, str]]:
         raw = self._read_body(TXN_MAX_REQ_LEN)
-        try:
-            ops = json.loads(raw or b"null")
-        except ValueError as exc:
-            raise HTTPError(400, f"Failed to parse body: {exc}") from None
+        ops = _decode_json(raw or b"null", "Failed to parse body")
         if not isinstance(ops, list):
             raise HTTPError(400, "Failed to parse body: expected a JSON array of operations")
         if len(ops) > MAX_TXN_OPS:
@@ -338,7 +372,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, "Failed to parse body: only KV operations are supported by this Name Server")
         kv = {k.lower(): v for k, v in kv.items()}
         verb = kv.get("verb", "")
-        if verb not in KV_VERBS:
+        if not isinstance(verb, str) or verb not in KV_VERBS:
             raise HTTPError(400, f'Failed to parse body: unknown KV verb "{verb}"')
         value = kv.get("value")
         if value is not None:
@@ -349,12 +383,11 @@ class Handler(BaseHTTPRequestHandler):
             if len(value) > KV_MAX_VALUE_SIZE:
                 raise HTTPError(413, f'Value for key "{kv.get("key", "")}" is too large '
                                      f"({len(value)} > {KV_MAX_VALUE_SIZE} bytes)")
-        try:
-            return {"verb": verb, "key": str(kv.get("key") or ""), "value": value,
-                    "flags": int(kv.get("flags") or 0), "index": int(kv.get("index") or 0),
-                    "session": str(kv.get("session") or "")}
-        except (TypeError, ValueError) as exc:
-            raise HTTPError(400, f"Failed to parse body: {exc}") from None
+        key, session = _txn_field(kv, "key", str, ""), _txn_field(kv, "session", str, "")
+        _check_key(key)
+        return {"verb": verb, "key": key, "value": value,
+                "flags": _txn_field(kv, "flags", int, 0), "index": _txn_field(kv, "index", int, 0),
+                "session": session}
 
     def _session(self, method: str, rest: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
         store = self.server.store
@@ -362,12 +395,10 @@ class Handler(BaseHTTPRequestHandler):
         if action == "create":
             self._allow(method, "PUT")
             raw = self._read_body(KV_MAX_VALUE_SIZE)
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError as exc:
-                raise HTTPError(400, f"Request decode failed: {exc}") from None
+            body = _decode_json(raw, "Request decode failed") if raw.strip() else {}
             if not isinstance(body, dict):
                 raise HTTPError(400, "Request decode failed: expected a JSON object")
+            _check_session_body(body)
             return 200, {"ID": store.session_create(body)}, {}
         if action in ("destroy", "renew", "info", "node") and not arg:
             raise HTTPError(400, "Missing node name" if action == "node" else "Missing session")
@@ -390,6 +421,77 @@ class Handler(BaseHTTPRequestHandler):
                 idx, found = store.session_list(arg if action == "node" else None, index, wait)
             return 200, found, self._index_headers(idx)
         raise HTTPError(404, f"no such endpoint /v1/session/{rest}")
+
+
+def _txn_field(kv: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """A field of a KV op, of the type Go decodes it into (a uint64 for Flags and Index)."""
+    value = kv.get(name)
+    if value is None:
+        return default
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value < 1 << 64):
+        what = "an unsigned 64-bit integer" if kind is int else "a string"
+        raise HTTPError(400, f"Failed to parse body: KV {name.capitalize()} must be {what}, "
+                             f"not {json.dumps(value)[:64]}")
+    return value
+
+
+# The types Consul's structs.Session decodes each field into; a body with another is a decode failure.
+_SESSION_FIELDS: dict[str, tuple[str, Any]] = {
+    "id": ("a string", str), "name": ("a string", str), "node": ("a string", str),
+    "behavior": ("a string", str), "ttl": ("a string", str), "namespace": ("a string", str),
+    "lockdelay": ("a duration", (str, int, float)),
+    "checks": ("a list of strings", list), "nodechecks": ("a list of strings", list),
+    "servicechecks": ("a list of objects", list),
+}
+
+
+def _check_session_body(body: dict[str, Any]) -> None:
+    for name, value in body.items():
+        want = _SESSION_FIELDS.get(str(name).lower())
+        if want is None or value is None:
+            continue
+        what, types = want
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value) and abs(value) < 1 << 63
+        if ok and isinstance(value, int) and not isinstance(value, bool):
+            ok = abs(value) < 1 << 63
+        if ok and isinstance(value, list):
+            item = dict if what == "a list of objects" else str
+            ok = all(isinstance(v, item) for v in value)
+        if not ok:
+            raise HTTPError(400, f"Request decode failed: {name} must be {what}, not {json.dumps(value)[:64]}")
+
+
+def _decode_path(raw: str) -> str:
+    """The URL path percent-decoded as UTF-8, strictly: a key that is not valid UTF-8 is refused,
+    not turned into U+FFFD and merged with another key. http.server read the line as Latin-1."""
+    try:
+        return urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeError:
+        raise HTTPError(400, "Invalid URL path: it is not valid UTF-8 once percent-decoded") from None
+
+
+def _check_key(key: str) -> None:
+    if "\x00" in key:
+        raise HTTPError(400, "Invalid key: it contains a NUL character")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPError(400, "Invalid key: it is not valid UTF-8") from None
+
+
+def _decode_json(raw: bytes, what: str) -> Any:
+    """JSON as Go's encoding/json takes it: no NaN or Infinity, no nesting deep enough to recurse out."""
+    def constant(name: str) -> Any:
+        raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+    try:
+        return json.loads(raw, parse_constant=constant)
+    except (ValueError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise HTTPError(400, f"{what}: {detail}") from None
 
 
 def _parse_listen(text: str) -> tuple[str, int]:

@@ -527,7 +527,7 @@ class Store:
             try:
                 ttl_ns = parse_ns(str(ttl))
             except ValueError as exc:
-                raise StoreError(f"Session TTL '{ttl}' invalid: {exc}") from None
+                raise StoreError(f"Session TTL '{str(ttl)[:64]}' invalid: {exc}", 400) from None
             if ttl_ns != 0 and not SESSION_TTL_MIN_NS <= ttl_ns <= SESSION_TTL_MAX_NS:
                 raise StoreError(f"Invalid Session TTL '{ttl_ns}', must be between "
                                  f"[{format_ns(SESSION_TTL_MIN_NS)}={format_ns(SESSION_TTL_MAX_NS)}]")
