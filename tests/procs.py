@@ -170,12 +170,12 @@ class Proc:
 class NameServerProc(Proc):
     """The built-in Name Server on a free port, with its data in `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__([venv_bin("oneos-nameserver"), "--listen", f"127.0.0.1:{self.port}",
-                          "--data-dir", str(data_dir)], data_dir.parent / f"{data_dir.name}.log")
+                          "--data-dir", str(data_dir)] + (extra or []), data_dir.parent / f"{data_dir.name}.log")
 
     def start(self) -> "NameServerProc":
         super().start()

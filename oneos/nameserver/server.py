@@ -37,8 +37,13 @@ MAX_TXN_OPS = 128
 KV_VERBS = {"set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
             "check-not-exists", "delete", "delete-tree", "delete-cas"}
 DRAIN_LIMIT = 64 << 20             # past this, a refused body is not read: the connection is closed
+MAX_CONNS_PER_CLIENT = 200         # Consul's http_max_conns_per_client default
+IDLE_TIMEOUT_S = 30.0              # a connection with no request (or a stalled body) this long is closed
 _DIGITS = re.compile(r"[0-9]+")    # ASCII digits only: str.isdigit() also takes '²'
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+_TOO_MANY = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+TOO_MANY_CONNS = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY))
 
 
 class HTTPError(Exception):
@@ -84,18 +89,70 @@ class NameServerHTTP(ThreadingHTTPServer):
     request_queue_size = socket.SOMAXCONN
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], store: Store) -> None:
+    def __init__(self, address: tuple[str, int], store: Store, *,
+                 max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
         self.store = store
+        self.max_conns_per_client = max_conns_per_client
+        self.idle_timeout = idle_timeout
+        self._conns: dict[str, int] = {}
+        self._refusing: set[str] = set()   # IPs told 429 since they were last under the limit: logged once
+        self._conns_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, but at most max_conns_per_client per client IP, as Consul
+        (http_max_conns_per_client): one more is answered 429 and closed, without a thread."""
+        ip = client_address[0]
+        with self._conns_lock:
+            count = self._conns.get(ip, 0)
+            admitted = self.max_conns_per_client <= 0 or count < self.max_conns_per_client
+            if admitted:
+                self._conns[ip] = count + 1
+            first_refusal = not admitted and ip not in self._refusing
+            if first_refusal:
+                self._refusing.add(ip)
+        if first_refusal:
+            log.warning("refusing connections from %s (429): it has %d open, the limit", ip, count)
+        if not admitted:
+            try:
+                request.settimeout(0.01)
+                request.sendall(TOO_MANY_CONNS)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(ip)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(client_address[0])
+
+    def _release(self, ip: str) -> None:
+        with self._conns_lock:
+            left = self._conns.get(ip, 1) - 1
+            self._refusing.discard(ip)
+            if left > 0:
+                self._conns[ip] = left
+            else:
+                self._conns.pop(ip, None)
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"oneos-nameserver/{__version__}"
-    timeout = 900  # an idle keep-alive connection is dropped after this long
     server: NameServerHTTP
 
     def setup(self) -> None:
+        # Every read and write on the socket times out: an idle keep-alive connection (or one that
+        # stalls in the middle of a request) is closed, so that idle clients cannot hold threads.
+        # A blocking query waits in the store, not on the socket, so a long poll is not idle.
+        self.timeout = self.server.idle_timeout
         super().setup()
         # Headers and body go out in separate writes; without this, Nagle's algorithm
         # and the client's delayed ACK stall every response by ~40 ms.
@@ -501,8 +558,9 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None,
-          fsync: bool = False) -> tuple[NameServerHTTP, Store]:
+def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = False,
+          max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
+          idle_timeout: float = IDLE_TIMEOUT_S) -> tuple[NameServerHTTP, Store]:
     """Open the data directory and bind the listener; the caller runs serve_forever()."""
     host, port = _parse_listen(listen)
     journal = Journal(data_dir, fsync=fsync)
@@ -512,7 +570,8 @@ def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None,
         journal.close()
         raise
     try:
-        httpd = NameServerHTTP((host, port), store)
+        httpd = NameServerHTTP((host, port), store, max_conns_per_client=max_conns_per_client,
+                               idle_timeout=idle_timeout)
     except OSError as exc:
         store.close()
         raise OneOSError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; "
@@ -531,12 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-name", default=None, help="the node name sessions belong to (default: hostname)")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync every write (survives power loss, not only a crash; slower)")
+    parser.add_argument("--max-conns-per-client", type=int, default=MAX_CONNS_PER_CLIENT, metavar="N",
+                        help="open connections allowed from one client IP; one more is answered 429 "
+                             f"(Consul's http_max_conns_per_client; default {MAX_CONNS_PER_CLIENT}, 0: no limit)")
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, metavar="SECONDS",
+                        help="close a connection that sends nothing this long, between requests or inside "
+                             f"one (a blocking query in progress is not idle; default {IDLE_TIMEOUT_S:g})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="oneos-nameserver: %(message)s", stream=sys.stderr)
     try:
-        httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync)
+        httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync,
+                             max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout)
     except OneOSError as exc:
         print(f"oneos-nameserver: {exc}", file=sys.stderr)
         return 1
