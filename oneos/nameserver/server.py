@@ -388,7 +388,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise HTTPError(400, f"Conflicting flags: {params.encode()}")
             flags = params.uint("flags", "flags") if "flags" in params else 0
             cas = params.uint("cas", "CAS index") if "cas" in params else None
-            value = self._read_body(KV_MAX_VALUE_SIZE)
+            # An empty body stores no value (null), as Consul's KVSPut does, not an empty one.
+            value = self._read_body(KV_MAX_VALUE_SIZE) or None
             if "acquire" in params:
                 return 200, store.kv_lock(key, value, flags, params.get("acquire")), {}
             if "release" in params:

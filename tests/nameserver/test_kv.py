@@ -87,13 +87,24 @@ def test_rewriting_identical_contents_does_not_bump_modify_index(ns: NameServer,
     assert changed.flags == 6
 
 
-def test_empty_value_is_stored(ns: NameServer, prefix: str):
+def test_empty_value_is_stored_as_null(nameserver_url: str, ns: NameServer, prefix: str):
+    """kvs_endpoint.go KVSPut: an empty body is no value, so the key reads back "Value": null (not "")."""
     key = prefix + "empty"
-    assert ns.put(key, b"") is True
-    _, entry = ns.get(key)
-    assert entry is not None
-    assert not entry.value  # null or empty, never missing
+    assert requests.put(f"{nameserver_url}/v1/kv/{key}", data=b"", timeout=10).json() is True
+    resp = requests.get(f"{nameserver_url}/v1/kv/{key}", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json()[0]["Value"] is None
     assert ns.get_raw(key) == b""
+    # The same for a write that takes a lock, and for overwriting a value with nothing.
+    sid = ns.session_create()
+    try:
+        assert requests.put(f"{nameserver_url}/v1/kv/{key}?acquire={sid}", timeout=10).json() is True
+        assert requests.get(f"{nameserver_url}/v1/kv/{key}", timeout=10).json()[0]["Value"] is None
+    finally:
+        ns.session_destroy(sid)
+    ns.put(key, "something")
+    ns.put(key, b"")
+    assert requests.get(f"{nameserver_url}/v1/kv/{key}", timeout=10).json()[0]["Value"] is None
 
 
 # -- binary values, sizes ---------------------------------------------------------
