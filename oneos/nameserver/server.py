@@ -44,6 +44,9 @@ _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 _TOO_MANY = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
 TOO_MANY_CONNS = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
                   b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY))
+DATACENTER = "dc1"
+# Consul forwards these to the `?dc=` asked for, and answers 500 for a datacenter it cannot reach.
+DC_ROUTES = ("/v1/kv", "/v1/txn", "/v1/session/", "/v1/status/")
 
 
 class HTTPError(Exception):
@@ -322,6 +325,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
         store = self.server.store
+        if params.get("dc") not in ("", DATACENTER) and path.startswith(DC_ROUTES):
+            raise HTTPError(500, "No path to datacenter")
         if path == "/v1/kv" or path.startswith("/v1/kv/"):
             return self._kv(method, path[len("/v1/kv/"):], params)
         if path == "/v1/txn":
@@ -337,7 +342,7 @@ class Handler(BaseHTTPRequestHandler):
             return 200, [self._leader()], {}
         if path == "/v1/agent/self":
             self._allow(method, "GET")
-            return 200, {"Config": {"Datacenter": "dc1", "NodeName": store.node_name,
+            return 200, {"Config": {"Datacenter": DATACENTER, "NodeName": store.node_name,
                                     "Version": f"oneos-nameserver {__version__}", "Server": True},
                          "Member": {"Name": store.node_name, "Addr": self.server.server_address[0]}}, {}
         raise HTTPError(404, f"no such endpoint {path}: this Name Server serves /v1/kv, /v1/txn, "
