@@ -179,7 +179,10 @@ class Store:
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
-        self.index = 0
+        # Index 1 is the store's creation, as a Consul cluster's Raft log begins with its
+        # configuration: reads of an empty table report 1 (never 0), and the first write gets 2,
+        # so a blocking query at the index a fresh store reported sees that write.
+        self.index = 1
         self.kvs_index = 0
         self.sessions_index = 0
         self._kv: dict[str, KVEntry] = {}

@@ -265,3 +265,37 @@ def test_session_list_blocks_until_a_session_is_created(ns: NameServer, make_ses
     make_session(name=name)
     _assert_woken_by(call, changed_at)
     assert call.value[0] > idx
+
+
+def test_a_fresh_store_wakes_on_its_first_write(builtin_nameserver):
+    """On an empty store every read reports an index (never 0), and the first write gets a
+    higher one: a query blocked at the index it was given answers with that write, at once.
+    (py-consul's test_kv_subscribe and its asyncio test_session do just this on a new Consul.)"""
+    ns = NameServer(builtin_nameserver.url)
+    key_idx, entry = ns.get("first/key")
+    tree_idx, entries = ns.get_tree("first/")
+    keys_idx, keys = ns.keys("first/")
+    sessions_idx, sessions = ns.session_list()
+    assert (entry, entries, keys, sessions) == (None, [], [], [])
+    assert min(key_idx, tree_idx, keys_idx, sessions_idx) >= 1
+    kv_calls = [Call(lambda: ns.get("first/key", index=key_idx, wait=LONG_WAIT)),
+                Call(lambda: ns.get_tree("first/", index=tree_idx, wait=LONG_WAIT)),
+                Call(lambda: ns.keys("first/", index=keys_idx, wait=LONG_WAIT))]
+    session_call = Call(lambda: ns.session_list(index=sessions_idx, wait=LONG_WAIT))
+    time.sleep(DELAY)
+
+    changed_at = time.monotonic()
+    ns.put("first/key", "the first write")
+    for call in kv_calls:
+        _assert_woken_by(call, changed_at)
+    (_, entry), (_, entries), (_, keys) = (c.value for c in kv_calls)
+    assert entry.value == b"the first write"
+    assert [e.value for e in entries] == [b"the first write"]
+    assert keys == ["first/key"]
+
+    changed_at = time.monotonic()
+    sid = ns.session_create(name="the first session")
+    _assert_woken_by(session_call, changed_at)
+    assert [s["ID"] for s in session_call.value[1]] == [sid]
+    ns.session_destroy(sid)
+
