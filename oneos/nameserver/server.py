@@ -342,9 +342,13 @@ class Handler(BaseHTTPRequestHandler):
             return 200, [self._leader()], {}
         if path == "/v1/agent/self":
             self._allow(method, "GET")
+            # Stats.consul as Consul's Server.Stats gives it (strings): we are the server, and its leader.
+            stats = {"server": "true", "leader": "true", "leader_addr": self._leader(), "bootstrap": "true",
+                     "known_datacenters": "1", "acl": "disabled"}
             return 200, {"Config": {"Datacenter": DATACENTER, "NodeName": store.node_name,
                                     "Version": f"oneos-nameserver {__version__}", "Server": True},
-                         "Member": {"Name": store.node_name, "Addr": self.server.server_address[0]}}, {}
+                         "Member": {"Name": store.node_name, "Addr": self.server.server_address[0]},
+                         "Stats": {"consul": stats}}, {}
         raise HTTPError(404, f"no such endpoint {path}: this Name Server serves /v1/kv, /v1/txn, "
                              "/v1/session and /v1/status")
 
