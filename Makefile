@@ -4,15 +4,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PEER := build/peer
+PEER_STAMP := $(PEER)/.unpacked
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(PEER_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# py-consul's own tests, which tests/peer runs against our Name Server: its source distribution,
+# fetched once, only if its sha256 is the one pinned in tests/peer/py-consul.txt, and unpacked.
+$(PEER_STAMP): tests/peer/py-consul.txt | $(STAMP)
+	rm -rf $(PEER)
+	mkdir -p $(PEER)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
+		-r tests/peer/py-consul.txt -d $(PEER)
+	tar -xzf $(PEER)/py_consul-*.tar.gz -C $(PEER)
+	touch $(PEER_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m oneos.demo
@@ -22,7 +34,7 @@ demo: $(STAMP)
 # fills the time the other two spend waiting. `make test XDIST=` runs them in this
 # process. The ten slowest tests are printed at the end.
 XDIST ?= -n 3 --dist loadfile
-test: $(STAMP)
+test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m pytest $(XDIST) --durations=10 $(PYTEST_ARGS)
 
 bench: $(STAMP)
