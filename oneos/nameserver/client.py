@@ -26,10 +26,10 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 
+from oneos.nameserver.store import KV_MAX_VALUE_SIZE  # noqa: F401 - the largest value, for callers
 from oneos.errors import OneOSError
 
 DEFAULT_URL = "http://127.0.0.1:8500"
-KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default: the largest value a key holds
 
 
 def nameserver_url(url: str | None = None) -> str:

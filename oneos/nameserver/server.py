@@ -26,9 +26,8 @@ from typing import Any
 from oneos import __version__
 from oneos.durations import parse_ns
 from oneos.errors import OneOSError
-from oneos.nameserver.client import KV_MAX_VALUE_SIZE
 from oneos.nameserver.journal import Journal
-from oneos.nameserver.store import Store, StoreError
+from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError
 
 log = logging.getLogger("oneos.nameserver")
 

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 from oneos.durations import format_ns, parse_ns
 from oneos.nameserver.journal import Journal
 
+KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default: the largest value a key holds
+
 SERF_CHECK = "serfHealth"
 SESSION_TTL_MIN_NS = 10 * 1_000_000_000
 SESSION_TTL_MAX_NS = 86_400 * 1_000_000_000
