@@ -33,7 +33,7 @@ demo: $(STAMP)
 # real-time waits (session TTLs) overlap the others' work: on two CPUs a third process
 # fills the time the other two spend waiting. `make test XDIST=` runs them in this
 # process. The ten slowest tests are printed at the end.
-XDIST ?= -n 3 --dist loadfile
+XDIST ?= -n 4 --dist loadfile
 test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m pytest $(XDIST) --durations=10 $(PYTEST_ARGS)
 

@@ -12,6 +12,28 @@ from oneos.nameserver.client import NameServer
 from tests.cluster import EMPTY_INIT, Cluster
 from tests.procs import BrokerProc, NameServerProc
 
+# The modules that take longest, most of it waiting on session TTLs, longest first. `make test`
+# hands whole modules to its test processes in collection order (--dist loadfile): these go
+# first, so that the others fill the time they spend waiting instead of leaving one of them
+# to run alone at the end. A module not listed keeps its place after them.
+LONGEST_FIRST = [
+    "tests/e2e/test_membership.py",
+    "tests/e2e/test_bounded_disk.py",
+    "tests/faults/test_node_loss.py",
+    "tests/e2e/test_pipelines.py",
+    "tests/e2e/test_bash_equivalence.py",
+    "tests/nameserver/test_sessions.py",
+    "tests/e2e/test_devices.py",
+    "tests/faults/test_control_plane.py",
+    "tests/test_dev.py",
+    "tests/e2e/test_restarts.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: n for n, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))   # stable: in-module order kept
+
 REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR")
 
 
