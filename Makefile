@@ -29,10 +29,10 @@ $(PEER_STAMP): tests/peer/py-consul.txt | $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m oneos.demo
 
-# Three test processes (pytest-xdist), each module's tests in one of them, so that one's
-# real-time waits (session TTLs) overlap the others' work: on two CPUs a third process
-# fills the time the other two spend waiting. `make test XDIST=` runs them in this
-# process. The ten slowest tests are printed at the end.
+# Four test processes (pytest-xdist), each module's tests in one of them, so that one's
+# real-time waits (session TTLs) overlap the others' work: on two CPUs the extra processes
+# fill the time the others spend waiting (tests/conftest.py hands out the longest modules
+# first). `make test XDIST=` runs them in this process. The ten slowest tests are printed at the end.
 XDIST ?= -n 4 --dist loadfile
 test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m pytest $(XDIST) --durations=10 $(PYTEST_ARGS)
