@@ -34,8 +34,9 @@ demo: $(STAMP)
 # fill the time the others spend waiting (tests/conftest.py hands out the longest modules
 # first). `make test XDIST=` runs them in this process. The ten slowest tests are printed at the end.
 XDIST ?= -n 4 --dist loadfile
+# Whatever happens, the run ends: after 15 minutes pytest gets SIGINT (it prints what ran).
 test: $(STAMP) $(PEER_STAMP)
-	$(BIN)/python -m pytest $(XDIST) --durations=10 $(PYTEST_ARGS)
+	timeout --signal=INT --kill-after=60 900 $(BIN)/python -m pytest $(XDIST) --durations=10 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipes.py

@@ -4,9 +4,17 @@
 we stop children in order) that gets a signal when this process dies, even by SIGKILL
 (Linux's PR_SET_PDEATHSIG), so nothing outlives the `oneosd` that started it.
 
-libc is loaded here, once, when the module is imported: the child, between fork and exec,
-only calls the function already found. Loading a library in a forked child of a threaded
-process can deadlock on a lock another thread held at the fork.
+No Python runs between fork and exec: in a threaded process (every node agent is one) the
+forked child holds copies of locks other threads held at the fork, and running Python there
+(subprocess's preexec_fn) can deadlock or crash it before exec. So the death signal is asked
+for by util-linux's `setpriv --pdeathsig`, which execs `/bin/sh` with a fixed script that
+checks the parent is still the one that forked it (it may have died before the prctl: then
+nobody would send the signal) and execs the program. The program's words are the script's
+positional parameters: the shell passes them on as they are and parses none of them.
+
+Whether the program can be run is checked here first (as bash looks it up, in the child's
+PATH and working folder), so a missing program raises FileNotFoundError and one that cannot
+be executed PermissionError, as a plain Popen would.
 
 Linux sends the signal when the *thread* that started the child ends, not the process:
 start a child from a thread that outlives it (the main thread, or the thread that waits
@@ -15,40 +23,40 @@ for it, as the supervisor's agent runners do).
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import os
+import shutil
 import signal
 import subprocess
-from typing import Any, Callable
+import sys
+from typing import Any
 
-PR_SET_PDEATHSIG = 1
-
-
-def _find_prctl() -> Callable[..., int] | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):   # not Linux: children do not die with us there
-        return None
+# None where there is no setpriv (not Linux): children do not die with us there.
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
-_PRCTL = _find_prctl()
-
-
-def _die_with(parent: int, sig: int) -> Callable[[], None]:
-    """What the child runs before exec: ask for `sig` when the parent dies, and die now if it already has."""
-    def preexec() -> None:
-        if _PRCTL is None:
-            return
-        _PRCTL(PR_SET_PDEATHSIG, sig)
-        # The parent may have died between fork and prctl: then nobody will send the signal.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-    return preexec
+def _check_runnable(program: str, env: dict[str, str] | None, cwd: str | None) -> None:
+    """Raise what exec would: FileNotFoundError if `program` is not found, PermissionError if it cannot run."""
+    if os.sep in program:
+        candidates = [os.path.join(cwd or ".", program)]
+    else:
+        path = (env if env is not None else os.environ).get("PATH", os.defpath)
+        candidates = [os.path.join(cwd or ".", folder or ".", program) for folder in path.split(os.pathsep)]
+    found = [c for c in candidates if os.path.exists(c) and not os.path.isdir(c)]
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not any(os.access(c, os.X_OK) for c in found):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 def spawn(argv: list[str], *, death_signal: int = signal.SIGKILL, **popen: Any) -> subprocess.Popen:
     """Popen(argv, **popen) in a session of its own, getting `death_signal` when this process dies."""
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with(os.getpid(), death_signal), **popen)
+    _check_runnable(argv[0], popen.get("env"), popen.get("cwd"))
+    if SETPRIV is not None:
+        name = signal.Signals(death_signal).name
+        check = f'[ "$PPID" = {os.getpid()} ] && exec "$0" "$@"; kill -s {name.removeprefix("SIG")} $$; exit 126'
+        argv = [SETPRIV, "--pdeathsig", name, "--", "/bin/sh", "-c", check, *argv]
+    return subprocess.Popen(argv, start_new_session=True, **popen)
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -46,7 +45,7 @@ def parent():
             os.kill(child, signal.SIGKILL)
 
 
-@pytest.mark.skipif(children._PRCTL is None, reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.skipif(children.SETPRIV is None, reason="PR_SET_PDEATHSIG is Linux's")
 @pytest.mark.parametrize("death_signal", ["SIGKILL", "SIGTERM"])
 def test_a_child_dies_when_its_parent_is_killed_with_sigkill(parent, death_signal):
     proc, child = parent(death_signal)
@@ -56,17 +55,46 @@ def test_a_child_dies_when_its_parent_is_killed_with_sigkill(parent, death_signa
     wait_until(lambda: not alive(child), 10, "the child to die with its parent")
 
 
-def test_the_child_loads_no_library(monkeypatch):
-    # Loading a library after fork in a threaded process can deadlock: the child only calls
-    # what the parent found when it imported the module. Were the child to load one, the
-    # failure below would be raised from the child (an exception in preexec_fn).
-    def refuse(*args, **kwargs):
-        raise AssertionError("a library was loaded in the forked child")
+def test_no_python_runs_in_the_forked_child(monkeypatch):
+    # Python between fork and exec (preexec_fn) can deadlock or crash the child of a threaded
+    # process: what the child runs before its program is setpriv, a program of its own.
+    seen: list[dict] = []
+    real = subprocess.Popen
 
-    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    def popen(argv, **kwargs):
+        seen.append(kwargs)
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     child = children.spawn([sys.executable, "-c", "print('ran')"], stdout=subprocess.PIPE)
     out, _ = child.communicate(timeout=60)
     assert (child.returncode, out) == (0, b"ran\n")
+    assert seen and seen[0].get("preexec_fn") is None
+
+
+def test_the_program_sees_its_own_name_and_arguments(tmp_path):
+    child = children.spawn(["sh", "-c", 'printf "%s|" "$0" "$@"', "zero", "a b", ""], stdout=subprocess.PIPE)
+    out, _ = child.communicate(timeout=60)
+    assert out == b"zero|a b||"
+    # A program named with a slash is found relative to the child's working folder.
+    script = tmp_path / "hello"
+    script.write_text("#!/bin/sh\necho hello from $(basename $(pwd))\n")
+    script.chmod(0o755)
+    child = children.spawn(["./hello"], cwd=tmp_path, stdout=subprocess.PIPE)
+    assert child.communicate(timeout=60)[0] == f"hello from {tmp_path.name}\n".encode()
+
+
+def test_a_program_that_cannot_run_raises_as_popen_does(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        children.spawn(["no-such-program-oneos"])
+    with pytest.raises(FileNotFoundError):
+        children.spawn(["sleep"], env={"PATH": str(tmp_path)})   # looked up in the child's PATH
+    plain = tmp_path / "plain"
+    plain.write_text("not a program\n")
+    with pytest.raises(PermissionError):
+        children.spawn([str(plain)])
+    with pytest.raises(FileNotFoundError):
+        children.spawn([str(tmp_path)])   # a folder is not a program
 
 
 def test_a_child_has_a_session_of_its_own():
