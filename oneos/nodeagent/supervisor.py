@@ -33,6 +33,7 @@ import pty
 import re
 import shutil
 import signal
+import shlex
 import subprocess
 import sys
 import threading
@@ -533,7 +534,7 @@ class Supervisor(Service):
             if key in self.runners:
                 self.runners[key].index = index   # same work; the assignment was rewritten
             elif not self.stopping.is_set():
-                log.info("%s: starting %s", key, " ".join(doc["agent"]["run"]))
+                log.info("%s: starting %s", key, shlex.join(doc["agent"]["run"]))   # one line, as it would be typed
                 runner = AgentRunner(self, key, doc, index)
                 self.runners[key] = runner
                 runner.start()
