@@ -168,14 +168,19 @@ class Proc:
 
 
 class NameServerProc(Proc):
-    """The built-in Name Server on a free port, with its data in `data_dir`."""
+    """The built-in Name Server on a free port, with its data in `data_dir`; HTTPS with `tls`
+    (tests.tlsfiles.TLSFiles), asking clients for certificates with `verify_incoming`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None,
+                 tls=None, verify_incoming: bool = False) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        tls_args = tls.server_args(verify_incoming) if tls else []
         super().__init__([venv_bin("oneos-nameserver"), "--listen", f"127.0.0.1:{self.port}",
-                          "--data-dir", str(data_dir)] + (extra or []), data_dir.parent / f"{data_dir.name}.log")
+                          "--data-dir", str(data_dir)] + tls_args + (extra or []),
+                         data_dir.parent / f"{data_dir.name}.log")
 
     def start(self) -> "NameServerProc":
         super().start()
@@ -186,7 +191,9 @@ class NameServerProc(Proc):
         if not self.alive():
             raise AssertionError(f"oneos-nameserver exited with {self.popen.returncode}:\n{self.log()}")
         try:
-            return requests.get(self.url + "/v1/status/leader", timeout=1).status_code == 200
+            tls = {"verify": str(self.tls.ca), "cert": (str(self.tls.client_cert), str(self.tls.client_key))} \
+                if self.tls else {}
+            return requests.get(self.url + "/v1/status/leader", timeout=1, **tls).status_code == 200
         except requests.ConnectionError:
             return False
 

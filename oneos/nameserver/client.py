@@ -3,7 +3,9 @@
 Every part of OneOS that reads or writes cluster state goes through `NameServer`.
 It speaks to real Consul and to the built-in server alike. The address comes from
 the caller, else `ONEOS_NAMESERVER`, else `CONSUL_HTTP_ADDR`, else
-http://127.0.0.1:8500; `CONSUL_HTTP_TOKEN` is sent as the ACL token.
+http://127.0.0.1:8500; `CONSUL_HTTP_TOKEN` is sent as the ACL token. An https:// address
+(or one without a scheme while CONSUL_HTTP_SSL is true) speaks TLS, set up from Consul's
+variables (oneos.nameserver.tls.ClientTLS): CONSUL_CACERT, CONSUL_CLIENT_CERT, ...
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import socket
 import threading
 import urllib.parse
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,18 +28,23 @@ import requests
 import requests.adapters
 import urllib3
 import urllib3.connection
+import urllib3.exceptions
 
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE  # noqa: F401 - the largest value, for callers
+from oneos.nameserver.tls import ClientTLS, explain, explain_plain_answer, parse_bool
 from oneos.errors import OneOSError
 
 DEFAULT_URL = "http://127.0.0.1:8500"
 
 
 def nameserver_url(url: str | None = None) -> str:
-    """The Name Server address to use, normalised to scheme://host:port."""
+    """The Name Server address to use, normalised to scheme://host:port.
+
+    An address without a scheme is https:// when CONSUL_HTTP_SSL is true. Unlike Consul's Go
+    client, an explicit http:// stays plain HTTP: the address given is the one used."""
     url = url or os.environ.get("ONEOS_NAMESERVER") or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_URL
     if "://" not in url:
-        url = "http://" + url
+        url = ("https://" if parse_bool("CONSUL_HTTP_SSL", os.environ) else "http://") + url
     return url.rstrip("/")
 
 
@@ -177,11 +185,19 @@ class _PoolManager(urllib3.PoolManager):
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, with connections listed in `sockets`."""
+    """requests' adapter, with connections listed in `sockets` (and TLS checked against
+    `server_name` instead of the host in the URL, when given: CONSUL_TLS_SERVER_NAME)."""
 
-    def __init__(self, sockets: _Sockets) -> None:
+    def __init__(self, sockets: _Sockets, server_name: str | None = None) -> None:
         self._sockets = sockets
+        self._server_name = server_name
         super().__init__()
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._server_name and host_params.get("scheme") == "https":
+            pool_kwargs["server_hostname"] = self._server_name
+        return host_params, pool_kwargs
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
@@ -192,7 +208,9 @@ class _Adapter(requests.adapters.HTTPAdapter):
 class NameServer:
     """A client of one Name Server. Safe to share between threads."""
 
-    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 10.0,
+                 tls: ClientTLS | None = None) -> None:
+        """`tls`: how to check an https:// Name Server (default: from Consul's variables, see ClientTLS)."""
         self.url = nameserver_url(url)
         parsed = urllib.parse.urlsplit(self.url)
         if not parsed.hostname:
@@ -204,6 +222,14 @@ class NameServer:
         self._host = parsed.hostname
         self._port = port or (443 if parsed.scheme == "https" else 8500)
         self._scheme = parsed.scheme or "http"
+        if self._scheme not in ("http", "https"):
+            raise OneOSError(f"Name Server address {self.url!r} is neither http:// nor https://")
+        self.tls = tls or ClientTLS.from_env()
+        if self._scheme == "https" and tls is None:
+            self.tls.check()     # given settings were checked by whoever made them (clone)
+        if self._scheme == "https" and not self.tls.verify:
+            # Asked for (CONSUL_HTTP_SSL_VERIFY=false): not a warning on every request, as Consul's client.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._token = token
         self._timeout = timeout
         self._local = threading.local()
@@ -211,7 +237,7 @@ class NameServer:
 
     def clone(self) -> "NameServer":
         """A new client of the same Name Server (address, token, timeout) with connections of its own."""
-        return NameServer(self.url, token=self._token, timeout=self._timeout)
+        return NameServer(self.url, token=self._token, timeout=self._timeout, tls=self.tls)
 
     def close(self) -> None:
         """Cut this client off at once, from any thread: a request under way, and every later one,
@@ -225,9 +251,10 @@ class NameServer:
         api = getattr(self._local, "api", None)
         if api is None:
             api = consul.Consul(host=self._host, port=self._port, scheme=self._scheme,
-                                token=self._token, connections_timeout=self._timeout)
+                                token=self._token, connections_timeout=self._timeout,
+                                verify=self.tls.requests_verify(), cert=self.tls.requests_cert())
             for prefix in ("http://", "https://"):
-                api.http.session.mount(prefix, _Adapter(self._sockets))
+                api.http.session.mount(prefix, _Adapter(self._sockets, self.tls.server_name))
             self._local.api = api
         return api
 
@@ -243,6 +270,9 @@ class NameServer:
         except requests.exceptions.RequestException as exc:
             if self._sockets.closed:
                 raise self._closed() from None
+            tls_failure = explain(self.url, str(exc), self.tls) if self._scheme == "https" else None
+            if tls_failure:
+                raise NameServerUnreachable(tls_failure) from None
             if isinstance(exc, requests.exceptions.ConnectionError):
                 raise NameServerUnreachable(
                     f"cannot reach the Name Server at {self.url} ({_reason(exc)}); "
@@ -261,6 +291,9 @@ class NameServer:
         except consul.exceptions.ConsulException as exc:
             status, _, body = str(exc).partition(" ")
             code = int(status) if status.isdigit() else 0
+            wrong_scheme = explain_plain_answer(self.url, body)
+            if wrong_scheme:
+                raise NameServerUnreachable(wrong_scheme) from None
             raise NameServerError(f"the Name Server at {self.url} refused {what}: {str(exc).strip()}",
                                   code, body) from None
 
@@ -371,6 +404,9 @@ class NameServer:
     def _check(self, resp: consul.base.Response, what: str) -> None:
         if not 200 <= resp.code < 300:
             body = resp.body.decode("utf-8", "replace") if isinstance(resp.body, bytes) else resp.body
+            wrong_scheme = explain_plain_answer(self.url, body)
+            if wrong_scheme:
+                raise NameServerUnreachable(wrong_scheme)
             raise NameServerError(f"the Name Server at {self.url} refused {what}: {resp.code} {body.strip()}",
                                   resp.code, body)
 

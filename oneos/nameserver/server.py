@@ -16,6 +16,7 @@ import math
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -26,6 +27,7 @@ from typing import Any
 from oneos import __version__
 from oneos.durations import parse_ns
 from oneos.errors import OneOSError
+from oneos.nameserver import tls as tlsmod
 from oneos.nameserver.journal import Journal
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError
 
@@ -92,8 +94,10 @@ class NameServerHTTP(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], store: Store, *,
-                 max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+                 max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.store = store
+        self.tls = tls
         self.max_conns_per_client = max_conns_per_client
         self.idle_timeout = idle_timeout
         self._conns: dict[str, int] = {}
@@ -116,9 +120,11 @@ class NameServerHTTP(ThreadingHTTPServer):
         if first_refusal:
             log.warning("refusing connections from %s (429): it has %d open, the limit", ip, count)
         if not admitted:
+            # Over TLS, the 429 would need a handshake, that is a thread: the connection is only closed.
             try:
-                request.settimeout(0.01)
-                request.sendall(TOO_MANY_CONNS)
+                if self.tls is None:
+                    request.settimeout(0.01)
+                    request.sendall(TOO_MANY_CONNS)
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -134,6 +140,25 @@ class NameServerHTTP(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._release(client_address[0])
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection; with TLS, its handshake first, here in the connection's own thread
+        (counted against the client's limit) so that a slow or silent client holds no one else up."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        conn = tlsmod.accept_tls(self.tls, request, self.idle_timeout)
+        if conn is None:
+            log.debug("TLS handshake with %s failed or was not TLS: closed", client_address[0])
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
 
     def _release(self, ip: str) -> None:
         with self._conns_lock:
@@ -569,8 +594,9 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = False,
           max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
-          idle_timeout: float = IDLE_TIMEOUT_S) -> tuple[NameServerHTTP, Store]:
-    """Open the data directory and bind the listener; the caller runs serve_forever()."""
+          idle_timeout: float = IDLE_TIMEOUT_S, tls: ssl.SSLContext | None = None) -> tuple[NameServerHTTP, Store]:
+    """Open the data directory and bind the listener (HTTPS with a `tls` context from
+    tls.server_context); the caller runs serve_forever()."""
     host, port = _parse_listen(listen)
     journal = Journal(data_dir, fsync=fsync)
     try:
@@ -580,12 +606,37 @@ def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fs
         raise
     try:
         httpd = NameServerHTTP((host, port), store, max_conns_per_client=max_conns_per_client,
-                               idle_timeout=idle_timeout)
+                               idle_timeout=idle_timeout, tls=tls)
     except OSError as exc:
         store.close()
         raise OneOSError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; "
                          "stop what uses it or pick another --listen HOST:PORT") from None
     return httpd, store
+
+
+def _add_tls_args(parser: argparse.ArgumentParser) -> None:
+    """TLS and who may reach the listener: Consul's cert_file, key_file, ca_file, verify_incoming."""
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS (only) with this PEM certificate")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (mode 0600)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="the PEM CA that signs clients' certificates")
+    parser.add_argument("--verify-incoming", action="store_true",
+                        help="require a client certificate signed by --tls-ca (Consul's verify_incoming)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen on an address other machines reach without ACLs: anyone who reaches "
+                             "it can write any key, and so run any command on every node")
+
+
+def _tls_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The listener's TLS context from the flags; refuses an open listener without ACLs first."""
+    host, _ = _parse_listen(args.listen)
+    refusal = tlsmod.listen_refusal(host, getattr(args, "acl", False), args.insecure)
+    if refusal:
+        raise OneOSError(refusal)
+    ctx = tlsmod.server_context(args.tls_cert, args.tls_key, args.tls_ca, args.verify_incoming)
+    warning = tlsmod.key_mode_warning(args.tls_key)
+    if warning:
+        log.warning("%s", warning)
+    return ctx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -605,13 +656,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, metavar="SECONDS",
                         help="close a connection that sends nothing this long, between requests or inside "
                              f"one (a blocking query in progress is not idle; default {IDLE_TIMEOUT_S:g})")
+    _add_tls_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="oneos-nameserver: %(message)s", stream=sys.stderr)
     try:
+        tls = _tls_from_args(args)
         httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync,
-                             max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout)
+                             max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout,
+                             tls=tls)
     except OneOSError as exc:
         print(f"oneos-nameserver: {exc}", file=sys.stderr)
         return 1
@@ -622,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     host, port = httpd.server_address[:2]
-    print(f"oneos-nameserver: serving http://{host}:{port} (data {args.data_dir}, index {store.index})",
+    scheme = "https" if tls else "http"
+    print(f"oneos-nameserver: serving {scheme}://{host}:{port} (data {args.data_dir}, index {store.index})",
           flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)

@@ -29,7 +29,7 @@ import requests
 # The shape py-consul's conftest gives: (container, port, version); `container` is our process.
 ConsulInstance = collections.namedtuple("ConsulInstance", ["container", "port", "version"])
 
-READY = re.compile(r"serving http://([^:]+):(\d+) ")
+READY = re.compile(r"serving https?://([^:]+):(\d+) ")
 
 
 class NameServer:
