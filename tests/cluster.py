@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 from oneos import state
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nameserver.tls import ClientTLS
 from tests.procs import ANY_EXIT, NameServerProc, OneosdProc, cli, free_port, run_cli, wait_until
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
@@ -54,11 +55,14 @@ class Changes:
 class Cluster:
     """A Name Server with a boot record, and the runtimes a test starts (all stopped at the end)."""
 
-    def __init__(self, nameserver: NameServerProc, root: Path) -> None:
+    def __init__(self, nameserver: NameServerProc, root: Path, env: dict[str, str] | None = None) -> None:
+        """`env`: how its commands find the Name Server (default ONEOS_NAMESERVER; Consul's variables
+        for one that speaks TLS)."""
         self.nameserver = nameserver
         self.root = root
         self.url = nameserver.url
-        self.ns = NameServer(self.url)
+        self.env = env if env is not None else {"ONEOS_NAMESERVER": self.url}
+        self.ns = NameServer(self.url, tls=ClientTLS.from_env(self.env))
         self.nodes: list[OneosdProc] = []
 
     def bootstrap(self, pulsar_url: str | None = None, init: str = EMPTY_INIT, **boot_fields: object) -> None:
@@ -78,14 +82,14 @@ class Cluster:
         assert state.bootstrap(self.ns, boot, state.default_init(init_path)) == (True, True)
 
     def ctl(self, *argv: str, env: dict[str, str] | None = None):
-        return run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url, **(env or {})})
+        return run_cli(["oneosctl", *argv], env={**self.env, **(env or {})})
 
     def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
               env: dict[str, str] | None = None) -> OneosdProc:
         # Nodes have no GPIO unless a test gives them a board, whatever this machine has.
         bare = {"ONEOS_GPIO_SIM": "", "ONEOS_HW_ROOT": str(self.root / "no-hardware")}
-        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.url, list(extra),
-                          env={**bare, **(env or {})})
+        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.env.get("ONEOS_NAMESERVER"),
+                          list(extra), env={**self.env, **bare, **(env or {})})
         self.nodes.append(proc)
         proc.start()
         if wait:
@@ -137,7 +141,7 @@ class Cluster:
 
     def run(self, line: str, *, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120):
         """`oneosctl run LINE` as a user types it: stdout as bytes, stderr as text."""
-        done = cli("oneosctl", "run", line, input=input, env={"ONEOS_NAMESERVER": self.url}, cwd=cwd or self.root,
+        done = cli("oneosctl", "run", line, input=input, env=self.env, cwd=cwd or self.root,
                    ok_code=ANY_EXIT, timeout=timeout, text=False)
         return done.returncode, done.stdout, done.stderr.decode(errors="replace")
 
@@ -152,7 +156,7 @@ class Cluster:
 
     def ctl_bytes(self, *argv: str) -> bytes:
         """oneosctl's stdout as bytes (for logs, which may be binary)."""
-        return cli("oneosctl", *argv, env={"ONEOS_NAMESERVER": self.url}, ok_code=ANY_EXIT, text=False).stdout
+        return cli("oneosctl", *argv, env=self.env, ok_code=ANY_EXIT, text=False).stdout
 
     def get_nodes(self) -> list[dict]:
         """What `oneosctl get nodes -o json` shows."""

@@ -86,14 +86,17 @@ def cluster(builtin_nameserver, tmp_path):
 
 
 @contextlib.contextmanager
-def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT, **boot_fields):
+def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT, tls=None, **boot_fields):
     """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end;
-    `boot_fields` go into the boot record."""
+    `boot_fields` go into the boot record. With `tls` (tests.tlsfiles.TLSFiles) the Name Server
+    speaks HTTPS and asks for client certificates; everyone finds it by Consul's variables only."""
     if REAL_CONSUL:
         pytest.skip("starts its own Name Server: built-in Name Server only")
-    nameserver = NameServerProc(root / "ns-data").start()
+    nameserver = NameServerProc(root / "ns-data", tls=tls, verify_incoming=tls is not None).start()
     broker = BrokerProc(root / "pulsar")
-    c = Cluster(nameserver, root)
+    env = None if tls is None else {"CONSUL_HTTP_ADDR": f"127.0.0.1:{nameserver.port}", "CONSUL_HTTP_SSL": "true",
+                                    **tls.client_env()}
+    c = Cluster(nameserver, root, env)
     try:
         broker.start()
         c.broker = broker

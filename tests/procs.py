@@ -199,15 +199,17 @@ class NameServerProc(Proc):
 
 
 class OneosdProc(Proc):
-    """One `oneosd RUNTIME_ID` with a home of its own, pointed at a Name Server."""
+    """One `oneosd RUNTIME_ID` with a home of its own, pointed at a Name Server (by `env`, Consul's
+    variables, when `nameserver` is None)."""
 
-    def __init__(self, node_id: str | None, home: Path, nameserver: str, extra: list[str] | None = None,
+    def __init__(self, node_id: str | None, home: Path, nameserver: str | None, extra: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.node_id = node_id
         self.home = home
         argv = [venv_bin("oneosd")] + ([node_id] if node_id else []) + (extra or [])
+        named = {"ONEOS_NAMESERVER": nameserver} if nameserver is not None else {}
         super().__init__(argv, home / f"oneosd-{node_id or 'default'}.log",
-                         env={"ONEOS_HOME": str(home), "ONEOS_NAMESERVER": nameserver, **(env or {})})
+                         env={"ONEOS_HOME": str(home), **named, **(env or {})})
 
 
 ANY_EXIT = range(-64, 256)   # every exit status, and death by any signal (-N)
