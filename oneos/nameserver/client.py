@@ -185,19 +185,29 @@ class _PoolManager(urllib3.PoolManager):
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, with connections listed in `sockets` (and TLS checked against
-    `server_name` instead of the host in the URL, when given: CONSUL_TLS_SERVER_NAME)."""
+    """requests' adapter, with connections listed in `sockets`; TLS checked against `server_name`
+    instead of the host in the URL when given (CONSUL_TLS_SERVER_NAME), and against the CA
+    certificates `ca_data` alone when given (CONSUL_CAPATH's files)."""
 
-    def __init__(self, sockets: _Sockets, server_name: str | None = None) -> None:
+    def __init__(self, sockets: _Sockets, server_name: str | None = None, ca_data: str | None = None) -> None:
         self._sockets = sockets
         self._server_name = server_name
+        self._ca_data = ca_data
         super().__init__()
 
     def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if self._server_name and host_params.get("scheme") == "https":
-            pool_kwargs["server_hostname"] = self._server_name
+        if host_params.get("scheme") == "https":
+            if self._server_name:
+                pool_kwargs["server_hostname"] = self._server_name
+            if self._ca_data and verify is not False:
+                pool_kwargs["ca_cert_data"] = self._ca_data
         return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)
+        if self._ca_data and verify is not False:
+            conn.ca_certs = conn.ca_cert_dir = None     # not certifi's bundle too: those CAs only, as Consul
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
@@ -254,7 +264,7 @@ class NameServer:
                                 token=self._token, connections_timeout=self._timeout,
                                 verify=self.tls.requests_verify(), cert=self.tls.requests_cert())
             for prefix in ("http://", "https://"):
-                api.http.session.mount(prefix, _Adapter(self._sockets, self.tls.server_name))
+                api.http.session.mount(prefix, _Adapter(self._sockets, self.tls.server_name, self.tls.ca_data()))
             self._local.api = api
         return api
 

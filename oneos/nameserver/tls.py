@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import stat
@@ -27,6 +28,7 @@ _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 # What Go's net/http answers a plain HTTP request on a TLS port (server.go), status and body.
 HTTP_ON_HTTPS = (b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
 _TLS_HANDSHAKE = 0x16     # the first byte of a TLS record that opens a handshake
+_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(]+)")     # OpenSSL's reason in an ssl.SSLError's text
 
 
 def parse_bool(name: str, env: Mapping[str, str]) -> bool | None:
@@ -60,7 +62,7 @@ def server_context(cert: str | None, key: str | None, ca: str | None = None,
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2          # Consul's tls_min_version default
     _load_chain(ctx, cert, key, "--tls-cert", "--tls-key")
     if ca:
-        _load_ca(ctx, ca, None, "--tls-ca")
+        _load_ca(ctx, ca, "--tls-ca")
     ctx.verify_mode = ssl.CERT_REQUIRED if verify_incoming else ssl.CERT_NONE
     return ctx
 
@@ -146,8 +148,14 @@ class ClientTLS:
     def check(self) -> None:
         """Load every file once, so that a wrong one is said at start in one line, not on each request."""
         ctx = ssl.create_default_context()
-        if self.ca_file or self.ca_path:
-            _load_ca(ctx, self.ca_file, self.ca_path, "CONSUL_CACERT" if self.ca_file else "CONSUL_CAPATH")
+        if self.ca_file:
+            _load_ca(ctx, self.ca_file, "CONSUL_CACERT")
+        elif self.ca_path:
+            try:
+                ctx.load_verify_locations(cadata=self.ca_data())
+            except ssl.SSLError as exc:
+                raise OneOSError(f"CONSUL_CAPATH {self.ca_path} holds a certificate that cannot be read "
+                                 f"({exc.reason or exc}); keep only PEM CA certificates there") from None
         if self.key_file and not self.cert_file:
             raise OneOSError("CONSUL_CLIENT_KEY is set without CONSUL_CLIENT_CERT: set both, "
                              "to the client certificate and its key")
@@ -158,7 +166,14 @@ class ClientTLS:
         """requests' `verify`: False, the CA file or directory, or True (the system's CAs)."""
         if not self.verify:
             return False
-        return self.ca_file or self.ca_path or True
+        return self.ca_file or True     # CONSUL_CAPATH: ca_data(), through the adapter
+
+    def ca_data(self) -> str | None:
+        """The certificates of every file under CONSUL_CAPATH, as Consul reads it (no hashed names
+        needed, unlike OpenSSL's capath); None when CONSUL_CACERT is set, which wins, or neither."""
+        if self.ca_file or not self.ca_path:
+            return None
+        return _read_ca_path(self.ca_path)
 
     def requests_cert(self) -> str | tuple[str, str] | None:
         """requests' `cert`: the client certificate and its key (or one file holding both)."""
@@ -190,9 +205,13 @@ def explain(url: str, error: str, tls: ClientTLS) -> str | None:
         return (f"the Name Server at {url} closed the connection in the TLS handshake: this address has too "
                 "many connections open to it, or it wants a client certificate "
                 f"{'it trusts' if tls.cert_file else '(set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)'}")
-    if "wrong version number" or "record layer failure" in text or "packet length too long" in text:
+    if "wrong version number" in text or "record layer failure" in text or "packet length too long" in text:
         return (f"the Name Server at {url} does not speak TLS on that port; "
                 "use an http:// address (and unset CONSUL_HTTP_SSL)")
+    reason = _SSL_REASON.search(error)
+    if reason:
+        return (f"the TLS handshake with the Name Server at {url} failed ({reason.group(1).strip()}); "
+                "check CONSUL_CACERT, CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY")
     return None
 
 
@@ -219,18 +238,34 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None, cert_what: str,
                          f"private key ({detail}); give PEM files") from None
 
 
-def _load_ca(ctx: ssl.SSLContext, ca_file: str | None, ca_path: str | None, what: str) -> None:
-    path = ca_file or ca_path
-    assert path
-    if ca_file:
-        _readable(ca_file, what)
-    elif not os.path.isdir(ca_path or ""):
-        raise OneOSError(f"{what} {ca_path} is not a directory; set it to a directory of CA certificates")
+def _load_ca(ctx: ssl.SSLContext, ca_file: str, what: str) -> None:
+    _readable(ca_file, what)
     try:
-        ctx.load_verify_locations(cafile=ca_file, capath=None if ca_file else ca_path)
+        ctx.load_verify_locations(cafile=ca_file)
     except ssl.SSLError as exc:
-        raise OneOSError(f"{what} {path} holds no PEM CA certificate ({exc.reason or exc}); "
+        raise OneOSError(f"{what} {ca_file} holds no PEM CA certificate ({exc.reason or exc}); "
                          "give the CA certificate file") from None
+
+
+def _read_ca_path(path: str) -> str:
+    """Every file under `path`, each of which must hold PEM certificates (go-rootcerts' LoadCAPath)."""
+    if not os.path.isdir(path):
+        raise OneOSError(f"CONSUL_CAPATH {path} is not a directory; set it to a directory of CA certificates")
+    found: list[str] = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            file = os.path.join(root, name)
+            _readable(file, "a file of CONSUL_CAPATH,")
+            with open(file, encoding="ascii", errors="replace") as f:
+                text = f.read()
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise OneOSError(f"CONSUL_CAPATH {path} holds {file}, which is not a PEM certificate; "
+                                 "keep only CA certificates there")
+            found.append(text)
+    if not found:
+        raise OneOSError(f"CONSUL_CAPATH {path} holds no certificate; put the CA certificate there")
+    return "\n".join(found)
 
 
 def _readable(path: str, what: str) -> None:

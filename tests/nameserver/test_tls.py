@@ -373,3 +373,29 @@ def test_oneos_nameserver_listens_openly_when_told_insecure(tmp_path, files):
         assert ns.put("open", "1")
     finally:
         proc.stop()
+
+
+def test_any_other_tls_failure_is_one_line_with_openssls_reason():
+    error = ("HTTPSConnectionPool(host='h', port=1): Max retries exceeded (Caused by SSLError(SSLError(1, "
+             "'[SSL: NO_SHARED_CIPHER] no shared cipher (_ssl.c:1000)')))")
+    said = nstls.explain("https://h:1", error, ClientTLS())
+    assert said and "no shared cipher" in said and "\n" not in said
+    assert nstls.explain("https://h:1", "Connection refused", ClientTLS()) is None
+
+
+def test_consul_capath_is_every_certificate_in_a_folder(https, tmp_path, clean_env):
+    folder = tmp_path / "cas"
+    (folder / "more").mkdir(parents=True)
+    (folder / "other.pem").write_bytes(make_tls(tmp_path / "other", "other").ca.read_bytes())
+    clean_env.setenv("CONSUL_CAPATH", str(folder))
+    if https.client_cert:
+        clean_env.setenv("CONSUL_CLIENT_CERT", https.client_cert)
+        clean_env.setenv("CONSUL_CLIENT_KEY", https.client_key)
+    with pytest.raises(NameServerUnreachable, match="does not trust"):
+        NameServer(https.url).leader()
+    # Any name, in a folder below: as Consul reads CONSUL_CAPATH, not OpenSSL's hashed names.
+    (folder / "more" / "ours.crt").write_bytes(Path(https.ca).read_bytes())
+    assert NameServer(https.url).leader()
+    (folder / "notes.txt").write_text("not a certificate\n")
+    with pytest.raises(nstls.OneOSError, match="notes.txt, which is not a PEM certificate"):
+        NameServer(https.url)
