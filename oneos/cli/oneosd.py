@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oneosd: {exc}", file=sys.stderr)
         return exc.exit_code
     setup_logging(f"oneosd {cfg.id}", args.verbose)
-    return run_until_signalled(Runtime(cfg, wait_s=args.wait))
+    try:
+        runtime = Runtime(cfg, wait_s=args.wait)
+    except OneOSError as exc:      # the Name Server's address or TLS files (CONSUL_CACERT...) are wrong
+        print(f"oneosd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return run_until_signalled(runtime)
 
 
 def entry() -> None:

@@ -3,7 +3,10 @@ who sets Consul's variables (and nothing else) runs a pipeline across it as on a
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import running_cluster
+from tests.procs import free_port, run_cli
 from tests.tlsfiles import make_tls
 
 
@@ -21,3 +24,13 @@ def test_a_pipeline_runs_across_an_https_name_server_with_only_consuls_variables
         done = cluster.ctl("get", "nodes", env={"CONSUL_CLIENT_CERT": "", "CONSUL_CLIENT_KEY": ""})
         assert done.returncode != 0 and "CONSUL_CLIENT_CERT" in done.stderr
         assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", [["oneosctl", "get", "nodes"], ["oneosd", "n1"]])
+def test_a_missing_ca_file_is_one_line_from_every_command(command, tmp_path):
+    done = run_cli(command, env={"ONEOS_HOME": str(tmp_path), "ONEOS_NAMESERVER": "",
+                                 "CONSUL_HTTP_ADDR": f"127.0.0.1:{free_port()}", "CONSUL_HTTP_SSL": "true",
+                                 "CONSUL_CACERT": str(tmp_path / "missing-ca.pem")}, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == f"{command[0]}: CONSUL_CACERT {tmp_path / 'missing-ca.pem'} cannot be read: no such file " \
+                          "or directory; give a file that exists and that this user may read\n"
