@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import stat
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -113,10 +114,11 @@ def accept_tls(ctx: ssl.SSLContext, sock: socket.socket, timeout: float) -> ssl.
 def _linger(sock: socket.socket, limit: float = 1.0) -> None:
     """Let the client read our alert: with TLS 1.3 it has sent its request already, and closing
     with that unread would reset the connection and lose the alert ("certificate required")."""
+    deadline = time.monotonic() + limit
     try:
         socket.socket.shutdown(sock, socket.SHUT_WR)
-        sock.settimeout(limit)
-        for _ in range(64):
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
             if not socket.socket.recv(sock, 65536):
                 break
     except OSError:
