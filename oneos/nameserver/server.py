@@ -1,8 +1,10 @@
 """`oneos-nameserver`: the built-in single-node Name Server, speaking Consul's HTTP API.
 
-Only the subset OneOS uses: /v1/kv, /v1/txn, /v1/session/*, /v1/status/*, and a minimal
-/v1/agent/self. HTTP behaviour follows Consul's agent (agent/kvs_endpoint.go,
-txn_endpoint.go, session_endpoint.go); state semantics live in store.py.
+Only the subset OneOS uses: /v1/kv, /v1/txn, /v1/session/*, /v1/status/*, /v1/acl/* (tokens,
+policies, bootstrap) and a minimal /v1/agent/self. HTTP behaviour follows Consul's agent
+(agent/kvs_endpoint.go, txn_endpoint.go, session_endpoint.go, acl_endpoint.go); state semantics
+live in store.py, the ACL system's in acl.py. With `--acl` every request is checked against its
+token's policies, deny by default, and answered 403 as Consul answers.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from oneos import __version__
 from oneos.durations import parse_ns
 from oneos.errors import OneOSError
 from oneos.nameserver import tls as tlsmod
+from oneos.nameserver.acl import ACL, READ, WRITE, ACLError, ACLTable, Authorizer
 from oneos.nameserver.journal import Journal
-from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError
+from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError, collapse_keys
 
 log = logging.getLogger("oneos.nameserver")
 
@@ -95,9 +98,10 @@ class NameServerHTTP(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], store: Store, *,
                  max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, acl: ACL | None = None) -> None:
         self.store = store
         self.tls = tls
+        self.acl = acl           # None, or not enabled: every request is allowed, /v1/acl answers 401
         self.max_conns_per_client = max_conns_per_client
         self.idle_timeout = idle_timeout
         self._conns: dict[str, int] = {}
@@ -204,6 +208,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._body_read = False
+        self._authorizer: Authorizer | None = None
         url = urllib.parse.urlsplit(self.path)
         try:
             path = _decode_path(url.path)
@@ -212,7 +217,10 @@ class Handler(BaseHTTPRequestHandler):
                 params = _Params(url.query.encode("latin-1").decode("utf-8"))
             except UnicodeError:
                 raise HTTPError(400, "Invalid query: a parameter is not valid UTF-8") from None
+            self._secret = self._token(params)
             status, body, headers = self._route(method, path, params)
+        except ACLError as exc:
+            status, body, headers = exc.status, str(exc), {}
         except HTTPError as exc:
             status, body, headers = exc.status, str(exc), {}
         except StoreError as exc:
@@ -242,6 +250,8 @@ class Handler(BaseHTTPRequestHandler):
         else:
             payload = json.dumps(body).encode("utf-8")
             ctype = "application/json"
+        if self._acl_on():
+            headers.setdefault("X-Consul-Default-ACL-Policy", "deny")
         try:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
@@ -332,6 +342,40 @@ class Handler(BaseHTTPRequestHandler):
                 break
             length -= len(chunk)
 
+    # -- access control ---------------------------------------------------
+
+    def _token(self, params: _Params) -> str:
+        """The request's token secret, where Consul takes it from: ?token=, X-Consul-Token, Authorization: Bearer."""
+        if params.get("token"):
+            return params.get("token")
+        if self.headers.get("X-Consul-Token"):
+            return self.headers["X-Consul-Token"]
+        parts = (self.headers.get("Authorization") or "").split(" ")
+        if len(parts) == 2 and parts[0].lower() == "bearer":
+            return parts[1].strip()
+        return ""
+
+    def _acl_on(self) -> bool:
+        acl = getattr(self.server, "acl", None)
+        return acl is not None and acl.enabled
+
+    def _authz(self) -> Authorizer | None:
+        """The request's Authorizer (None when ACLs are off); 403 "ACL not found" for an unknown secret."""
+        if not self._acl_on():
+            return None
+        if self._authorizer is None:
+            self._authorizer = self.server.acl.authorizer(self._secret)
+        return self._authorizer
+
+    def _require(self, kind: str, need: str, name: str) -> None:
+        authz = self._authz()
+        if authz is not None:
+            authz.require(kind, need, name)
+
+    def _readable(self, kind: str, name: str) -> bool:
+        authz = self._authz()
+        return authz is None or authz.allowed(kind, READ, name)
+
     def _index_headers(self, index: int) -> dict[str, str]:
         return {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
@@ -353,6 +397,8 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(500, "No path to datacenter")
         if path == "/v1/kv" or path.startswith("/v1/kv/"):
             return self._kv(method, path[len("/v1/kv/"):], params)
+        if path.startswith("/v1/acl/"):
+            return self._acl(method, path[len("/v1/acl/"):], params)
         if path == "/v1/txn":
             self._allow(method, "PUT")
             return self._txn()
@@ -366,15 +412,16 @@ class Handler(BaseHTTPRequestHandler):
             return 200, [self._leader()], {}
         if path == "/v1/agent/self":
             self._allow(method, "GET")
+            self._require("agent", READ, store.node_name)
             # Stats.consul as Consul's Server.Stats gives it (strings): we are the server, and its leader.
             stats = {"server": "true", "leader": "true", "leader_addr": self._leader(), "bootstrap": "true",
-                     "known_datacenters": "1", "acl": "disabled"}
+                     "known_datacenters": "1", "acl": "enabled" if self._acl_on() else "disabled"}
             return 200, {"Config": {"Datacenter": DATACENTER, "NodeName": store.node_name,
                                     "Version": f"oneos-nameserver {__version__}", "Server": True},
                          "Member": {"Name": store.node_name, "Addr": self.server.server_address[0]},
                          "Stats": {"consul": stats}}, {}
         raise HTTPError(404, f"no such endpoint {path}: this Name Server serves /v1/kv, /v1/txn, "
-                             "/v1/session and /v1/status")
+                             "/v1/session, /v1/status and /v1/acl")
 
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
@@ -394,17 +441,24 @@ class Handler(BaseHTTPRequestHandler):
             index, wait = self._blocking_args(params)
             if "keys" in params:
                 sep = params.get("separator", params.get("seperator"))
-                idx, keys = store.kv_keys(key, sep, index, wait)
+                if self._acl_on():
+                    # Consul filters the entries the token may not read, then cuts at the separator.
+                    idx, entries = store.kv_list(key, index, wait)
+                    keys = collapse_keys([e.key for e in entries if self._readable("key", e.key)], key, sep)
+                else:
+                    idx, keys = store.kv_keys(key, sep, index, wait)
                 if not keys and key:
                     return 404, None, self._index_headers(idx)
                 return 200, keys, self._index_headers(idx)
             if "recurse" in params:
                 idx, entries = store.kv_list(key, index, wait)
+                entries = [e for e in entries if self._readable("key", e.key)]
                 if not entries:
                     return 404, None, self._index_headers(idx)
                 return 200, [e.api() for e in entries], self._index_headers(idx)
             if not key:
                 raise HTTPError(400, "Missing key name")
+            self._require("key", READ, key)
             idx, entry = store.kv_get(key, index, wait)
             if entry is None:
                 return 404, None, self._index_headers(idx)
@@ -423,6 +477,7 @@ class Handler(BaseHTTPRequestHandler):
             cas = params.uint("cas", "CAS index") if "cas" in params else None
             # An empty body stores no value (null), as Consul's KVSPut does, not an empty one.
             value = self._read_body(KV_MAX_VALUE_SIZE) or None
+            self._require("key", WRITE, key)
             if "acquire" in params:
                 return 200, store.kv_lock(key, value, flags, params.get("acquire")), {}
             if "release" in params:
@@ -434,9 +489,13 @@ class Handler(BaseHTTPRequestHandler):
             if params.conflicting("recurse", "cas"):
                 raise HTTPError(400, f"Conflicting flags: {params.encode()}")
             if "recurse" in params:
+                authz = self._authz()
+                if authz is not None:
+                    authz.require_key_write_prefix(key)
                 return 200, store.kv_delete_tree(key), {}
             if not key:
                 raise HTTPError(400, "Missing key name")
+            self._require("key", WRITE, key)
             if "cas" in params:
                 return 200, store.kv_delete_cas(key, params.uint("cas", "CAS index")), {}
             return 200, store.kv_delete(key), {}
@@ -450,10 +509,34 @@ class Handler(BaseHTTPRequestHandler):
         if len(ops) > MAX_TXN_OPS:
             raise HTTPError(413, f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})")
         parsed = [self._txn_op(op) for op in ops]
+        denied = self._txn_denied(parsed)
+        if denied:
+            return 409, {"Results": None, "Errors": denied}, {}
         results, errors = self.server.store.txn(parsed)
         if errors:
             return 409, {"Results": None, "Errors": errors}, {}
+        # As Consul's FilterTxnResults: what the token may not read is left out of the results.
+        results = [r for r in results if self._readable("key", r["KV"]["Key"])]
         return 200, {"Results": results, "Errors": None}, {}
+
+    def _txn_denied(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Consul's txn preCheck (kvsPreApply for each op): the ops this token may not run, as errors."""
+        authz = self._authz()
+        if authz is None:
+            return []
+        errors = []
+        for i, op in enumerate(ops):
+            verb, key = op["verb"], op["key"]
+            try:
+                if verb == "delete-tree":
+                    authz.require_key_write_prefix(key)
+                elif verb in ("check-session", "check-index"):
+                    authz.require("key", READ, key)
+                elif verb not in ("get", "get-tree"):   # reads are filtered from the results instead
+                    authz.require("key", WRITE, key)
+            except ACLError as exc:
+                errors.append({"OpIndex": i, "What": str(exc)})
+        return errors
 
     @staticmethod
     def _txn_op(op: Any) -> dict[str, Any]:
@@ -490,15 +573,19 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise HTTPError(400, "Request decode failed: expected a JSON object")
             _check_session_body(body)
+            node = next((v for k, v in body.items() if str(k).lower() == "node" and v), store.node_name)
+            self._require("session", WRITE, node)
             return 200, {"ID": store.session_create(body)}, {}
         if action in ("destroy", "renew", "info", "node") and not arg:
             raise HTTPError(400, "Missing node name" if action == "node" else "Missing session")
         if action == "destroy":
             self._allow(method, "PUT")
+            self._require_session_write(arg)
             store.session_destroy(arg)
             return 200, True, {}
         if action == "renew":
             self._allow(method, "PUT")
+            self._require_session_write(arg)
             session = store.session_renew(arg)
             if session is None:
                 return 404, f"Session id '{arg}' not found", {}
@@ -510,8 +597,120 @@ class Handler(BaseHTTPRequestHandler):
                 idx, found = store.session_info(arg, index, wait)
             else:
                 idx, found = store.session_list(arg if action == "node" else None, index, wait)
+            found = [s for s in found if self._readable("session", s["Node"])]
             return 200, found, self._index_headers(idx)
         raise HTTPError(404, f"no such endpoint /v1/session/{rest}")
+
+    def _require_session_write(self, sid: str) -> None:
+        """Destroy and renew need session:write on the node the session belongs to (when it exists)."""
+        if self._acl_on():
+            _, found = self.server.store.session_info(sid)
+            if found:
+                self._require("session", WRITE, found[0]["Node"])
+
+    # -- /v1/acl ----------------------------------------------------------
+
+    def _acl(self, method: str, rest: str, params: _Params) -> tuple[int, Any, dict[str, str]]:
+        """Consul's ACL API (agent/acl_endpoint.go): bootstrap, tokens and policies."""
+        if not self._acl_on():
+            raise HTTPError(401, "ACL support disabled")
+        acl: ACL = self.server.acl
+        if rest == "bootstrap":
+            self._allow(method, "PUT", "POST")
+            raw = self._read_body(KV_MAX_VALUE_SIZE)
+            body = self._json_object(raw, "Request decoding failed") if raw.strip() else {}
+            secret = next((v for k, v in body.items() if k.lower() == "bootstrapsecret"), None)
+            return 200, acl.bootstrap(secret or None), {}
+        if rest in ("login", "logout"):
+            self._allow(method, "POST")
+            if rest == "logout":
+                token = acl.table.token_by_secret(self._secret) if self._secret else None
+                if token is None:
+                    raise ACLError("ACL not found", 403)
+            # No auth methods here: a login names none that exists, and no token came from one.
+            raise ACLError("ACL not found" if rest == "login" else
+                           "Permission denied: the token was not created by an auth method", 403)
+        authz = self._authz()
+        headers = {"X-Consul-Index": str(self.server.store.index), "X-Consul-KnownLeader": "true"}
+        if rest == "policies":
+            self._allow(method, "GET")
+            authz.require_acl(READ)
+            return 200, acl.policy_list(), headers
+        if rest == "tokens":
+            self._allow(method, "GET")
+            authz.require_acl(READ)
+            tokens = acl.token_list(policy=params.get("policy"), role=params.get("role"),
+                                    authmethod=params.get("authmethod"), servicename=params.get("servicename"))
+            return 200, [self._redacted(authz, t) for t in tokens], headers
+        if rest == "policy" or rest.startswith("policy/"):
+            pid = rest[len("policy/"):]
+            if rest == "policy":
+                self._allow(method, "PUT")
+                body = self._json_object(self._read_body(KV_MAX_VALUE_SIZE), "Policy decoding failed")
+                authz.require_acl(WRITE)
+                return 200, acl.policy_set(body), {}
+            if pid.startswith("name/"):
+                self._allow(method, "GET")
+                if not pid[len("name/"):]:
+                    raise HTTPError(400, "Missing policy Name")
+                authz.require_acl(READ)
+                return 200, acl.policy_read(name=pid[len("name/"):]), headers
+            self._allow(method, "GET", "PUT", "DELETE")
+            if not pid:
+                raise HTTPError(400, "Missing policy ID")
+            if method == "GET":
+                authz.require_acl(READ)
+                return 200, acl.policy_read(pid), headers
+            if method == "PUT":
+                body = self._json_object(self._read_body(KV_MAX_VALUE_SIZE), "Policy decoding failed")
+                authz.require_acl(WRITE)
+                return 200, acl.policy_set(body, pid), {}
+            authz.require_acl(WRITE)
+            return 200, acl.policy_delete(pid), {}
+        if rest == "token" or rest.startswith("token/"):
+            accessor = rest[len("token/"):]
+            if rest == "token":
+                self._allow(method, "PUT")
+                body = self._json_object(self._read_body(KV_MAX_VALUE_SIZE), "Token decoding failed")
+                authz.require_acl(WRITE)
+                return 200, acl.token_create(body), {}
+            if accessor == "self":
+                self._allow(method, "GET")
+                return 200, acl.token_read(authz.accessor), headers
+            self._allow(method, "GET", "PUT", "DELETE")
+            if accessor.endswith("/clone") and method == "PUT":
+                body = self._json_object(self._read_body(KV_MAX_VALUE_SIZE), "Token decoding failed")
+                authz.require_acl(WRITE)
+                return 200, acl.token_create(body, clone_of=accessor[:-len("/clone")]), {}
+            if not accessor:
+                raise HTTPError(400, "Missing token AccessorID")
+            if method == "GET":
+                authz.require_acl(READ)
+                return 200, self._redacted(authz, acl.token_read(accessor)), headers
+            if method == "PUT":
+                body = self._json_object(self._read_body(KV_MAX_VALUE_SIZE), "Token decoding failed")
+                authz.require_acl(WRITE)
+                return 200, acl.token_update(accessor, body), {}
+            authz.require_acl(WRITE)
+            return 200, acl.token_delete(accessor, authz.accessor), {}
+        # Roles, auth methods, binding rules...: not here; but a token without the right to them hears so first.
+        authz.require_acl(READ if method == "GET" else WRITE)
+        raise HTTPError(404, f"no such endpoint /v1/acl/{rest}: this Name Server's ACL system has "
+                             "bootstrap, tokens and policies (no roles, auth methods or binding rules)")
+
+    @staticmethod
+    def _redacted(authz: Authorizer, token: dict[str, Any]) -> dict[str, Any]:
+        """As Consul: a token read with acl:read but not acl:write shows no secret."""
+        if authz.scalar("acl", WRITE):
+            return token
+        return dict(token, SecretID="<hidden>")
+
+    @staticmethod
+    def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+        body = _decode_json(raw or b"{}", what)
+        if not isinstance(body, dict):
+            raise HTTPError(400, f"{what}: expected a JSON object")
+        return body
 
 
 def _txn_field(kv: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -585,6 +784,22 @@ def _decode_json(raw: bytes, what: str) -> Any:
         raise HTTPError(400, f"{what}: {detail}") from None
 
 
+def read_secret(path: str | Path, what: str) -> str:
+    """A secret from a file that only its owner may read; OneOSError saying what to fix otherwise."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise OneOSError(f"{what} {path}: cannot read it ({exc.strerror.lower()})") from None
+    if mode & 0o077:
+        raise OneOSError(f"{what} {path} is readable by others (mode {mode & 0o777:04o}); "
+                         f"run `chmod 600 {path}`")
+    if not text:
+        raise OneOSError(f"{what} {path} is empty; put the token's secret in it")
+    return text
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -593,20 +808,33 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = False,
-          max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
-          idle_timeout: float = IDLE_TIMEOUT_S, tls: ssl.SSLContext | None = None) -> tuple[NameServerHTTP, Store]:
+          max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S,
+          tls: ssl.SSLContext | None = None, acl: bool = False,
+          initial_management: str | None = None) -> tuple[NameServerHTTP, Store]:
     """Open the data directory and bind the listener (HTTPS with a `tls` context from
-    tls.server_context); the caller runs serve_forever()."""
+    tls.server_context); the caller runs serve_forever().
+
+    With `acl`, requests are checked against ACLs (deny by default); `initial_management` is the
+    secret of a management token made at start (Consul's acl.tokens.initial_management)."""
     host, port = _parse_listen(listen)
     journal = Journal(data_dir, fsync=fsync)
+    # The ACL table is kept whether or not ACLs are on, so that a restart without --acl keeps it.
+    table = ACLTable()
     try:
-        store = Store(journal, node_name or socket.gethostname())
+        store = Store(journal, node_name or socket.gethostname(), tables=[table])
     except Exception:
         journal.close()
         raise
+    access = ACL(table, store.table_write, enabled=acl)
+    if acl:
+        try:
+            access.initialize(initial_management)
+        except Exception:
+            store.close()
+            raise
     try:
         httpd = NameServerHTTP((host, port), store, max_conns_per_client=max_conns_per_client,
-                               idle_timeout=idle_timeout, tls=tls)
+                               idle_timeout=idle_timeout, tls=tls, acl=access)
     except OSError as exc:
         store.close()
         raise OneOSError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; "
@@ -629,7 +857,7 @@ def _add_tls_args(parser: argparse.ArgumentParser) -> None:
 def _tls_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The listener's TLS context from the flags; refuses an open listener without ACLs first."""
     host, _ = _parse_listen(args.listen)
-    refusal = tlsmod.listen_refusal(host, getattr(args, "acl", False), args.insecure)
+    refusal = tlsmod.listen_refusal(host, args.acl, args.insecure)
     if refusal:
         raise OneOSError(refusal)
     ctx = tlsmod.server_context(args.tls_cert, args.tls_key, args.tls_ca, args.verify_incoming)
@@ -656,6 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, metavar="SECONDS",
                         help="close a connection that sends nothing this long, between requests or inside "
                              f"one (a blocking query in progress is not idle; default {IDLE_TIMEOUT_S:g})")
+    parser.add_argument("--acl", action="store_true",
+                        help="check every request against ACLs, deny by default (Consul's acl.enabled with "
+                             "default_policy deny); PUT /v1/acl/bootstrap makes the first management token")
+    parser.add_argument("--acl-initial-management-token-file", metavar="FILE",
+                        help="with --acl: a file (mode 0600) holding the secret of a management token made at "
+                             "start (Consul's acl.tokens.initial_management); bootstrap is then done")
     _add_tls_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
@@ -663,10 +897,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="oneos-nameserver: %(message)s", stream=sys.stderr)
     try:
         tls = _tls_from_args(args)
+        initial = None
+        if args.acl_initial_management_token_file:
+            if not args.acl:
+                raise OneOSError("--acl-initial-management-token-file needs --acl")
+            initial = read_secret(args.acl_initial_management_token_file, "--acl-initial-management-token-file")
         httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync,
                              max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout,
-                             tls=tls)
-    except OneOSError as exc:
+                             tls=tls, acl=args.acl, initial_management=initial)
+    except (OneOSError, ACLError) as exc:
         print(f"oneos-nameserver: {exc}", file=sys.stderr)
         return 1
 
@@ -677,8 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     host, port = httpd.server_address[:2]
     scheme = "https" if tls else "http"
-    print(f"oneos-nameserver: serving {scheme}://{host}:{port} (data {args.data_dir}, index {store.index})",
-          flush=True)
+    print(f"oneos-nameserver: serving {scheme}://{host}:{port} (data {args.data_dir}, index {store.index}, "
+          f"ACLs {'on, deny by default' if args.acl else 'off'})", flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:

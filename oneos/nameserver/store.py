@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from oneos.durations import format_ns, parse_ns
 from oneos.nameserver.journal import Journal
@@ -40,6 +40,22 @@ class StoreError(Exception):
     def __init__(self, message: str, status: int = 500) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Table(Protocol):
+    """State kept beside KV and sessions (the ACL system's, oneos/nameserver/acl.py), made durable through
+    the same journal under its own record key `kind`, so that every part of the state has one order."""
+
+    kind: str
+
+    def load(self, raw: Any) -> None:
+        """Take the table's part of a snapshot."""
+
+    def replay(self, payload: Any, index: int) -> None:
+        """Apply one journal record's payload, written at `index`."""
+
+    def dump(self) -> Any:
+        """The table's part of a snapshot (JSON)."""
 
 
 @dataclass
@@ -158,6 +174,7 @@ class _Txn:
     sessions_add: dict[str, Session] = field(default_factory=dict)
     sessions_del: set[str] = field(default_factory=set)
     lock_delays: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)   # Table.kind -> its payload
 
     def rollback(self) -> None:
         """Forget everything staged: nothing is committed."""
@@ -166,17 +183,19 @@ class _Txn:
         self.sessions_add.clear()
         self.sessions_del.clear()
         self.lock_delays.clear()
+        self.tables.clear()
 
     def empty(self) -> bool:
-        return not (self.sets or self.deletes or self.sessions_add or self.sessions_del)
+        return not (self.sets or self.deletes or self.sessions_add or self.sessions_del or self.tables)
 
 
 class Store:
     """All state of the built-in Name Server, durable through a Journal."""
 
     def __init__(self, journal: Journal | None, node_name: str, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, tables: Iterable[Table] = ()) -> None:
         self.journal = journal
+        self._tables = {t.kind: t for t in tables}
         self.node_name = node_name
         self._clock = clock
         self._wall = wall
@@ -218,6 +237,9 @@ class Store:
                 s = Session.load(raw)
                 self._sessions[s.id] = s
             self._lock_delays = dict(snapshot["lock_delays"])
+            for kind, table in self._tables.items():
+                if kind in snapshot:
+                    table.load(snapshot[kind])
         for record in records:
             self._replay(record)
         now = self._clock()
@@ -246,6 +268,9 @@ class Store:
         for sid in r.get("s-", ()):
             self._sessions.pop(sid, None)
         self._lock_delays.update(r.get("ld", {}))
+        for kind, table in self._tables.items():
+            if kind in r:
+                table.replay(r[kind], idx)
         if r.get("kv") or r.get("del"):
             self.kvs_index = idx
         if r.get("s+") or r.get("s-"):
@@ -253,13 +278,15 @@ class Store:
         self.index = max(self.index, idx)
 
     def _snapshot(self) -> dict[str, Any]:
-        return {
+        snapshot = {
             "index": self.index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
             "kv": [e.dump() for e in self._kv.values()],
             "tombstones": [[k, idx, at] for k, (idx, at) in self._tombstones.items()],
             "sessions": [s.dump() for s in self._sessions.values()],
             "lock_delays": self._lock_delays,
         }
+        snapshot.update({kind: table.dump() for kind, table in self._tables.items()})
+        return snapshot
 
     def close(self) -> None:
         with self._lock:
@@ -317,6 +344,7 @@ class Store:
             record["s-"] = sorted(txn.sessions_del)
         if txn.lock_delays:
             record["ld"] = txn.lock_delays
+        record.update(txn.tables)
         if self.journal is not None:
             self.journal.append(record)
         self._replay(record)
@@ -332,6 +360,16 @@ class Store:
                 w.cond.notify_all()
         if self.journal is not None and self.journal.wants_compaction():
             self.journal.compact(self._snapshot())
+
+    def table_write(self, kind: str, change: Callable[[int], tuple[Any, Any]]) -> Any:
+        """Write to a Table as one journaled change at the next index: `change(index)` checks against
+        the table's current state (under the store's lock) and returns (payload or None, result)."""
+        def run(t: _Txn) -> Any:
+            payload, result = change(t.index)
+            if payload is not None:
+                t.tables[kind] = payload
+            return result
+        return self._write(run)
 
     # Staged reads: what the current transaction sees, its own writes included.
 
@@ -466,16 +504,7 @@ class Store:
 
     def _keys(self, prefix: str, separator: str) -> tuple[int, list[str]]:
         idx, entries = self._list(prefix)
-        keys: list[str] = []
-        for e in entries:
-            key = e.key
-            if separator:
-                cut = key.find(separator, len(prefix))
-                if cut != -1:
-                    key = key[:cut + len(separator)]
-            if not keys or keys[-1] != key:
-                keys.append(key)
-        return idx, keys
+        return idx, collapse_keys([e.key for e in entries], prefix, separator)
 
     def kv_get(self, key: str, min_index: int = 0, wait: float | None = None) -> tuple[int, KVEntry | None]:
         return self._blocking(key, False, min_index, wait, lambda: self._get(key))
@@ -730,6 +759,19 @@ class Store:
         else:
             raise StoreError(f'unknown KV verb "{verb}"')
         return [{"KV": written.api(with_value=False)}] if written is not None else []
+
+
+def collapse_keys(keys: Iterable[str], prefix: str, separator: str) -> list[str]:
+    """Consul's ListKeys: sorted keys under `prefix`, each cut after the first `separator` past it, once."""
+    out: list[str] = []
+    for key in keys:
+        if separator:
+            cut = key.find(separator, len(prefix))
+            if cut != -1:
+                key = key[:cut + len(separator)]
+        if not out or out[-1] != key:
+            out.append(key)
+    return out
 
 
 def _lock_delay_ns(raw: Any) -> int:

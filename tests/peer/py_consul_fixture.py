@@ -5,7 +5,10 @@ tests `consul_instance` (and `consul_port` built on it). tests/peer/test_py_cons
 sdist's tests with this plugin (`-p py_consul_fixture`) and with `--confcutdir` past that
 conftest, so these fixtures take its place and everything else is py-consul's own. As with the
 container, every test gets a server of its own on a free port with an empty data directory:
-py-consul's tests expect an empty store.
+py-consul's tests expect an empty store. `acl_consul_instance` is its ACL twin: as py-consul's
+conftest starts Consul with ACLs on and `acl.tokens.initial_management` set to a fresh secret,
+it starts `oneos-nameserver --acl --acl-initial-management-token-file` with one, and yields
+(instance, secret) as that fixture does.
 
 This module is loaded by name, outside our `tests` package, and imports nothing from it:
 py-consul's tests are a package called `tests` too.
@@ -21,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,12 +39,17 @@ READY = re.compile(r"serving https?://([^:]+):(\d+) ")
 class NameServer:
     """`oneos-nameserver --listen 127.0.0.1:0`: the port is the one its ready line names."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, acl_token: str | None = None) -> None:
         self.log_path = data_dir.parent / "nameserver.log"
         self.port: int | None = None
         argv = [str(Path(sys.executable).parent / "oneos-nameserver"), "--listen", "127.0.0.1:0",
                 "--data-dir", str(data_dir)]
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if acl_token is not None:
+            token_file = data_dir.parent / "initial-management-token"
+            token_file.touch(mode=0o600)
+            token_file.write_text(acl_token)
+            argv += ["--acl", "--acl-initial-management-token-file", str(token_file)]
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
@@ -101,14 +110,18 @@ class NameServers:
         self._spare: NameServer | None = None
         self._stopping: list[NameServer] = []
 
-    def _launch(self) -> NameServer:
+    def _launch(self, acl_token: str | None = None) -> NameServer:
         self._count += 1
-        return NameServer(self._root / f"nameserver-{self._count}" / "data")
+        return NameServer(self._root / f"nameserver-{self._count}" / "data", acl_token)
 
     def take(self) -> NameServer:
         server, self._spare = self._spare or self._launch(), None
         self._spare = self._launch()
         return server.ready()
+
+    def take_acl(self, token: str) -> NameServer:
+        """A server with ACLs on and `token` its initial management token (not kept spare: its secret is new)."""
+        return self._launch(token).ready()
 
     def release(self, server: NameServer) -> None:
         server.terminate()
@@ -149,6 +162,19 @@ def consul_instance(nameservers):
         # py-consul's conftest reads the version the same way (only its version-gated tests use it).
         version = requests.get(f"http://127.0.0.1:{server.port}/v1/agent/self", timeout=10).json()["Config"]["Version"]
         yield ConsulInstance(server, server.port, version.strip())
+    finally:
+        nameservers.release(server)
+
+
+@pytest.fixture
+def acl_consul_instance(nameservers):
+    token = uuid.uuid4().hex
+    server = nameservers.take_acl(token)
+    try:
+        # With ACLs on, /v1/agent/self wants agent:read: the management token has it.
+        version = requests.get(f"http://127.0.0.1:{server.port}/v1/agent/self", headers={"X-Consul-Token": token},
+                               timeout=10).json()["Config"]["Version"]
+        yield ConsulInstance(server, server.port, version.strip()), token
     finally:
         nameservers.release(server)
 

@@ -6,10 +6,12 @@ sha256 pinned in tests/peer/py-consul.txt) into build/peer. This test runs its t
 of their own, unchanged except for the one fixture that started a Consul container per test:
 tests/peer/py_consul_fixture.py starts a Name Server instead.
 
-Run: the KV, session, txn and status tests of the blocking client, and the asyncio client's
-KV, session and txn tests. Left out: what the Name Server does not serve (ACL, agent services
-and checks, catalog, health, and the other endpoints), and the tests of the client alone that
-need no server (test_base, test_callback, test_std, test_utils).
+Run: the KV, session, txn, status and ACL tests of the blocking client, and the asyncio client's
+KV, session and txn tests; the ACL tests against `oneos-nameserver --acl` with an initial
+management token, as py-consul's conftest starts Consul. Left out: what the Name Server does not
+serve (ACL roles, auth methods and binding rules, agent services and checks, catalog, health,
+and the other endpoints), and the tests of the client alone that need no server (test_base,
+test_callback, test_std, test_utils).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ VERSION = importlib.metadata.version("py-consul")
 SOURCE = REPO / "build" / "peer" / f"py_consul-{VERSION}"
 
 SELECTED = ["tests/api/test_kv.py", "tests/api/test_session.py", "tests/api/test_txn.py",
-            "tests/api/test_status.py", "tests/test_aio.py"]
-# test_aio.py's one test of an endpoint we do not serve (/v1/agent/services).
-DESELECTED = ["tests/test_aio.py::TestAsyncioConsul::test_agent_services"]
-EXPECTED = 24   # so that a test lost to a rename or a collection change fails here, not passes
+            "tests/api/test_status.py", "tests/api/test_acl.py", "tests/test_aio.py"]
+# The tests of endpoints we do not serve: /v1/agent/services, ACL roles, auth methods, binding rules.
+DESELECTED = ["tests/test_aio.py::TestAsyncioConsul::test_agent_services",
+              "tests/api/test_acl.py::TestConsulAcl::test_acl_role_crud",
+              "tests/api/test_acl.py::TestConsulAcl::test_acl_auth_method_crud",
+              "tests/api/test_acl.py::TestConsulAcl::test_acl_binding_rule_crud"]
+EXPECTED = 45   # so that a test lost to a rename or a collection change fails here, not passes
 
 
 def test_py_consul_own_tests_pass_against_the_name_server(tmp_path):
