@@ -1,6 +1,9 @@
 """`oneosd --dev`: the whole system on one machine.
 
-Starts the built-in Name Server as a child, writes the boot record and the init manifest
+Starts the built-in Name Server as a child, with ACLs on (deny by default) and a management
+token of its own: made once, kept in the data folder (mode 0600), given to the Name Server as
+its initial management token (which counts as its ACL bootstrap) and copied to
+$ONEOS_HOME/token, where `oneosctl` on this machine finds it. Writes the boot record and the init manifest
 where absent, and runs one local kernel runtime in this process. The broker (pulsar-lite)
 is a kernel agent of the init manifest: the runtime's controller places it on this node
 and its supervisor keeps it running (restart: always), as systemd keeps a unit. One
@@ -20,13 +23,15 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from oneos import broker, children, state
 from oneos.errors import OneOSError, UsageError
-from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
+from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, token_file
+from oneos.secretfiles import read_secret, write_secret
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime, setup_logging
 
@@ -128,6 +133,14 @@ def _write_boot(ns: NameServer, pulsar_url: str, node_id: str) -> None:
 BROKER_WAIT_S = 30.0
 
 
+def _management_token(data: Path) -> tuple[Path, str]:
+    """The dev cluster's management token: made on its first start, the same ever after."""
+    path = data / "management-token"
+    if not path.exists():
+        write_secret(path, str(uuid.uuid4()))
+    return path, read_secret(path, "the dev cluster's management token")
+
+
 def _wait_for_broker(ns: NameServer, port: int, log_dir: Path, stop: threading.Event) -> None:
     """Wait until the broker kernel agent answers on its port; a clear error if it does not."""
     deadline = time.monotonic() + BROKER_WAIT_S
@@ -166,10 +179,15 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         if not broker.port_free(host or "127.0.0.1", int(port_text)):
             raise OneOSError(f"cannot listen on {listen}: the address is in use (another oneosd --dev?); "
                              "stop it or pick another --listen HOST:PORT")
+        secret_path, secret = _management_token(data)
         nameserver = Child("nameserver", [sys.executable, "-m", "oneos.nameserver.server", "--listen", listen,
-                                          "--data-dir", str(data / "nameserver")], data / "logs" / "nameserver.log")
+                                          "--data-dir", str(data / "nameserver"), "--acl",
+                                          "--acl-initial-management-token-file", str(secret_path)],
+                           data / "logs" / "nameserver.log")
         children.append(nameserver)
-        ns = NameServer(url)
+        write_secret(token_file(), secret)
+        cfg.token = secret
+        ns = NameServer(url, token=secret)
         _wait(f"the Name Server on {listen}", ns.leader, nameserver, stop)
 
         port = _pulsar_port(ns)
@@ -182,7 +200,8 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         runtime.start()
         _wait_for_broker(ns, port, cfg.data_dir / "agents" / "logs", stop)
         print(f"oneosd --dev: ready. Name Server {url}, Pulsar {pulsar_url} (metrics http://{metrics}/metrics), "
-              f"kernel node {cfg.id}; data in {data}; Ctrl-C stops", flush=True)
+              f"kernel node {cfg.id}; data in {data}; ACLs on, management token in {token_file()}; "
+              "Ctrl-C stops", flush=True)
         while not stop.wait(0.5):
             for child in children:
                 if not child.alive():

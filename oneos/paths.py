@@ -8,6 +8,7 @@ PREFIX is a virtual environment, ~/.local (`pip install --user`), `--prefix DIR`
 
 from __future__ import annotations
 
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -44,3 +45,8 @@ def shared(relative: str) -> Path:
         if place.exists():
             return place
     raise OneOSError(f"cannot find OneOS's {relative} in {' or '.join(map(str, places))}; reinstall oneos")
+
+
+def oneos_home() -> Path:
+    """Where OneOS keeps a user's config, data and token: $ONEOS_HOME, else ~/.oneos."""
+    return Path(os.environ.get("ONEOS_HOME") or Path.home() / ".oneos")

@@ -16,6 +16,7 @@ import requests
 
 from oneos import state
 from oneos.nameserver.client import NameServer
+from oneos.secretfiles import read_secret
 from tests.cluster import Changes
 from tests.procs import ANY_EXIT, cli, descendants, free_port, process_alive, run_cli, venv_bin, wait_until
 
@@ -43,6 +44,10 @@ class Dev:
         assert "ready" in self.ready, self.proc.stderr.read() if self.proc.poll() is not None else self.ready
         self.children = set(descendants(self.proc.pid))
         return self
+
+    def token(self):
+        """The management token --dev wrote for this ONEOS_HOME (what oneosctl here finds by itself)."""
+        return read_secret(self.home / "token", "the dev token")
 
     def ctl(self, *argv):
         return run_cli(["oneosctl", *argv], env={"ONEOS_NAMESERVER": self.url, "ONEOS_HOME": str(self.home)})
@@ -73,7 +78,7 @@ def test_dev_starts_everything_and_prints_one_ready_line(dev):
     assert dev.url in dev.ready and pulsar_url and metrics and "devnode" in dev.ready
     assert int(pulsar_url.group(2)) != 6650
 
-    ns = NameServer(dev.url)
+    ns = NameServer(dev.url, token=dev.token())
     wait_until(lambda: (state.read_leader(ns) or {}).get("node") == "devnode", 20, "the dev node to lead",
                wake=Changes(ns))
     nodes = json.loads(dev.ctl("get", "nodes", "-o", "json").stdout)["items"]
@@ -93,6 +98,25 @@ def test_dev_starts_everything_and_prints_one_ready_line(dev):
     # Its metrics moved to the loopback port the ready line names, off the default 0.0.0.0:8080.
     assert "pulsar" in requests.get(metrics.group(1), timeout=5).text
     assert 'addr = "127.0.0.1:' in (dev.data / "pulsar" / "pulsar-lite.toml").read_text()
+
+
+def test_dev_runs_with_acls_and_oneosctl_here_needs_no_token_flag(dev):
+    dev.start()
+    assert "ACLs on" in dev.ready
+    token_file = dev.home / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    # oneosctl on this machine finds the token by itself.
+    done = dev.ctl("run", "seq 3 | tr 1 x")
+    assert (done.returncode, done.stdout) == (0, "x\n2\n3\n"), done.stderr
+    # Without a token, the Name Server refuses, as Consul does with ACLs on (deny by default).
+    refused = requests.put(f"{dev.url}/v1/kv/oneos/boot", data=b"{}", timeout=5)
+    assert refused.status_code == 403 and refused.text.startswith("Permission denied: anonymous token")
+    assert requests.get(f"{dev.url}/v1/kv/oneos/boot", timeout=5).status_code == 403
+    # oneosctl with another home (so no token) gets one line saying what to do.
+    other = run_cli(["oneosctl", "get", "nodes"], env={"ONEOS_NAMESERVER": dev.url,
+                                                       "ONEOS_HOME": str(dev.home.parent / "elsewhere")})
+    assert other.returncode == 1
+    assert other.stderr.count("\n") == 1 and "permission denied" in other.stderr and "ONEOS_TOKEN" in other.stderr
 
 
 def test_sigterm_stops_every_child_and_the_node_leaves(dev):
@@ -128,7 +152,7 @@ def test_ctrl_c_with_a_pipeline_streaming_stops_everything_quietly(dev, tmp_path
     dev.start()
     (tmp_path / "streaming.yaml").write_text(STREAMING)
     assert dev.ctl("apply", str(tmp_path / "streaming.yaml")).returncode == 0
-    ns = NameServer(dev.url)
+    ns = NameServer(dev.url, token=dev.token())
 
     def running():
         return sorted(s["agent"] for s in state.read_statuses(ns, "streaming").values() if s["state"] == "Running")
@@ -196,7 +220,7 @@ def test_dev_refuses_a_busy_port_with_one_line(tmp_path):
 def test_the_broker_is_a_kernel_agent_kept_running_like_a_unit(dev):
     dev.start()
 
-    ns = NameServer(dev.url)
+    ns = NameServer(dev.url, token=dev.token())
 
     def broker():
         return state.read_statuses(ns, "oneos-init").get(state.agent_id("oneos-init", "pulsar"), {})

@@ -21,6 +21,7 @@ from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
 from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer
+from oneos.secretfiles import read_secret
 
 PROG = "oneosctl"
 STDIN = "-"
@@ -687,6 +688,9 @@ OUTPUT_FORMATS = ["table", "json", "yaml"]
 def _add_globals(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
     parser.add_argument("--nameserver", metavar="URL", default=default,
                         help="the Name Server (default $ONEOS_NAMESERVER, else http://127.0.0.1:8500)")
+    parser.add_argument("--token-file", metavar="FILE", default=default,
+                        help="a file (mode 0600) with the Name Server ACL token to send (default $ONEOS_TOKEN, "
+                             "else $CONSUL_HTTP_TOKEN, else $ONEOS_HOME/token when it exists)")
 
 
 def _add_output(parser: argparse.ArgumentParser, formats: list[str], help: str) -> None:
@@ -737,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     try:
+        if args.token_file:
+            # Every client this command makes finds it there (oneos.nameserver.client.find_token).
+            os.environ["ONEOS_TOKEN"] = read_secret(args.token_file, "--token-file")
         return args.run(args)
     except OneOSError as err:
         # Document and compile errors already say where (FILE: ..., or the line with a caret).

@@ -3,9 +3,11 @@
 Every part of OneOS that reads or writes cluster state goes through `NameServer`.
 It speaks to real Consul and to the built-in server alike. The address comes from
 the caller, else `ONEOS_NAMESERVER`, else `CONSUL_HTTP_ADDR`, else
-http://127.0.0.1:8500; `CONSUL_HTTP_TOKEN` is sent as the ACL token. An https:// address
-(or one without a scheme while CONSUL_HTTP_SSL is true) speaks TLS, set up from Consul's
-variables (oneos.nameserver.tls.ClientTLS): CONSUL_CACERT, CONSUL_CLIENT_CERT, ...
+http://127.0.0.1:8500. An https:// address (or one without a scheme while CONSUL_HTTP_SSL is
+true) speaks TLS, set up from Consul's variables (oneos.nameserver.tls.ClientTLS): CONSUL_CACERT,
+CONSUL_CLIENT_CERT, ... The ACL token (see `find_token`) comes from the caller, else
+`ONEOS_TOKEN`, else `CONSUL_HTTP_TOKEN`, else the file `CONSUL_HTTP_TOKEN_FILE` names, else
+`$ONEOS_HOME/token` (which `oneosd --dev` writes); token files must have mode 0600.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import urllib.parse
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import consul
@@ -33,6 +36,8 @@ import urllib3.exceptions
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE  # noqa: F401 - the largest value, for callers
 from oneos.nameserver.tls import ClientTLS, explain, explain_plain_answer, parse_bool
 from oneos.errors import OneOSError
+from oneos.paths import oneos_home
+from oneos.secretfiles import read_secret
 
 DEFAULT_URL = "http://127.0.0.1:8500"
 
@@ -46,6 +51,33 @@ def nameserver_url(url: str | None = None) -> str:
     if "://" not in url:
         url = ("https://" if parse_bool("CONSUL_HTTP_SSL", os.environ) else "http://") + url
     return url.rstrip("/")
+
+
+TOKEN_FILE = "token"   # in $ONEOS_HOME
+TOKEN_HELP = ("set ONEOS_TOKEN (or CONSUL_HTTP_TOKEN) to a token that may, or put it in "
+              "$ONEOS_HOME/token with mode 0600")
+
+
+def token_file() -> Path:
+    """Where a token is found when no variable gives one: $ONEOS_HOME/token."""
+    return oneos_home() / TOKEN_FILE
+
+
+def find_token(token: str | None = None) -> str | None:
+    """The ACL token to send: `token`, else ONEOS_TOKEN, else CONSUL_HTTP_TOKEN, else the file that
+    CONSUL_HTTP_TOKEN_FILE names, else $ONEOS_HOME/token if it exists; None (the anonymous token) else.
+    A token file that others may read is refused with a OneOSError."""
+    if token:
+        return token
+    for name in ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN"):
+        if os.environ.get(name):
+            return os.environ[name].strip()
+    if os.environ.get("CONSUL_HTTP_TOKEN_FILE"):
+        return read_secret(os.environ["CONSUL_HTTP_TOKEN_FILE"], "the token file (CONSUL_HTTP_TOKEN_FILE)")
+    path = token_file()
+    if path.exists():
+        return read_secret(path, "the token file")
+    return None
 
 
 class NameServerUnreachable(OneOSError):
@@ -240,10 +272,15 @@ class NameServer:
         if self._scheme == "https" and not self.tls.verify:
             # Asked for (CONSUL_HTTP_SSL_VERIFY=false): not a warning on every request, as Consul's client.
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-        self._token = token
+        self._token = find_token(token)
         self._timeout = timeout
         self._local = threading.local()
         self._sockets = _Sockets()
+
+    @property
+    def token(self) -> str | None:
+        """The ACL token this client sends (None: the anonymous token)."""
+        return self._token
 
     def clone(self) -> "NameServer":
         """A new client of the same Name Server (address, token, timeout) with connections of its own."""
@@ -298,6 +335,8 @@ class NameServer:
                     f"the Name Server at {self.url} broke off its answer to {what}; check that it is running"
                 ) from None
             raise
+        except consul.exceptions.ACLPermissionDenied as exc:
+            raise self._refused(what, 403, str(exc)) from None
         except consul.exceptions.ConsulException as exc:
             status, _, body = str(exc).partition(" ")
             code = int(status) if status.isdigit() else 0
@@ -306,6 +345,19 @@ class NameServer:
                 raise NameServerUnreachable(wrong_scheme) from None
             raise NameServerError(f"the Name Server at {self.url} refused {what}: {str(exc).strip()}",
                                   code, body) from None
+
+    def _refused(self, what: str, status: int, body: str) -> NameServerError:
+        """A 403 as one line: what was refused, why, and where a token comes from."""
+        body = body.strip()
+        if body == "ACL not found":
+            reason = "it does not know the token sent (ACL not found)"
+        else:
+            reason = body.replace("Permission denied: ", "permission denied: ", 1)
+            reason = reason.split(". The anonymous token is used implicitly", 1)[0]
+            if "anonymous token" in reason:
+                reason += " (no token was sent)"
+        return NameServerError(f"the Name Server at {self.url} refused {what}: {reason}; {TOKEN_HELP}",
+                               status, body)
 
     def _raw(self, method: str, path: str, params: list[tuple[str, Any]] | None = None,
              data: bytes | str = "", binary: bool = False) -> consul.base.Response:
@@ -417,6 +469,8 @@ class NameServer:
             wrong_scheme = explain_plain_answer(self.url, body)
             if wrong_scheme:
                 raise NameServerUnreachable(wrong_scheme)
+            if resp.code == 403:
+                raise self._refused(what, 403, body)
             raise NameServerError(f"the Name Server at {self.url} refused {what}: {resp.code} {body.strip()}",
                                   resp.code, body)
 

@@ -33,6 +33,7 @@ from oneos.nameserver import tls as tlsmod
 from oneos.nameserver.acl import ACL, READ, WRITE, ACLError, ACLTable, Authorizer
 from oneos.nameserver.journal import Journal
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError, collapse_keys
+from oneos.secretfiles import read_secret
 
 log = logging.getLogger("oneos.nameserver")
 
@@ -782,22 +783,6 @@ def _decode_json(raw: bytes, what: str) -> Any:
     except (ValueError, RecursionError) as exc:
         detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise HTTPError(400, f"{what}: {detail}") from None
-
-
-def read_secret(path: str | Path, what: str) -> str:
-    """A secret from a file that only its owner may read; OneOSError saying what to fix otherwise."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise OneOSError(f"{what} {path}: cannot read it ({exc.strerror.lower()})") from None
-    if mode & 0o077:
-        raise OneOSError(f"{what} {path} is readable by others (mode {mode & 0o777:04o}); "
-                         f"run `chmod 600 {path}`")
-    if not text:
-        raise OneOSError(f"{what} {path} is empty; put the token's secret in it")
-    return text
 
 
 def _parse_listen(text: str) -> tuple[str, int]:

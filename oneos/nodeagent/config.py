@@ -18,15 +18,11 @@ from typing import Any, Callable
 from oneos.documents import DocumentError, check, dump_yaml, load_yaml
 from oneos.errors import UsageError
 from oneos.nameserver.client import nameserver_url
+from oneos.paths import oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
-
-
-def oneos_home() -> Path:
-    """Where runtimes keep their config and data: $ONEOS_HOME, else ~/.oneos."""
-    return Path(os.environ.get("ONEOS_HOME") or Path.home() / ".oneos")
 
 
 @dataclass
@@ -40,6 +36,7 @@ class RuntimeConfig:
     home: Path = field(default_factory=oneos_home)
     gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
     logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
+    token: str | None = None    # the Name Server ACL token (None: the client looks in $ONEOS_HOME/token)
 
     @property
     def data_dir(self) -> Path:
@@ -111,6 +108,9 @@ def write_file(path: Path, saved: dict[str, Any]) -> None:
     check("config", saved, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    if saved.get("token"):   # a secret: the file is its owner's alone from the start
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     tmp.write_text("# OneOS runtime configuration (oneosd). Flags and ONEOS_* variables override it.\n"
                    + dump_yaml(saved))
     os.replace(tmp, path)
@@ -198,6 +198,10 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         logs = LogLimits.from_config(saved.get("logs"), str(path))
     except ValueError as exc:
         raise UsageError(f"{exc}; fix the config file") from None
+    token = os.environ.get("ONEOS_TOKEN") or os.environ.get("CONSUL_HTTP_TOKEN") or saved.get("token")
+    if saved.get("token") and path.stat().st_mode & 0o077:
+        raise UsageError(f"{path} holds a Name Server token and may be read by others "
+                         f"(mode {path.stat().st_mode & 0o777:04o}); run `chmod 600 {path}`")
     return RuntimeConfig(
         id=node_id,
         nameserver=nameserver_url(given.nameserver or saved.get("nameserver")),
@@ -208,6 +212,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         home=home,
         gpio_simulate=gpio_simulate(saved, path),
         logs=logs,
+        token=token or None,
     )
 
 

@@ -62,7 +62,7 @@ class Runtime(Service):
         """`agent_env`: settings this node gives its agents, besides its own (see agent_env())."""
         super().__init__(f"runtime {cfg.id}")
         self.cfg = cfg
-        self.ns = NameServer(cfg.nameserver)
+        self.ns = NameServer(cfg.nameserver, token=cfg.token)
         self.wait_s = wait_s
         self.boot: dict[str, Any] = {}
         self.kernel = cfg.kernel

@@ -244,6 +244,10 @@ class AgentRunner(Service):
         env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
                     "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
                     "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
+        if self.assignment.get("kernel") and self.sup.ns.token:
+            # Kernel agents are the cluster's own services: they act with the node's Name Server token.
+            # (What other agents may hold is a matter of their sandbox, not settled here.)
+            env["ONEOS_TOKEN"] = self.sup.ns.token
         return env
 
     def _bridge(self, incarnation: int) -> "Bridge | None":
