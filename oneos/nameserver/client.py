@@ -300,6 +300,7 @@ class NameServer:
             api = consul.Consul(host=self._host, port=self._port, scheme=self._scheme,
                                 token=self._token, connections_timeout=self._timeout,
                                 verify=self.tls.requests_verify(), cert=self.tls.requests_cert())
+            api.token = self._token   # py-consul prefers CONSUL_HTTP_TOKEN to the token it is given
             for prefix in ("http://", "https://"):
                 api.http.session.mount(prefix, _Adapter(self._sockets, self.tls.server_name, self.tls.ca_data()))
             self._local.api = api

@@ -244,7 +244,9 @@ class Handler(BaseHTTPRequestHandler):
             payload = body
             ctype = headers.pop("Content-Type", "application/octet-stream")
         elif isinstance(body, str) and status >= 400:
-            payload = body.encode("utf-8") + (b"" if body.endswith("\n") or not body else b"\n")
+            # Consul writes a 403's error as it is (agent/http.go: fmt.Fprint), with no newline.
+            newline = b"" if body.endswith("\n") or not body or status == 403 else b"\n"
+            payload = body.encode("utf-8") + newline
             ctype = "text/plain; charset=utf-8"
         elif body is None:
             payload, ctype = b"", "application/json"
@@ -396,6 +398,8 @@ class Handler(BaseHTTPRequestHandler):
         store = self.server.store
         if params.get("dc") not in ("", DATACENTER) and path.startswith(DC_ROUTES):
             raise HTTPError(500, "No path to datacenter")
+        if path.startswith(("/v1/kv", "/v1/txn", "/v1/session/", "/v1/agent/")):
+            self._authz()    # as Consul, the token is resolved first: an unknown one is refused whatever the data
         if path == "/v1/kv" or path.startswith("/v1/kv/"):
             return self._kv(method, path[len("/v1/kv/"):], params)
         if path.startswith("/v1/acl/"):
