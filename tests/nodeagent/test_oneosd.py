@@ -140,3 +140,28 @@ def test_a_bad_runtime_id_is_refused(tmp_path):
     done = run_oneosd(tmp_path, "not/valid", nameserver="http://127.0.0.1:1")
     assert done.returncode == 2
     assert "runtime id 'not/valid' is not valid" in done.stderr
+
+
+def test_a_config_file_holding_a_token_must_be_its_owners_alone(tmp_path):
+    config = tmp_path / "node.yaml"
+    config.write_text("token: 3f0c5a4e-0000-4000-8000-000000000000\n")
+    config.chmod(0o644)
+    done = run_oneosd(tmp_path, "n1", "--config", str(config), nameserver="http://127.0.0.1:1")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and f"chmod 600 {config}" in lines[0], done.stderr
+
+
+def test_the_token_in_the_config_file_is_the_one_sent(tmp_path):
+    from tests.nameserver.test_acl import InProcess
+    secret = str(uuid.uuid4())
+    server = InProcess(tmp_path / "ns", initial_management=secret)
+    try:
+        for token, says in ((str(uuid.uuid4()), "ACL not found"), (secret, "no boot record")):
+            config = tmp_path / "node.yaml"
+            config.write_text(f"token: {token}\n")
+            config.chmod(0o600)
+            done = run_oneosd(tmp_path, "n1", "--config", str(config), nameserver=server.url)
+            assert done.returncode == 1 and says in done.stderr.strip().splitlines()[-1], done.stderr
+    finally:
+        server.stop()
