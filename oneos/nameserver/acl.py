@@ -351,10 +351,18 @@ class ACL:
     def __init__(self, table: ACLTable, write: Callable[[str, Callable[[int], tuple[Any, Any]]], Any],
                  *, enabled: bool = True) -> None:
         self.table = table
-        self._write = write
+        self._store_write = write
+        # One ACL change at a time, each answered once applied: a change checks the table (is the
+        # bootstrap done? is the name taken?), and the table shows only what is applied, so the
+        # next change must not look before the last one is in.
+        self._write_lock = threading.Lock()
         self.enabled = enabled
         self._cache: dict[str, tuple[int, Authorizer]] = {}
         self._cache_lock = threading.Lock()
+
+    def _write(self, kind: str, change: Callable[[int], tuple[Any, Any]]) -> Any:
+        with self._write_lock:
+            return self._store_write(kind, change)
 
     # -- resolving a request's token ----------------------------------------------------
 

@@ -390,6 +390,17 @@ def test_bootstrap_works_once_and_survives_a_restart(tmp_path):
 
 
 @builtin_only
+def test_of_bootstraps_sent_at_once_exactly_one_is_granted(tmp_path):
+    server = InProcess(tmp_path / "data")
+    try:
+        calls = [Call(lambda: requests.put(f"{server.url}/v1/acl/bootstrap", timeout=10)) for _ in range(8)]
+        statuses = sorted(call.result(20).status_code for call in calls)
+        assert statuses == [200] + [403] * 7
+    finally:
+        server.stop()
+
+
+@builtin_only
 def test_without_acls_the_acl_api_answers_401_and_nothing_is_checked(tmp_path):
     server = InProcess(tmp_path / "data", acl=False)
     try:
