@@ -46,6 +46,7 @@ MAX_CONNS_PER_CLIENT = 200         # Consul's http_max_conns_per_client default
 IDLE_TIMEOUT_S = 30.0              # a connection with no request (or a stalled body) this long is closed
 _DIGITS = re.compile(r"[0-9]+")    # ASCII digits only: str.isdigit() also takes '²'
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&\s\"]*")
 _TOO_MANY = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
 TOO_MANY_CONNS = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
                   b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY))
@@ -191,7 +192,8 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), fmt % args)
+        # As Consul's request log: a ?token= secret is shown as <hidden>.
+        log.debug("%s %s", self.address_string(), _TOKEN_PARAM.sub(r"\1<hidden>", fmt % args))
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -228,12 +230,12 @@ class Handler(BaseHTTPRequestHandler):
             status, body, headers = exc.status, str(exc), {}
         except (TimeoutError, ConnectionError) as exc:
             # The client stalled or went away in the middle of its body: there is no one to answer.
-            log.info("dropped %s %s from %s: %s", method, self.path, self.address_string(),
-                     "timed out reading the body" if isinstance(exc, TimeoutError) else exc)
+            log.info("dropped %s %s from %s: %s", method, _TOKEN_PARAM.sub(r"\1<hidden>", self.path),
+                     self.address_string(), "timed out reading the body" if isinstance(exc, TimeoutError) else exc)
             self.close_connection = True
             return
         except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not kill the connection
-            log.exception("internal error serving %s %s", method, self.path)
+            log.exception("internal error serving %s %s", method, _TOKEN_PARAM.sub(r"\1<hidden>", self.path))
             status, body, headers = 500, f"internal error: {exc}", {}
         if not self._body_read:
             self._drain()
