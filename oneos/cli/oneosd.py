@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(f"oneosd {cfg.id}", args.verbose)
     try:
         runtime = Runtime(cfg, wait_s=args.wait)
-    except OneOSError as exc:      # the Name Server's address or TLS files (CONSUL_CACERT...) are wrong
+    except OneOSError as exc:      # the Name Server's address, TLS files (CONSUL_CACERT...) or token file are wrong
         print(f"oneosd: {exc}", file=sys.stderr)
         return exc.exit_code
     return run_until_signalled(runtime)

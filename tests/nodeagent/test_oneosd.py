@@ -165,3 +165,12 @@ def test_the_token_in_the_config_file_is_the_one_sent(tmp_path):
             assert done.returncode == 1 and says in done.stderr.strip().splitlines()[-1], done.stderr
     finally:
         server.stop()
+
+
+def test_a_token_file_that_others_may_read_is_refused_in_one_line(tmp_path):
+    (tmp_path / "token").write_text("3f0c5a4e-0000-4000-8000-000000000000\n")
+    (tmp_path / "token").chmod(0o640)
+    done = run_oneosd(tmp_path, "n1", nameserver="http://127.0.0.1:1")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"chmod 600 {tmp_path / 'token'}" in lines[0], done.stderr
