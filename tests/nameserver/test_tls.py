@@ -375,6 +375,21 @@ def test_oneos_nameserver_listens_openly_when_told_insecure(tmp_path, files):
         proc.stop()
 
 
+@builtin_only
+def test_oneos_nameserver_listens_openly_with_acls(tmp_path):
+    """A real process on 0.0.0.0 with --acl (no --insecure): it serves, and an anonymous write is refused."""
+    port = free_port()
+    proc = Proc([venv_bin("oneos-nameserver"), "--listen", f"0.0.0.0:{port}", "--acl",
+                 "--data-dir", str(tmp_path / "d")], tmp_path / "ns.log").start()
+    try:
+        wait_until(lambda: "serving" in proc.log() or not proc.alive(), 20, "the ready line")
+        assert f"serving http://0.0.0.0:{port} " in proc.log(), proc.log()
+        answer = requests.put(f"http://127.0.0.1:{port}/v1/kv/open", data=b"1", timeout=10)
+        assert answer.status_code == 403 and "Permission denied" in answer.text
+    finally:
+        proc.stop()
+
+
 def test_any_other_tls_failure_is_one_line_with_openssls_reason():
     error = ("HTTPSConnectionPool(host='h', port=1): Max retries exceeded (Caused by SSLError(SSLError(1, "
              "'[SSL: NO_SHARED_CIPHER] no shared cipher (_ssl.c:1000)')))")
