@@ -23,9 +23,8 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Callable
-
-import hcl
 
 from oneos.durations import parse_ns
 
@@ -117,6 +116,7 @@ def parse_rules(text: str) -> Rules:
     rules = Rules()
     if not text or not text.strip():
         return rules
+    import hcl   # here, not at import: pyhcl builds its parser when first used (tens of ms)
     try:
         raw = hcl.loads(text)
     except Exception as exc:  # noqa: BLE001 - pyhcl raises ValueError and its lexer's own errors
@@ -238,7 +238,10 @@ class Authorizer:
             raise PermissionDenied(self.accessor, "acl", need)
 
 
-MANAGEMENT_RULES = parse_rules(GLOBAL_MANAGEMENT_RULES)
+@cache
+def management_rules() -> Rules:
+    """The global-management policy's rules, parsed when first needed."""
+    return parse_rules(GLOBAL_MANAGEMENT_RULES)
 
 
 # -- the durable table ----------------------------------------------------------------
@@ -328,16 +331,21 @@ class ACLTable:
             return sorted(self.policies.values(), key=lambda p: p["CreateIndex"])
 
 
+def _now() -> dt.datetime:
+    """The time tokens expire by (tests replace it)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def _expired(token: dict[str, Any]) -> bool:
     when = token.get("ExpirationTime")
     if not when:
         return False
-    return dt.datetime.fromisoformat(when.replace("Z", "+00:00")) <= dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.fromisoformat(when.replace("Z", "+00:00")) <= _now()
 
 
 def _policy_rules(policy: dict[str, Any]) -> Rules:
     if policy["ID"] == GLOBAL_MANAGEMENT_ID:
-        return MANAGEMENT_RULES
+        return management_rules()
     return parse_rules(policy.get("Rules", ""))
 
 
@@ -357,7 +365,7 @@ class ACL:
         # next change must not look before the last one is in.
         self._write_lock = threading.Lock()
         self.enabled = enabled
-        self._cache: dict[str, tuple[int, Authorizer]] = {}
+        self._cache: dict[str, tuple[int, Authorizer, dict[str, Any]]] = {}   # secret: (table version, ..., token)
         self._cache_lock = threading.Lock()
 
     def _write(self, kind: str, change: Callable[[int], tuple[Any, Any]]) -> Any:
@@ -372,7 +380,7 @@ class ACL:
         version = self.table.version
         with self._cache_lock:
             cached = self._cache.get(secret)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == version and not _expired(cached[2]):
             return cached[1]
         token = self.table.token_by_secret(secret)
         if token is None or _expired(token):
@@ -386,7 +394,7 @@ class ACL:
         with self._cache_lock:
             if len(self._cache) > 1024:
                 self._cache.clear()
-            self._cache[secret] = (version, authz)
+            self._cache[secret] = (version, authz, token)
         return authz
 
     # -- setup ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the statuses and bodies Consul answers (its 403 bodies are acl.PermissionDeniedE
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 import uuid
@@ -447,3 +448,17 @@ def test_the_client_finds_its_token_in_the_environment_or_in_oneos_home(consul, 
         NameServer(consul.url).get(f"{p}a")
     monkeypatch.setenv("ONEOS_TOKEN", consul.management)            # and ONEOS_TOKEN beats CONSUL_HTTP_TOKEN
     assert NameServer(consul.url).get(f"{p}a")[1].value == b"v"
+
+
+@builtin_only
+def test_a_token_stops_working_when_it_expires_even_if_it_was_just_used(consul, p, monkeypatch):
+    from oneos.nameserver import acl
+    policy = consul.policy('key_prefix "" { policy = "read" }')
+    token = consul.ok("PUT", "/v1/acl/token", json={"Description": "expires", "ExpirationTTL": "5m",
+                                                     "Policies": [{"ID": policy["ID"]}]})
+    consul.made.append((token["AccessorID"], [policy["ID"]]))
+    assert consul.call("GET", f"/v1/kv/{p}missing", token["SecretID"]).status_code == 404   # allowed, and cached
+    later = acl._now() + dt.timedelta(minutes=6)
+    monkeypatch.setattr(acl, "_now", lambda: later)
+    answer = consul.call("GET", f"/v1/kv/{p}missing", token["SecretID"])
+    assert (answer.status_code, answer.text.strip()) == (403, "ACL not found")

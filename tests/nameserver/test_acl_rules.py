@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oneos.nameserver.acl import MANAGEMENT_RULES, ACLError, Authorizer, PermissionDenied, parse_rules
+from oneos.nameserver.acl import ACLError, Authorizer, PermissionDenied, management_rules, parse_rules
 
 
 def authz(*rules: str) -> Authorizer:
@@ -56,7 +56,7 @@ def test_a_recursive_delete_needs_write_on_the_prefix_and_on_every_rule_under_it
 
 
 def test_the_management_rules_allow_everything_this_server_checks():
-    a = Authorizer("root", [MANAGEMENT_RULES])
+    a = Authorizer("root", [management_rules()])
     assert a.allowed("key", "write", "any") and a.key_write_prefix("")
     assert a.allowed("session", "write", "node") and a.allowed("agent", "read", "node")
     assert a.scalar("acl", "write")
