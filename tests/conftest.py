@@ -17,6 +17,7 @@ from tests.procs import BrokerProc, NameServerProc
 # first, so that the others fill the time they spend waiting instead of leaving one of them
 # to run alone at the end. A module not listed keeps its place after them.
 LONGEST_FIRST = [
+    "tests/peer/test_py_consul.py",
     "tests/e2e/test_membership.py",
     "tests/e2e/test_bounded_disk.py",
     "tests/faults/test_node_loss.py",
