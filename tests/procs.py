@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -242,6 +244,33 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float =
     """Run one of the project's commands as a user would, whatever its exit status; stdout and stderr
     as text (as bytes when `input` is bytes)."""
     return cli(argv[0], *argv[1:], env=env, input=input, ok_code=ANY_EXIT, timeout=timeout, text=input is None)
+
+
+def in_process(main: Callable[[list[str]], int], *args: str, cwd: str | Path, stdin: str | None = None,
+               name: str = "oneosctl") -> subprocess.CompletedProcess:
+    """main(args) run in this process as its console script runs it, in folder `cwd` with `stdin`
+    (else empty): its exit status (SystemExit's too), stdout and stderr as text. For commands
+    that start no thread and no process (validate, compile): hundreds of times cheaper than
+    a process, so each test file keeps one check of the installed command and runs the rest here."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    inp = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
+    here = os.getcwd()
+    os.chdir(cwd)
+    saved_stdin, sys.stdin = sys.stdin, inp
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.stdin = saved_stdin
+        os.chdir(here)
+    out.flush()
+    err.flush()
+    return subprocess.CompletedProcess([name, *args], code, out.buffer.getvalue().decode(),
+                                       err.buffer.getvalue().decode())
 
 
 class BrokerProc(Proc):

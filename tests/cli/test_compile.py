@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 from oneos.compiler import compile_pipeline
-from tests.procs import ANY_EXIT, cli
+from oneos.cli.oneosctl import main
+from tests.procs import in_process
 
 ONEOSCTL = Path(sys.executable).parent / "oneosctl"
 
 
 def oneosctl(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = cli("oneosctl", *args, cwd=cwd, input=stdin, ok_code=ANY_EXIT)
-    assert "Traceback" not in result.stderr
-    return result
+    """oneosctl ARGS in this process (compile_then_validate runs the installed command)."""
+    return in_process(main, *args, cwd=cwd, stdin=stdin)
 
 
 def compile_then_validate(pipeline: str, cwd: Path) -> subprocess.CompletedProcess:

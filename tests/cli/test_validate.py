@@ -1,4 +1,4 @@
-"""`oneosctl validate` as a user runs it: the installed console script, in a shell-like session."""
+"""`oneosctl validate` as a user runs it: the installed console script once, then its main() in this process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ANY_EXIT, cli
+from oneos.cli.oneosctl import main
+from tests.procs import ANY_EXIT, cli, in_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +31,12 @@ spec:
 
 
 def oneosctl(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """oneosctl ARGS in this process (the installed command itself is checked once, below)."""
+    return in_process(main, *args, cwd=cwd, stdin=stdin)
+
+
+def installed_oneosctl(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
     result = cli("oneosctl", *args, cwd=cwd, input=stdin, ok_code=ANY_EXIT)
     assert "Traceback" not in result.stderr
     return result
@@ -42,7 +49,7 @@ def workdir(tmp_path) -> Path:
 
 
 def test_valid_file(workdir):
-    result = oneosctl("validate", "-f", "good.yaml", cwd=workdir)
+    result = installed_oneosctl("validate", "-f", "good.yaml", cwd=workdir)
     assert (result.returncode, result.stdout, result.stderr) == (0, "good.yaml: valid\n", "")
 
 
