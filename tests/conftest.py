@@ -19,6 +19,7 @@ from tests.procs import BrokerProc, NameServerProc
 LONGEST_FIRST = [
     "tests/peer/test_py_consul.py",
     "tests/e2e/test_membership.py",
+    "tests/e2e/test_nameserver_restart.py",
     "tests/e2e/test_bounded_disk.py",
     "tests/faults/test_node_loss.py",
     "tests/e2e/test_pipelines.py",
