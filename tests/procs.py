@@ -97,6 +97,20 @@ def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[
     return found
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """'pid: command line' of every process whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
 def venv_bin(name: str) -> str:
     """The path of a console script installed next to this Python."""
     return str(Path(sys.executable).parent / name)

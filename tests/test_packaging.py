@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import oneos
-from tests.procs import Proc, cli
+from tests.procs import Proc, cli, processes_mentioning
 
 REPO = Path(__file__).resolve().parent.parent
 # What the build reads: the package, its metadata and the data files shipped with it.
@@ -96,7 +96,13 @@ def test_the_commands_say_their_version(venv, outside):
 
 
 def test_the_demo_runs_from_the_wheel(venv, outside, started):
-    demo = Proc([str(venv / "python"), "-m", "oneos.demo"], outside["cwd"] / "demo.log", **outside)
+    """`make demo` as a new user sees it, from the installed wheel: the paper's sensor ->
+    controller -> actuator example on simulated boards, each device stage on its pin's node, D7
+    following D4, a one-liner printing what bash prints, and nothing left behind."""
+    tmp = outside["cwd"] / "tmp"
+    tmp.mkdir()
+    env = dict(outside["env"], TMPDIR=str(tmp))
+    demo = Proc([str(venv / "python"), "-m", "oneos.demo"], outside["cwd"] / "demo.log", cwd=outside["cwd"], env=env)
     started.append(demo.start())
     try:
         code = demo.popen.wait(240)
@@ -105,8 +111,16 @@ def test_the_demo_runs_from_the_wheel(venv, outside, started):
     out = demo.log()
     assert code == 0, out
     assert "$ cat controller.py\n" in out
+    placed = re.search(r"placed: oneos-gpio on (\S+), python3 on (\S+), oneos-gpio-2 on (\S+)\n", out)
+    assert placed and (placed.group(1), placed.group(3)) == ("sensor-pi", "actuator-pi"), out
     assert re.findall(r"D7 on actuator-pi is now (\d), \d+ ms after D4 changed", out) == ["1", "0", "1", "0"], out
+    expected = subprocess.run(["bash", "-c", "seq 1 100000 | grep 7 | wc -l"], capture_output=True, text=True)
+    # Its output (stderr, with -v's progress, is in the same log) before the next command.
+    after = out.partition("$ oneosctl run -v 'seq 1 100000 | grep 7 | wc -l'\n")[2].partition("\n$ ")[0]
+    assert expected.stdout.strip() in after.splitlines(), out
     assert "demo: done; every process stopped" in out
+    assert processes_mentioning(str(tmp)) == []
+    assert list(tmp.iterdir()) == []   # its temporary folder is gone too
 
 
 def distribution(name: str) -> str:
