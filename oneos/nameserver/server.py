@@ -567,7 +567,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = False,
+def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = True,
           max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
           idle_timeout: float = IDLE_TIMEOUT_S) -> tuple[NameServerHTTP, Store]:
     """Open the data directory and bind the listener; the caller runs serve_forever()."""
@@ -597,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(Path.home() / ".oneos" / "nameserver"), metavar="DIR",
                         help="where state is kept (default ~/.oneos/nameserver)")
     parser.add_argument("--node-name", default=None, help="the node name sessions belong to (default: hostname)")
-    parser.add_argument("--fsync", action="store_true",
-                        help="fsync every write (survives power loss, not only a crash; slower)")
+    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
+                        help="fsync each batch of writes before answering them, so that they survive a power "
+                             "loss, not only a crash (default; --no-fsync: only a crash, for tests and benches)")
     parser.add_argument("--max-conns-per-client", type=int, default=MAX_CONNS_PER_CLIENT, metavar="N",
                         help="open connections allowed from one client IP; one more is answered 429 "
                              f"(Consul's http_max_conns_per_client; default {MAX_CONNS_PER_CLIENT}, 0: no limit)")

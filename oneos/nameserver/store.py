@@ -1,8 +1,13 @@
 """The state machine of the built-in Name Server: KV, sessions, locks, with Consul's semantics.
 
 One lock guards all state, so every write is linearizable. Each write gets the next
-index (as Consul's Raft index), is made durable through the journal, and then wakes
-the blocking queries watching the keys it touched. Semantics follow Consul's state
+index (as Consul's Raft index) and is computed against the latest state: what is durable
+plus the writes still waiting for the disk (`_pending`). A flusher thread makes waiting
+writes durable in batches (group commit: one write and one fsync for all the writers
+waiting), and only then applies them to the state that reads see, wakes the blocking
+queries watching the keys they touched, and answers them. When a batch cannot be made
+durable, it and every write after it (computed against it) are refused, and the state and
+its index stay as they were. Semantics follow Consul's state
 store (agent/consul/state/kvs.go, session.go, txn.go); see shared/notes/consul-api.md.
 """
 
@@ -10,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import bisect
+import collections
+import json
+import logging
 import random
 import threading
 import time
@@ -18,7 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from oneos.durations import format_ns, parse_ns
-from oneos.nameserver.journal import Journal
+from oneos.nameserver.journal import Journal, JournalWriteError
+
+log = logging.getLogger("oneos.nameserver")
 
 KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default: the largest value a key holds
 
@@ -32,6 +42,7 @@ LOCK_DELAY_THRESHOLD = 1000         # smaller numbers are taken as seconds, as C
 TOMBSTONE_TTL_S = 15 * 60           # deleted keys keep prefix indexes monotonic this long
 MAX_WAIT_S = 600.0
 DEFAULT_WAIT_S = 300.0
+DISK_RETRY_S = 1.0                  # after a failed write, session expiry tries the disk again this often
 
 
 class StoreError(Exception):
@@ -158,6 +169,12 @@ class _Txn:
     sessions_add: dict[str, Session] = field(default_factory=dict)
     sessions_del: set[str] = field(default_factory=set)
     lock_delays: dict[str, float] = field(default_factory=dict)
+    reaps: list[str] = field(default_factory=list)
+    # Once submitted: its journal record, and its fate (done; error when refused).
+    record: dict[str, Any] | None = None
+    line: bytes = b""
+    done: bool = False
+    error: str | None = None
 
     def rollback(self) -> None:
         """Forget everything staged: nothing is committed."""
@@ -197,8 +214,22 @@ class Store:
         self._watches: set[_Watch] = set()
         self._closed = False
         self._timer_cond = threading.Condition(self._lock)
+        # Group commit: writes submitted but not yet durable, in index order (`_queue`: not yet
+        # taken by the flusher). The state above holds only durable writes.
+        self._pending: collections.deque[_Txn] = collections.deque()
+        self._queue: list[_Txn] = []
+        self._flush_cond = threading.Condition(self._lock)
+        self._durable_cond = threading.Condition(self._lock)
+        self._expiring: set[str] = set()                       # sessions whose expiry is being written
+        self._disk_retry_at = 0.0
+        self._disk_failing = False
+        self._compactor: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
         if journal is not None:
             self._restore()
+            self._flusher = threading.Thread(target=self._run_flusher, name="journal-flusher", daemon=True)
+            self._flusher.start()
+        self._last_index = self.index                          # of the last write submitted
         self._timer = threading.Thread(target=self._run_timers, name="session-timers", daemon=True)
         self._timer.start()
 
@@ -252,23 +283,163 @@ class Store:
             self.sessions_index = idx
         self.index = max(self.index, idx)
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "index": self.index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
-            "kv": [e.dump() for e in self._kv.values()],
-            "tombstones": [[k, idx, at] for k, (idx, at) in self._tombstones.items()],
-            "sessions": [s.dump() for s in self._sessions.values()],
-            "lock_delays": self._lock_delays,
-        }
-
     def close(self) -> None:
+        """Stop: writes already submitted are made durable (or refused) first."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._timer_cond.notify_all()
+            self._flush_cond.notify_all()
             for w in self._watches:
                 w.cond.notify_all()
-            if self.journal:
-                self.journal.close()
+        for thread in (self._flusher, self._compactor, self._timer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(30)
+        if self.journal:
+            self.journal.close()
+
+    # -- group commit -----------------------------------------------------
+
+    def _submit(self, txn: _Txn) -> None:
+        """Queue a staged write for the journal (under the lock); without one, apply it now."""
+        record: dict[str, Any] = {"i": txn.index, "t": self._wall()}
+        if txn.sets:
+            record["kv"] = [e.dump() for e in txn.sets.values()]
+        if txn.deletes:
+            record["del"] = sorted(txn.deletes)
+        if txn.sessions_add:
+            record["s+"] = [s.dump() for s in txn.sessions_add.values()]
+        if txn.sessions_del:
+            record["s-"] = sorted(txn.sessions_del)
+        if txn.lock_delays:
+            record["ld"] = txn.lock_delays
+        if txn.reaps:
+            record["reap"] = txn.reaps
+        txn.record = record
+        self._last_index = txn.index
+        if self.journal is None:
+            self._apply(txn)
+            return
+        txn.line = json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n"
+        self._pending.append(txn)
+        self._queue.append(txn)
+        self._flush_cond.notify()
+
+    def _wait(self, txn: _Txn) -> None:
+        """Wait (releasing the lock) until `txn` is durable; StoreError 500 if it was refused."""
+        while not txn.done:
+            self._durable_cond.wait()
+        if txn.error is not None:
+            raise StoreError(txn.error, 500)
+
+    def _apply(self, txn: _Txn) -> None:
+        """A durable write becomes visible: to reads, blocking queries and session timers."""
+        self._replay(txn.record)
+        txn.done = True
+        for sid in txn.sessions_del:
+            self._expiry.pop(sid, None)
+            self._expiring.discard(sid)
+        for s in txn.sessions_add.values():
+            if s.ttl:
+                self._reset_timer(s)
+        changed = set(txn.sets) | txn.deletes
+        sessions_changed = bool(txn.sessions_add or txn.sessions_del)
+        for w in self._watches:
+            if w.matches(changed, sessions_changed):
+                w.cond.notify_all()
+
+    def _run_flusher(self) -> None:
+        """Write each batch of waiting writes with one write and one fsync, then apply or refuse them."""
+        self._lock.acquire()
+        try:
+            while True:
+                while not self._queue and not self._closed:
+                    self._flush_cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+                error = None
+                self._lock.release()
+                try:
+                    self.journal.append_batch(t.line for t in batch)
+                except JournalWriteError as exc:
+                    error = str(exc)
+                except Exception as exc:  # noqa: BLE001 - a bug must refuse the writes, not stop the flusher
+                    log.exception("internal error writing the journal")
+                    error = f"internal error writing the journal: {exc}"
+                finally:
+                    self._lock.acquire()
+                try:
+                    self._resolve(batch, error)
+                except Exception:  # noqa: BLE001 - as above
+                    log.exception("internal error applying a durable batch")
+                    self._refuse_pending("internal error applying the write; see the Name Server's log")
+        finally:
+            self._lock.release()
+
+    def _resolve(self, batch: list[_Txn], error: str | None) -> None:
+        if error is not None:
+            if not self._disk_failing:
+                log.error("%s (writes are refused until the journal can be written again)", error)
+            self._disk_failing = True
+            self._refuse_pending(error)
+            return
+        if self._disk_failing:
+            log.warning("the journal in %s can be written again: writes are accepted", self.journal.dir)
+            self._disk_failing = False
+        for txn in batch:
+            self._pending.popleft()
+            self._apply(txn)
+        self._durable_cond.notify_all()
+        if self._compactor is None and not self._closed and self.journal.wants_compaction():
+            self._start_compaction()
+
+    def _refuse_pending(self, error: str) -> None:
+        """Refuse every write not yet durable: each later one was computed against the failed ones."""
+        for txn in self._pending:
+            txn.error = error
+            txn.done = True
+        self._pending.clear()
+        self._queue.clear()
+        self._last_index = self.index
+        self._expiring.clear()
+        self._disk_retry_at = self._clock() + DISK_RETRY_S
+        self._durable_cond.notify_all()
+        self._timer_cond.notify_all()
+
+    # -- compaction -------------------------------------------------------
+
+    def _start_compaction(self) -> None:
+        """Rotate the log and write the state as of its last record, in a thread of its own.
+
+        Called by the flusher between batches: the state is exactly what the rotated log holds.
+        Copying the tables' references takes milliseconds; entries are never changed in place."""
+        index = self.index
+        head = {"index": index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
+                "lock_delays": dict(self._lock_delays)}
+        parts = {"kv": (list(self._kv.values()), KVEntry.dump),
+                 "tombstones": (list(self._tombstones.items()), lambda kv: [kv[0], kv[1][0], kv[1][1]]),
+                 "sessions": (list(self._sessions.values()), Session.dump)}
+        try:
+            self.journal.rotate(index)
+        except (OSError, JournalWriteError) as exc:
+            log.warning("cannot start a compaction of %s: %s; tried again later", self.journal.dir, exc)
+            self.journal.postpone_compaction()
+            return
+        self._compactor = threading.Thread(target=self._compact, args=(index, head, parts),
+                                           name="journal-compaction", daemon=True)
+        self._compactor.start()
+
+    def _compact(self, index: int, head: dict[str, Any], parts: dict[str, Any]) -> None:
+        try:
+            self.journal.write_snapshot(index, head, parts, stop=lambda: self._closed)
+        except Exception:  # noqa: BLE001 - the logs are kept: nothing is lost, compaction is tried again
+            log.exception("internal error compacting the journal")
+            self.journal.postpone_compaction()
+        finally:
+            with self._lock:
+                self._compactor = None
 
     # -- low-level state --------------------------------------------------
 
@@ -293,45 +464,50 @@ class Store:
     # -- writes -----------------------------------------------------------
 
     def _write(self, fn: Callable[[_Txn], Any]) -> Any:
-        """Run `fn` against a staged transaction and commit what it staged (under the lock)."""
+        """Run `fn` against a staged transaction, submit what it staged, and answer once it is durable."""
         with self._lock:
-            if self._closed:
-                raise StoreError("the Name Server is shutting down", 503)
-            txn = _Txn(self.index + 1)
-            result = fn(txn)
-            if not txn.empty():
-                self._commit(txn)
-            return result
+            while True:
+                if self._closed:
+                    raise StoreError("the Name Server is shutting down", 503)
+                txn = _Txn(self._last_index + 1)
+                result = fn(txn)
+                if not txn.empty():
+                    self._submit(txn)
+                    self._wait(txn)
+                    return result
+                if not self._pending:
+                    return result
+                # Nothing to write, but the answer read writes not yet durable (a failed cas, a txn's
+                # gets): it stands once they are, and is computed again if they are refused.
+                last = self._pending[-1]
+                while not last.done:
+                    self._durable_cond.wait()
+                if last.error is None:
+                    return result
 
-    def _commit(self, txn: _Txn) -> None:
-        idx = txn.index
-        now_wall = self._wall()
-        record: dict[str, Any] = {"i": idx, "t": now_wall}
-        if txn.sets:
-            record["kv"] = [e.dump() for e in txn.sets.values()]
-        if txn.deletes:
-            record["del"] = sorted(txn.deletes)
-        if txn.sessions_add:
-            record["s+"] = [s.dump() for s in txn.sessions_add.values()]
-        if txn.sessions_del:
-            record["s-"] = sorted(txn.sessions_del)
-        if txn.lock_delays:
-            record["ld"] = txn.lock_delays
-        if self.journal is not None:
-            self.journal.append(record)
-        self._replay(record)
-        for sid in txn.sessions_del:
-            self._expiry.pop(sid, None)
-        for s in txn.sessions_add.values():
-            if s.ttl:
-                self._reset_timer(s)
-        changed = set(txn.sets) | txn.deletes
-        sessions_changed = bool(txn.sessions_add or txn.sessions_del)
-        for w in self._watches:
-            if w.matches(changed, sessions_changed):
-                w.cond.notify_all()
-        if self.journal is not None and self.journal.wants_compaction():
-            self.journal.compact(self._snapshot())
+    # The latest state, as writes see it: the durable state and the writes waiting for the disk.
+
+    def _latest_get(self, key: str) -> KVEntry | None:
+        for t in reversed(self._pending):
+            if key in t.sets:
+                return t.sets[key]
+            if key in t.deletes:
+                return None
+        return self._kv.get(key)
+
+    def _latest_session(self, sid: str) -> Session | None:
+        for t in reversed(self._pending):
+            if sid in t.sessions_add:
+                return t.sessions_add[sid]
+            if sid in t.sessions_del:
+                return None
+        return self._sessions.get(sid)
+
+    def _latest_lock_delay(self, key: str) -> float:
+        for t in reversed(self._pending):
+            if key in t.lock_delays:
+                return t.lock_delays[key]
+        return self._lock_delays.get(key, 0.0)
 
     # Staged reads: what the current transaction sees, its own writes included.
 
@@ -340,10 +516,12 @@ class Store:
             return txn.sets[key]
         if key in txn.deletes:
             return None
-        return self._kv.get(key)
+        return self._latest_get(key)
 
     def _t_list(self, txn: _Txn, prefix: str) -> list[KVEntry]:
-        keys = set(self._kv_keys.prefixed(prefix)) | {k for k in txn.sets if k.startswith(prefix)}
+        keys = set(self._kv_keys.prefixed(prefix))
+        for t in [*self._pending, txn]:
+            keys.update(k for k in t.sets if k.startswith(prefix))
         return [e for k in sorted(keys) if (e := self._t_get(txn, k)) is not None]
 
     def _t_set(self, txn: _Txn, entry: KVEntry, update_session: bool) -> KVEntry:
@@ -363,7 +541,7 @@ class Store:
     def _t_delete(self, txn: _Txn, key: str) -> None:
         if self._t_get(txn, key) is not None:
             txn.sets.pop(key, None)
-            if key in self._kv:
+            if self._latest_get(key) is not None:
                 txn.deletes.add(key)
 
     def _t_cas(self, txn: _Txn, entry: KVEntry, cas: int) -> bool:
@@ -378,7 +556,7 @@ class Store:
     def _t_lock(self, txn: _Txn, entry: KVEntry) -> bool:
         if not entry.session:
             raise StoreError("missing session")
-        if entry.session not in self._sessions and entry.session not in txn.sessions_add:
+        if self._latest_session(entry.session) is None and entry.session not in txn.sessions_add:
             raise StoreError(f'invalid session "{entry.session}"')
         existing = self._t_get(txn, entry.key)
         if existing is not None and existing.session == entry.session:
@@ -387,7 +565,7 @@ class Store:
             return False
         else:
             # A key whose holder was invalidated stays unlockable until its lock-delay ends.
-            until = self._lock_delays.get(entry.key, 0.0)
+            until = self._latest_lock_delay(entry.key)
             if until > self._wall():
                 return False
             entry.lock_index = (existing.lock_index if existing else 0) + 1
@@ -575,13 +753,13 @@ class Store:
 
     def _t_invalidate(self, txn: _Txn, sid: str) -> None:
         """Consul's deleteSessionTxn: release or delete held keys, and start their lock-delay."""
-        s = self._sessions.get(sid)
-        if s is None:
+        s = self._latest_session(sid)
+        if s is None or sid in txn.sessions_del:
             return
         txn.sessions_del.add(sid)
         delay_end = self._wall() + s.lock_delay_ns / 1e9
-        for key in self._held_by(sid):
-            held = self._kv[key]
+        for key in self._held_by(txn, sid):
+            held = self._t_get(txn, key)
             if s.lock_delay_ns > 0:
                 txn.lock_delays[key] = delay_end
             if s.behavior == "delete":
@@ -591,8 +769,11 @@ class Store:
                 released.modify_index = txn.index
                 txn.sets[key] = released
 
-    def _held_by(self, sid: str) -> list[str]:
-        return [k for k, e in self._kv.items() if e.session == sid]
+    def _held_by(self, txn: _Txn, sid: str) -> list[str]:
+        keys = {k for k, e in self._kv.items() if e.session == sid}
+        for t in [*self._pending, txn]:
+            keys.update(k for k, e in t.sets.items() if e.session == sid)
+        return [k for k in sorted(keys) if (e := self._t_get(txn, k)) is not None and e.session == sid]
 
     def session_info(self, sid: str, min_index: int = 0, wait: float | None = None) -> tuple[int, list[dict]]:
         def query() -> tuple[int, list[dict]]:
@@ -611,46 +792,62 @@ class Store:
     def expire_sessions(self) -> None:
         """Invalidate the TTL sessions whose timer has run out by the store's clock.
 
-        The timer thread calls it; a test that moves an injected clock calls it to run the same pass.
+        The timer thread runs the same pass; a test that moves an injected clock calls this one,
+        which also waits for the invalidation to be durable.
         """
         with self._lock:
-            self._expire(self._clock())
+            txn = self._expire(self._clock())
+            if txn is not None:
+                self._wait(txn)
 
-    def _expire(self, now: float) -> None:
-        expired = [sid for sid, deadline in self._expiry.items() if deadline <= now]
-        if expired:
-            txn = _Txn(self.index + 1)
-            for sid in expired:
+    def _expire(self, now: float) -> _Txn | None:
+        """Submit the invalidation of expired sessions; their timers go when it is durable,
+        and if it is refused they stay due, so expiry resumes when the disk does."""
+        expired = [sid for sid, deadline in self._expiry.items()
+                   if deadline <= now and sid not in self._expiring]
+        if not expired:
+            return None
+        txn = _Txn(self._last_index + 1)
+        for sid in expired:
+            if sid not in self._sessions:
                 self._expiry.pop(sid, None)
+            else:
                 self._t_invalidate(txn, sid)
-            if not txn.empty():
-                self._commit(txn)
+                self._expiring.add(sid)    # until its deletion is durable (or refused)
+        if txn.empty():
+            return None
+        self._submit(txn)
+        return txn
 
     def _run_timers(self) -> None:
-        """Invalidate TTL sessions whose timer ran out, and reap old tombstones."""
+        """Invalidate TTL sessions whose timer ran out, and reap old tombstones; any error is logged
+        in one line and the pass is tried again (after DISK_RETRY_S when the disk refused it)."""
         next_reap = self._clock() + 60
         with self._lock:
             while not self._closed:
                 now = self._clock()
-                self._expire(now)
-                if now >= next_reap:
-                    self._reap_tombstones()
-                    next_reap = now + 60
-                wake = min(list(self._expiry.values()) + [next_reap])
+                try:
+                    if now >= self._disk_retry_at:
+                        self._expire(now)
+                        if now >= next_reap:
+                            self._reap_tombstones()
+                            next_reap = now + 60
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive any error
+                    log.error("session timers: %s; trying again in %.0fs", exc, DISK_RETRY_S)
+                    self._disk_retry_at = now + DISK_RETRY_S
+                due = [d for sid, d in self._expiry.items() if sid not in self._expiring]
+                wake = max(min(due + [next_reap]), self._disk_retry_at)
                 self._timer_cond.wait(max(0.01, wake - self._clock()))
 
     def _reap_tombstones(self) -> None:
         wall = self._wall()
         self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > wall}
         cutoff = wall - TOMBSTONE_TTL_S
-        old = [k for k, (_, at) in self._tombstones.items() if at < cutoff]
-        if not old:
-            return
-        record = {"i": self.index, "t": self._wall(), "reap": old}
-        if self.journal is not None:
-            self.journal.append(record)
-        for k in old:
-            self._drop_tombstone(k)
+        touched = {k for t in self._pending for k in (*t.sets, *t.deletes)}
+        old = [k for k, (_, at) in self._tombstones.items() if at < cutoff and k not in touched]
+        if old:
+            # No new index: reaping changes what no read reports.
+            self._submit(_Txn(self._last_index, reaps=old))
 
     # -- transactions -----------------------------------------------------
 
