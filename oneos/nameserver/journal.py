@@ -33,6 +33,7 @@ LOCK = "LOCK"
 _ROTATED = re.compile(r"log-([0-9]+)\.jsonl")
 SNAPSHOT_CHUNK = 2000          # entries serialized at a time: bounds how long one call holds the GIL
 COMPACTION_RETRY_S = 10.0
+COMPACT_BYTES = 32 << 20       # a log this long is compacted into the snapshot
 
 log = logging.getLogger("oneos.nameserver")
 
@@ -62,7 +63,7 @@ def fsync_dir(path: Path) -> None:
 class Journal:
     """Snapshot + logs in one data directory, held exclusively by one server."""
 
-    def __init__(self, data_dir: str | Path, *, fsync: bool = True, compact_bytes: int = 32 << 20) -> None:
+    def __init__(self, data_dir: str | Path, *, fsync: bool = True, compact_bytes: int = COMPACT_BYTES) -> None:
         self.dir = Path(data_dir)
         self.fsync = fsync
         self.compact_bytes = compact_bytes

@@ -26,7 +26,7 @@ from typing import Any
 from oneos import __version__
 from oneos.durations import parse_ns
 from oneos.errors import OneOSError
-from oneos.nameserver.journal import Journal
+from oneos.nameserver.journal import COMPACT_BYTES, Journal
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError
 
 log = logging.getLogger("oneos.nameserver")
@@ -568,11 +568,12 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = True,
+          compact_bytes: int = COMPACT_BYTES,
           max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
           idle_timeout: float = IDLE_TIMEOUT_S) -> tuple[NameServerHTTP, Store]:
     """Open the data directory and bind the listener; the caller runs serve_forever()."""
     host, port = _parse_listen(listen)
-    journal = Journal(data_dir, fsync=fsync)
+    journal = Journal(data_dir, fsync=fsync, compact_bytes=compact_bytes)
     try:
         store = Store(journal, node_name or socket.gethostname())
     except Exception:
@@ -600,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
                         help="fsync each batch of writes before answering them, so that they survive a power "
                              "loss, not only a crash (default; --no-fsync: only a crash, for tests and benches)")
+    parser.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, metavar="N",
+                        help="write a new snapshot once the log passes N bytes (default 32 MiB); "
+                             "writes go on meanwhile")
     parser.add_argument("--max-conns-per-client", type=int, default=MAX_CONNS_PER_CLIENT, metavar="N",
                         help="open connections allowed from one client IP; one more is answered 429 "
                              f"(Consul's http_max_conns_per_client; default {MAX_CONNS_PER_CLIENT}, 0: no limit)")
@@ -612,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="oneos-nameserver: %(message)s", stream=sys.stderr)
     try:
         httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync,
+                             compact_bytes=args.compact_bytes,
                              max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout)
     except OneOSError as exc:
         print(f"oneos-nameserver: {exc}", file=sys.stderr)
