@@ -2,10 +2,12 @@
 
 One lock guards all state, so every write is linearizable. Each write gets the next
 index (as Consul's Raft index) and is computed against the latest state: what is durable
-plus the writes still waiting for the disk (`_pending`). A flusher thread makes waiting
-writes durable in batches (group commit: one write and one fsync for all the writers
-waiting), and only then applies them to the state that reads see, wakes the blocking
-queries watching the keys they touched, and answers them. When a batch cannot be made
+plus the writes still waiting for the disk (`_pending`). Waiting writes are made durable in
+batches (group commit): a writer that finds no batch in flight writes and fsyncs, as one,
+all that queued, while the next ones queue behind it; when it is done, it hands the next
+batch to the first of them. Only then are the writes applied to the state reads see, the
+blocking queries watching their keys woken, and their writers answered.
+When a batch cannot be made
 durable, it and every write after it (computed against it) are refused, and the state and
 its index stay as they were. Semantics follow Consul's state
 store (agent/consul/state/kvs.go, session.go, txn.go); see shared/notes/consul-api.md.
@@ -170,11 +172,20 @@ class _Txn:
     sessions_del: set[str] = field(default_factory=set)
     lock_delays: dict[str, float] = field(default_factory=dict)
     reaps: list[str] = field(default_factory=list)
-    # Once submitted: its journal record, and its fate (done; error when refused).
+    # Once submitted: its journal record, and its fate (done; error when refused; `settled` then set).
     record: dict[str, Any] | None = None
     line: bytes = b""
     done: bool = False
     error: str | None = None
+    settled: threading.Event = field(default_factory=threading.Event)     # set once, when done
+    wake: threading.Event = field(default_factory=threading.Event)        # its writer: done, or lead
+
+    def settle(self, error: str | None = None) -> None:
+        """Durable (no error) or refused: its writer, waiting on `settled`, is answered."""
+        self.error = error
+        self.done = True
+        self.settled.set()
+        self.wake.set()
 
     def rollback(self) -> None:
         """Forget everything staged: nothing is committed."""
@@ -215,20 +226,17 @@ class Store:
         self._closed = False
         self._timer_cond = threading.Condition(self._lock)
         # Group commit: writes submitted but not yet durable, in index order (`_queue`: not yet
-        # taken by the flusher). The state above holds only durable writes.
+        # in a batch yet). The state above holds only durable writes.
         self._pending: collections.deque[_Txn] = collections.deque()
         self._queue: list[_Txn] = []
-        self._flush_cond = threading.Condition(self._lock)
-        self._durable_cond = threading.Condition(self._lock)
+        self._flushing = False                                 # a batch is being written
+        self._idle_cond = threading.Condition(self._lock)      # notified when a batch ends
         self._expiring: set[str] = set()                       # sessions whose expiry is being written
         self._disk_retry_at = 0.0
         self._disk_failing = False
         self._compactor: threading.Thread | None = None
-        self._flusher: threading.Thread | None = None
         if journal is not None:
             self._restore()
-            self._flusher = threading.Thread(target=self._run_flusher, name="journal-flusher", daemon=True)
-            self._flusher.start()
         self._last_index = self.index                          # of the last write submitted
         self._timer = threading.Thread(target=self._run_timers, name="session-timers", daemon=True)
         self._timer.start()
@@ -290,10 +298,15 @@ class Store:
                 return
             self._closed = True
             self._timer_cond.notify_all()
-            self._flush_cond.notify_all()
             for w in self._watches:
                 w.cond.notify_all()
-        for thread in (self._flusher, self._compactor, self._timer):
+        with self._lock:
+            while self._flushing or self._queue:     # writes submitted are answered first
+                if self._flushing:
+                    self._idle_cond.wait()
+                else:
+                    self._flush()
+        for thread in (self._compactor, self._timer):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(30)
         if self.journal:
@@ -324,19 +337,26 @@ class Store:
         txn.line = json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n"
         self._pending.append(txn)
         self._queue.append(txn)
-        self._flush_cond.notify()
 
     def _wait(self, txn: _Txn) -> None:
-        """Wait (releasing the lock) until `txn` is durable; StoreError 500 if it was refused."""
-        while not txn.done:
-            self._durable_cond.wait()
+        """Called without the lock by the writer of `txn`: wait until it is durable, writing its
+        batch if no one else is; StoreError 500 if it was refused."""
+        while True:
+            txn.wake.clear()
+            with self._lock:
+                if txn.done:
+                    break
+                if not self._flushing:       # then `txn` is queued: write it, and all queued with it
+                    self._flush()
+                    continue
+            txn.wake.wait()
         if txn.error is not None:
             raise StoreError(txn.error, 500)
 
     def _apply(self, txn: _Txn) -> None:
         """A durable write becomes visible: to reads, blocking queries and session timers."""
         self._replay(txn.record)
-        txn.done = True
+        txn.settle()
         for sid in txn.sessions_del:
             self._expiry.pop(sid, None)
             self._expiring.discard(sid)
@@ -349,34 +369,32 @@ class Store:
             if w.matches(changed, sessions_changed):
                 w.cond.notify_all()
 
-    def _run_flusher(self) -> None:
-        """Write each batch of waiting writes with one write and one fsync, then apply or refuse them."""
-        self._lock.acquire()
+    def _flush(self) -> None:
+        """Write what is queued with one write and one fsync, the lock released meanwhile; then
+        apply it (or refuse it), and wake the writer of the next queued write to write the next batch."""
+        batch, self._queue = self._queue, []
+        self._flushing = True
+        error = None
+        self._lock.release()
         try:
-            while True:
-                while not self._queue and not self._closed:
-                    self._flush_cond.wait()
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue, []
-                error = None
-                self._lock.release()
-                try:
-                    self.journal.append_batch(t.line for t in batch)
-                except JournalWriteError as exc:
-                    error = str(exc)
-                except Exception as exc:  # noqa: BLE001 - a bug must refuse the writes, not stop the flusher
-                    log.exception("internal error writing the journal")
-                    error = f"internal error writing the journal: {exc}"
-                finally:
-                    self._lock.acquire()
-                try:
-                    self._resolve(batch, error)
-                except Exception:  # noqa: BLE001 - as above
-                    log.exception("internal error applying a durable batch")
-                    self._refuse_pending("internal error applying the write; see the Name Server's log")
+            self.journal.append_batch(t.line for t in batch)
+        except JournalWriteError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must refuse the writes, not leave them waiting
+            log.exception("internal error writing the journal")
+            error = f"internal error writing the journal: {exc}"
         finally:
-            self._lock.release()
+            self._lock.acquire()
+        try:
+            self._resolve(batch, error)
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("internal error applying a durable batch")
+            self._refuse_pending("internal error applying the write; see the Name Server's log")
+        finally:
+            self._flushing = False
+            if self._queue:
+                self._queue[0].wake.set()
+            self._idle_cond.notify_all()
 
     def _resolve(self, batch: list[_Txn], error: str | None) -> None:
         if error is not None:
@@ -391,21 +409,18 @@ class Store:
         for txn in batch:
             self._pending.popleft()
             self._apply(txn)
-        self._durable_cond.notify_all()
         if self._compactor is None and not self._closed and self.journal.wants_compaction():
             self._start_compaction()
 
     def _refuse_pending(self, error: str) -> None:
         """Refuse every write not yet durable: each later one was computed against the failed ones."""
         for txn in self._pending:
-            txn.error = error
-            txn.done = True
+            txn.settle(error)
         self._pending.clear()
         self._queue.clear()
         self._last_index = self.index
         self._expiring.clear()
         self._disk_retry_at = self._clock() + DISK_RETRY_S
-        self._durable_cond.notify_all()
         self._timer_cond.notify_all()
 
     # -- compaction -------------------------------------------------------
@@ -413,20 +428,24 @@ class Store:
     def _start_compaction(self) -> None:
         """Rotate the log and write the state as of its last record, in a thread of its own.
 
-        Called by the flusher between batches: the state is exactly what the rotated log holds.
-        Copying the tables' references takes milliseconds; entries are never changed in place."""
+        Called at the end of a batch, before the next one can start: the state is exactly what the
+        rotated log holds. Copying the tables' references takes milliseconds under the lock
+        (entries are never changed in place); the rest is done without it."""
         index = self.index
         head = {"index": index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
                 "lock_delays": dict(self._lock_delays)}
         parts = {"kv": (list(self._kv.values()), KVEntry.dump),
                  "tombstones": (list(self._tombstones.items()), lambda kv: [kv[0], kv[1][0], kv[1][1]]),
                  "sessions": (list(self._sessions.values()), Session.dump)}
+        self._lock.release()       # still _flushing: no batch is written meanwhile
         try:
             self.journal.rotate(index)
         except (OSError, JournalWriteError) as exc:
             log.warning("cannot start a compaction of %s: %s; tried again later", self.journal.dir, exc)
             self.journal.postpone_compaction()
             return
+        finally:
+            self._lock.acquire()
         self._compactor = threading.Thread(target=self._compact, args=(index, head, parts),
                                            name="journal-compaction", daemon=True)
         self._compactor.start()
@@ -465,25 +484,27 @@ class Store:
 
     def _write(self, fn: Callable[[_Txn], Any]) -> Any:
         """Run `fn` against a staged transaction, submit what it staged, and answer once it is durable."""
-        with self._lock:
-            while True:
+        while True:
+            with self._lock:
                 if self._closed:
                     raise StoreError("the Name Server is shutting down", 503)
                 txn = _Txn(self._last_index + 1)
                 result = fn(txn)
                 if not txn.empty():
                     self._submit(txn)
-                    self._wait(txn)
+                    mine = True
+                elif not self._pending:
                     return result
-                if not self._pending:
-                    return result
-                # Nothing to write, but the answer read writes not yet durable (a failed cas, a txn's
-                # gets): it stands once they are, and is computed again if they are refused.
-                last = self._pending[-1]
-                while not last.done:
-                    self._durable_cond.wait()
-                if last.error is None:
-                    return result
+                else:
+                    # Nothing to write, but the answer read writes not yet durable (a failed cas, a
+                    # txn's gets): it stands once they are, and is computed again if they are refused.
+                    txn, mine = self._pending[-1], False
+            if mine:
+                self._wait(txn)         # raises if it was refused
+                return result
+            txn.settled.wait()          # its writer writes it
+            if txn.error is None:
+                return result
 
     # The latest state, as writes see it: the durable state and the writes waiting for the disk.
 
@@ -797,8 +818,8 @@ class Store:
         """
         with self._lock:
             txn = self._expire(self._clock())
-            if txn is not None:
-                self._wait(txn)
+        if txn is not None:
+            self._wait(txn)
 
     def _expire(self, now: float) -> _Txn | None:
         """Submit the invalidation of expired sessions; their timers go when it is durable,
@@ -823,31 +844,44 @@ class Store:
         """Invalidate TTL sessions whose timer ran out, and reap old tombstones; any error is logged
         in one line and the pass is tried again (after DISK_RETRY_S when the disk refused it)."""
         next_reap = self._clock() + 60
-        with self._lock:
-            while not self._closed:
+        while True:
+            submitted: list[_Txn] = []
+            with self._lock:
+                if self._closed:
+                    return
                 now = self._clock()
                 try:
                     if now >= self._disk_retry_at:
-                        self._expire(now)
+                        submitted.append(self._expire(now))
                         if now >= next_reap:
-                            self._reap_tombstones()
+                            submitted.append(self._reap_tombstones())
                             next_reap = now + 60
                 except Exception as exc:  # noqa: BLE001 - this thread must outlive any error
                     log.error("session timers: %s; trying again in %.0fs", exc, DISK_RETRY_S)
                     self._disk_retry_at = now + DISK_RETRY_S
-                due = [d for sid, d in self._expiry.items() if sid not in self._expiring]
-                wake = max(min(due + [next_reap]), self._disk_retry_at)
-                self._timer_cond.wait(max(0.01, wake - self._clock()))
+                submitted = [t for t in submitted if t is not None]
+                if not submitted:
+                    due = [d for sid, d in self._expiry.items() if sid not in self._expiring]
+                    wake = max(min(due + [next_reap]), self._disk_retry_at)
+                    self._timer_cond.wait(max(0.01, wake - self._clock()))
+            for txn in submitted:
+                try:
+                    self._wait(txn)
+                except StoreError:
+                    pass        # refused: logged once by the store; its sessions stay due
 
-    def _reap_tombstones(self) -> None:
+    def _reap_tombstones(self) -> _Txn | None:
         wall = self._wall()
         self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > wall}
         cutoff = wall - TOMBSTONE_TTL_S
         touched = {k for t in self._pending for k in (*t.sets, *t.deletes)}
         old = [k for k, (_, at) in self._tombstones.items() if at < cutoff and k not in touched]
-        if old:
-            # No new index: reaping changes what no read reports.
-            self._submit(_Txn(self._last_index, reaps=old))
+        if not old:
+            return None
+        # No new index: reaping changes what no read reports.
+        txn = _Txn(self._last_index, reaps=old)
+        self._submit(txn)
+        return txn
 
     # -- transactions -----------------------------------------------------
 

@@ -201,7 +201,7 @@ def test_writes_waiting_for_the_disk_see_each_other_and_fall_together(stores):
 
     store.journal.append_batch = held_append
     first = Call(lambda: store.kv_set("a", b"1"))
-    entered.wait(10)                                        # the flusher holds `a`'s batch
+    entered.wait(10)                                        # `a`'s writer is writing its batch
     index, counter = store.kv_get("counter")
     second = Call(lambda: store.kv_cas("counter", b"1", 0, counter.modify_index))
     wait_until(lambda: len(store._pending) == 2, 10, "the cas to wait for the disk too")
