@@ -31,7 +31,7 @@ SNAPSHOT = "snapshot.json"
 LOG = "log.jsonl"
 LOCK = "LOCK"
 _ROTATED = re.compile(r"log-([0-9]+)\.jsonl")
-SNAPSHOT_CHUNK = 2000          # entries serialized at a time: bounds how long one call holds the GIL
+SNAPSHOT_CHUNK = 500           # entries serialized at a time, then the GIL is offered to writers
 COMPACTION_RETRY_S = 10.0
 COMPACT_BYTES = 32 << 20       # a log this long is compacted into the snapshot
 
@@ -235,6 +235,7 @@ class Journal:
                             return False
                         chunk = [dump(x) for x in items[start:start + SNAPSHOT_CHUNK]]
                         f.write(("," if start else "") + json.dumps(chunk, separators=(",", ":"))[1:-1])
+                        time.sleep(0)    # let a waiting writer have the GIL now, not after a switch interval
                     f.write("]")
                 f.write("}")
                 f.flush()
