@@ -218,7 +218,8 @@ class Journal:
         self._good = 0
         fsync_dir(self.dir)
 
-    def write_snapshot(self, index: int, head: dict[str, Any], parts: dict[str, tuple[list[Any], Callable[[Any], Any]]],
+    def write_snapshot(self, index: int, head: dict[str, Any],
+                       parts: dict[str, tuple[list[Any], Callable[[Any], Any]]],
                        stop: Callable[[], bool] = lambda: False) -> bool:
         """Write the snapshot at `index`: `head`, plus each list in `parts` with its items put through
         its function, in chunks, so that writers keep going; then drop the rotated logs it covers.

@@ -6,10 +6,9 @@ plus the writes still waiting for the disk (`_pending`). Waiting writes are made
 batches (group commit): a writer that finds no batch in flight writes and fsyncs, as one,
 all that queued, while the next ones queue behind it; when it is done, it hands the next
 batch to the first of them. Only then are the writes applied to the state reads see, the
-blocking queries watching their keys woken, and their writers answered.
-When a batch cannot be made
-durable, it and every write after it (computed against it) are refused, and the state and
-its index stay as they were. Semantics follow Consul's state
+blocking queries watching their keys woken, and their writers answered. When a batch
+cannot be made durable, it and every write after it (computed against it) are refused, and
+the state and its index stay as they were. Semantics follow Consul's state
 store (agent/consul/state/kvs.go, session.go, txn.go); see shared/notes/consul-api.md.
 """
 
@@ -226,7 +225,7 @@ class Store:
         self._closed = False
         self._timer_cond = threading.Condition(self._lock)
         # Group commit: writes submitted but not yet durable, in index order (`_queue`: not yet
-        # in a batch yet). The state above holds only durable writes.
+        # in a batch). The state above holds only durable writes.
         self._pending: collections.deque[_Txn] = collections.deque()
         self._queue: list[_Txn] = []
         self._flushing = False                                 # a batch is being written
