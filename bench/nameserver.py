@@ -1,20 +1,22 @@
 """Benchmark of `oneos-nameserver`: KV writes/s, blocking-query wake-up, the longest write in a compaction.
 
-    .venv/bin/python bench/nameserver.py [--quick] [--writers 16] [--seconds 3] [--rounds 2]
+    .venv/bin/python bench/nameserver.py [--quick] [--writers 16 64] [--seconds 3] [--rounds 4]
                                          [--wakeups 200] [--compaction-keys 100000] [--only NAME ...]
 
 Each variant in VARIANTS is a server (its flags) and how a client talks to it (extra headers,
 https and a CA file); all are started in the same run, on free ports, with their data in a
 temporary folder, and stopped at the end (on an error or Ctrl-C too). For each variant:
-- KV writes/s: `--writers` threads, each with its own keep-alive connection, PUT new keys
-  (100-byte values) for `--seconds`; the rounds alternate between the variants and the
-  median is kept, so that a neighbour's load on this shared machine hits all of them alike;
+- KV writes/s: `--writers` threads (each count in turn), each with its own keep-alive
+  connection, PUT new keys (100-byte values) for `--seconds`; the rounds alternate between
+  the variants and the median is kept, so that a neighbour's load on this shared machine
+  hits all of them alike;
 - blocking-query wake-up: a GET blocked on a key (?index=) and a PUT of that key: the time
   from sending the PUT to the blocked GET's answer, p50 and p99 over `--wakeups` PUTs.
-Printed beside the first variant (fsync off, the server as it was before group commit) as
-ratios. Then, on one server (fsync on): the longest write during a compaction of a store of
+Printed beside the first variant as ratios: `--no-fsync`, or with `--before DIR` the server
+of an older checkout (`git archive COMMIT oneos | tar -x -C DIR`) with its own defaults.
+Then, on one server (fsync on): the longest write during a compaction of a store of
 `--compaction-keys` keys, with writers running, beside the compaction's own duration (before
-compaction ran beside writers, a write waited for all of it) and the median write.
+compaction ran beside writers, a write waited for all of it) and the writes outside it.
 It prints, never asserts.
 """
 
@@ -82,8 +84,8 @@ class Variant:
 
 # The first is the baseline the others are compared with.
 VARIANTS = [
-    Variant("fsync off (as before)", ["--no-fsync"]),
-    Variant("fsync on, group commit"),
+    Variant("--no-fsync, group commit", ["--no-fsync"]),
+    Variant("fsync (default), group commit"),
 ]
 
 
@@ -246,9 +248,9 @@ def compaction(servers: Servers, keys: int, writers: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter runs, 20,000 keys to compact")
-    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--writers", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--wakeups", type=int, default=200)
     parser.add_argument("--compaction-keys", type=int, default=100_000)
     parser.add_argument("--compaction-only", action="store_true", help="only the compaction figure")
@@ -259,6 +261,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.wakeups, args.compaction_keys = 1.0, 1, 50, 20_000
+        args.writers = args.writers[:1]
     variants = [v for i, v in enumerate(VARIANTS) if i == 0 or not args.only or v.name in args.only]
     if args.before:
         variants.insert(0, Variant(f"before ({Path(args.before).name})", env={"PYTHONPATH": args.before}))
@@ -269,11 +272,12 @@ def main() -> int:
             if v.prepare:
                 v.prepare(v, root / f"variant-{n}")
             v.server = servers.start(v, f"variant-{n}")
-        rates: dict[str, list[float]] = {v.name: [] for v in variants}
-        for r in range(0 if args.compaction_only else args.rounds):
-            for v in variants if r % 2 == 0 else list(reversed(variants)):
-                say(f"writes/s, round {r + 1}: {v.name}")
-                rates[v.name].append(writes_per_second(v, args.writers, args.seconds, f"r{r}"))
+        rates: dict[tuple[str, int], list[float]] = {(v.name, w): [] for v in variants for w in args.writers}
+        for writers in args.writers:
+            for r in range(0 if args.compaction_only else args.rounds):
+                for v in variants if r % 2 == 0 else list(reversed(variants)):
+                    say(f"writes/s, {writers} writers, round {r + 1}: {v.name}")
+                    rates[v.name, writers].append(writes_per_second(v, writers, args.seconds, f"w{writers}r{r}"))
         wake = {}
         for v in [] if args.compaction_only else variants:
             say(f"wake-up latency: {v.name}")
@@ -294,20 +298,22 @@ def main() -> int:
     return 0
 
 
-def report_variants(variants: list[Variant], rates: dict[str, list[float]], wake: dict[str, list[float]],
-                    args: argparse.Namespace) -> None:
+def report_variants(variants: list[Variant], rates: dict[tuple[str, int], list[float]],
+                    wake: dict[str, list[float]], args: argparse.Namespace) -> None:
     base = variants[0].name
-    base_rate = statistics.median(rates[base])
-    base50, base99 = percentile(wake[base], 50), percentile(wake[base], 99)
-    print(f"oneos-nameserver on this machine ({os.cpu_count()} CPUs, shared), {args.writers} writers, "
-          f"median of {args.rounds} x {args.seconds:g}s; wake-up over {args.wakeups} PUTs")
-    print(f"  {'variant':34s}{'writes/s':>9s}{'vs first':>9s}{'wake p50 ms':>13s}{'p99 ms':>8s}"
-          f"{'p50 vs first':>14s}")
+    base50 = percentile(wake[base], 50)
+    print(f"oneos-nameserver on this machine ({os.cpu_count()} CPUs, shared, load average "
+          f"{os.getloadavg()[0]:.1f}): writes/s, median of {args.rounds} x {args.seconds:g}s; "
+          f"wake-up over {args.wakeups} PUTs")
+    head = "".join(f"{f'{w} writers':>11s}{'vs first':>9s}" for w in args.writers)
+    print(f"  {'variant':34s}{head}{'wake p50 ms':>13s}{'p99 ms':>8s}{'p50 vs first':>14s}")
     for v in variants:
-        rate = statistics.median(rates[v.name])
+        cells = ""
+        for w in args.writers:
+            rate = statistics.median(rates[v.name, w])
+            cells += f"{rate:11.0f}{rate / statistics.median(rates[base, w]):9.2f}"
         p50, p99 = percentile(wake[v.name], 50), percentile(wake[v.name], 99)
-        print(f"  {v.name:34s}{rate:9.0f}{rate / base_rate:9.2f}{p50 * 1e3:13.2f}{p99 * 1e3:8.2f}"
-              f"{p50 / base50:14.2f}")
+        print(f"  {v.name:34s}{cells}{p50 * 1e3:13.2f}{p99 * 1e3:8.2f}{p50 / base50:14.2f}")
 
 
 def report_compaction(comp: dict[str, float], args: argparse.Namespace) -> None:
