@@ -340,7 +340,7 @@ class Store:
     def _wait(self, txn: _Txn) -> None:
         """Called without the lock by the writer of `txn`: wait until it is durable, writing its
         batch if no one else is; StoreError 500 if it was refused."""
-        while True:
+        while not txn.done:
             txn.wake.clear()
             with self._lock:
                 if txn.done:
@@ -491,6 +491,8 @@ class Store:
                 result = fn(txn)
                 if not txn.empty():
                     self._submit(txn)
+                    if not self._flushing and self.journal is not None:
+                        self._flush()       # no batch in flight: write this one now, without a hand-off
                     mine = True
                 elif not self._pending:
                     return result
