@@ -32,6 +32,7 @@ class FaultyOS:
         self.space: int | None = None          # bytes the disk still takes; None: unlimited
         self.fsync_error: int | None = None
         self.truncate_error: int | None = None
+        self.replace_error: int | None = None
 
     def __getattr__(self, name: str):
         return getattr(os, name)
@@ -58,6 +59,11 @@ class FaultyOS:
         if self.truncate_error:
             raise self._fail(self.truncate_error)
         os.ftruncate(fd, length)
+
+    def replace(self, src, dst) -> None:
+        if self.replace_error:
+            raise self._fail(self.replace_error)
+        os.replace(src, dst)
 
 
 @pytest.fixture
@@ -303,6 +309,27 @@ def test_compaction_keeps_every_write_and_removes_the_rotated_log(tmp_path):
         wait_until(lambda: store._compactor is None, 10, "the compaction to end")
         assert (tmp_path / "data" / "snapshot.json").exists()
         assert not list((tmp_path / "data").glob("log-*.jsonl"))
+    finally:
+        store.close()
+    store = Store(Journal(tmp_path / "data"), "test-node")
+    try:
+        check(store, acked, [])
+    finally:
+        store.close()
+
+
+def test_a_compaction_the_disk_refuses_loses_nothing_and_writes_go_on(tmp_path, disk, caplog):
+    disk.replace_error = errno.ENOSPC               # the new snapshot cannot be put in place
+    store = Store(Journal(tmp_path / "data", compact_bytes=5_000), "test-node")
+    acked = {}
+    try:
+        for i in range(200):
+            assert store.kv_set(f"c/{i:04d}", b"v" * 50)
+            acked[f"c/{i:04d}"] = b"v" * 50
+        wait_until(lambda: store._compactor is None, 10, "the compaction to give up")
+        assert "compaction of" in caplog.text and "No space left on device (ENOSPC)" in caplog.text
+        assert list((tmp_path / "data").glob("log-*.jsonl")), "the rotated log was removed"
+        assert not (tmp_path / "data" / "snapshot.json").exists()
     finally:
         store.close()
     store = Store(Journal(tmp_path / "data"), "test-node")
