@@ -41,7 +41,7 @@ test: $(STAMP) $(PEER_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipes.py
 	$(BIN)/python bench/control.py
-	$(BIN)/python bench/nameserver_access.py
+	$(BIN)/python bench/nameserver.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,7 +31,7 @@ from oneos.durations import parse_ns
 from oneos.errors import OneOSError
 from oneos.nameserver import tls as tlsmod
 from oneos.nameserver.acl import ACL, READ, WRITE, ACLError, ACLTable, Authorizer
-from oneos.nameserver.journal import Journal
+from oneos.nameserver.journal import COMPACT_BYTES, Journal
 from oneos.nameserver.store import KV_MAX_VALUE_SIZE, Store, StoreError, collapse_keys
 from oneos.secretfiles import read_secret
 
@@ -798,7 +798,8 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = False,
+def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fsync: bool = True,
+          compact_bytes: int = COMPACT_BYTES,
           max_conns_per_client: int = MAX_CONNS_PER_CLIENT, idle_timeout: float = IDLE_TIMEOUT_S,
           tls: ssl.SSLContext | None = None, acl: bool = False,
           initial_management: str | None = None) -> tuple[NameServerHTTP, Store]:
@@ -808,7 +809,7 @@ def serve(listen: str, data_dir: str | Path, *, node_name: str | None = None, fs
     With `acl`, requests are checked against ACLs (deny by default); `initial_management` is the
     secret of a management token made at start (Consul's acl.tokens.initial_management)."""
     host, port = _parse_listen(listen)
-    journal = Journal(data_dir, fsync=fsync)
+    journal = Journal(data_dir, fsync=fsync, compact_bytes=compact_bytes)
     # The ACL table is kept whether or not ACLs are on, so that a restart without --acl keeps it.
     table = ACLTable()
     try:
@@ -867,8 +868,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(Path.home() / ".oneos" / "nameserver"), metavar="DIR",
                         help="where state is kept (default ~/.oneos/nameserver)")
     parser.add_argument("--node-name", default=None, help="the node name sessions belong to (default: hostname)")
-    parser.add_argument("--fsync", action="store_true",
-                        help="fsync every write (survives power loss, not only a crash; slower)")
+    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
+                        help="fsync each batch of writes before answering them, so that they survive a power "
+                             "loss, not only a crash (default; --no-fsync: only a crash, for tests and benches)")
+    parser.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, metavar="N",
+                        help="write a new snapshot once the log passes N bytes (default 32 MiB); "
+                             "writes go on meanwhile")
     parser.add_argument("--max-conns-per-client", type=int, default=MAX_CONNS_PER_CLIENT, metavar="N",
                         help="open connections allowed from one client IP; one more is answered 429 "
                              f"(Consul's http_max_conns_per_client; default {MAX_CONNS_PER_CLIENT}, 0: no limit)")
@@ -894,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise OneOSError("--acl-initial-management-token-file needs --acl")
             initial = read_secret(args.acl_initial_management_token_file, "--acl-initial-management-token-file")
         httpd, store = serve(args.listen, args.data_dir, node_name=args.node_name, fsync=args.fsync,
+                             compact_bytes=args.compact_bytes,
                              max_conns_per_client=args.max_conns_per_client, idle_timeout=args.idle_timeout,
                              tls=tls, acl=args.acl, initial_management=initial)
     except (OneOSError, ACLError) as exc:

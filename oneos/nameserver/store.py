@@ -1,8 +1,14 @@
 """The state machine of the built-in Name Server: KV, sessions, locks, with Consul's semantics.
 
 One lock guards all state, so every write is linearizable. Each write gets the next
-index (as Consul's Raft index), is made durable through the journal, and then wakes
-the blocking queries watching the keys it touched. Semantics follow Consul's state
+index (as Consul's Raft index) and is computed against the latest state: what is durable
+plus the writes still waiting for the disk (`_pending`). Waiting writes are made durable in
+batches (group commit): a writer that finds no batch in flight writes and fsyncs, as one,
+all that queued, while the next ones queue behind it; when it is done, it hands the next
+batch to the first of them. Only then are the writes applied to the state reads see, the
+blocking queries watching their keys woken, and their writers answered. When a batch
+cannot be made durable, it and every write after it (computed against it) are refused, and
+the state and its index stay as they were. Semantics follow Consul's state
 store (agent/consul/state/kvs.go, session.go, txn.go); see shared/notes/consul-api.md.
 """
 
@@ -10,6 +16,9 @@ from __future__ import annotations
 
 import base64
 import bisect
+import collections
+import json
+import logging
 import random
 import threading
 import time
@@ -18,7 +27,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Protocol
 
 from oneos.durations import format_ns, parse_ns
-from oneos.nameserver.journal import Journal
+from oneos.nameserver.journal import Journal, JournalWriteError
+
+log = logging.getLogger("oneos.nameserver")
 
 KV_MAX_VALUE_SIZE = 512 * 1024     # Consul's kv_max_value_size default: the largest value a key holds
 
@@ -32,6 +43,7 @@ LOCK_DELAY_THRESHOLD = 1000         # smaller numbers are taken as seconds, as C
 TOMBSTONE_TTL_S = 15 * 60           # deleted keys keep prefix indexes monotonic this long
 MAX_WAIT_S = 600.0
 DEFAULT_WAIT_S = 300.0
+DISK_RETRY_S = 1.0                  # after a failed write, session expiry tries the disk again this often
 
 
 class StoreError(Exception):
@@ -175,6 +187,21 @@ class _Txn:
     sessions_del: set[str] = field(default_factory=set)
     lock_delays: dict[str, float] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)   # Table.kind -> its payload
+    reaps: list[str] = field(default_factory=list)
+    # Once submitted: its journal record, and its fate (done; error when refused; `settled` then set).
+    record: dict[str, Any] | None = None
+    line: bytes = b""
+    done: bool = False
+    error: str | None = None
+    settled: threading.Event = field(default_factory=threading.Event)     # set once, when done
+    wake: threading.Event = field(default_factory=threading.Event)        # its writer: done, or lead
+
+    def settle(self, error: str | None = None) -> None:
+        """Durable (no error) or refused: its writer, waiting on `settled`, is answered."""
+        self.error = error
+        self.done = True
+        self.settled.set()
+        self.wake.set()
 
     def rollback(self) -> None:
         """Forget everything staged: nothing is committed."""
@@ -216,8 +243,19 @@ class Store:
         self._watches: set[_Watch] = set()
         self._closed = False
         self._timer_cond = threading.Condition(self._lock)
+        # Group commit: writes submitted but not yet durable, in index order (`_queue`: not yet
+        # in a batch). The state above holds only durable writes.
+        self._pending: collections.deque[_Txn] = collections.deque()
+        self._queue: list[_Txn] = []
+        self._flushing = False                                 # a batch is being written
+        self._idle_cond = threading.Condition(self._lock)      # notified when a batch ends
+        self._expiring: set[str] = set()                       # sessions whose expiry is being written
+        self._disk_retry_at = 0.0
+        self._disk_failing = False
+        self._compactor: threading.Thread | None = None
         if journal is not None:
             self._restore()
+        self._last_index = self.index                          # of the last write submitted
         self._timer = threading.Thread(target=self._run_timers, name="session-timers", daemon=True)
         self._timer.start()
 
@@ -277,25 +315,177 @@ class Store:
             self.sessions_index = idx
         self.index = max(self.index, idx)
 
-    def _snapshot(self) -> dict[str, Any]:
-        snapshot = {
-            "index": self.index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
-            "kv": [e.dump() for e in self._kv.values()],
-            "tombstones": [[k, idx, at] for k, (idx, at) in self._tombstones.items()],
-            "sessions": [s.dump() for s in self._sessions.values()],
-            "lock_delays": self._lock_delays,
-        }
-        snapshot.update({kind: table.dump() for kind, table in self._tables.items()})
-        return snapshot
-
     def close(self) -> None:
+        """Stop: writes already submitted are made durable (or refused) first."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._timer_cond.notify_all()
             for w in self._watches:
                 w.cond.notify_all()
-            if self.journal:
-                self.journal.close()
+        with self._lock:
+            while self._flushing or self._queue:     # writes submitted are answered first
+                if self._flushing:
+                    self._idle_cond.wait()
+                else:
+                    self._flush()
+        for thread in (self._compactor, self._timer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(30)
+        if self.journal:
+            self.journal.close()
+
+    # -- group commit -----------------------------------------------------
+
+    def _submit(self, txn: _Txn) -> None:
+        """Queue a staged write for the journal (under the lock); without one, apply it now."""
+        record: dict[str, Any] = {"i": txn.index, "t": self._wall()}
+        if txn.sets:
+            record["kv"] = [e.dump() for e in txn.sets.values()]
+        if txn.deletes:
+            record["del"] = sorted(txn.deletes)
+        if txn.sessions_add:
+            record["s+"] = [s.dump() for s in txn.sessions_add.values()]
+        if txn.sessions_del:
+            record["s-"] = sorted(txn.sessions_del)
+        if txn.lock_delays:
+            record["ld"] = txn.lock_delays
+        if txn.reaps:
+            record["reap"] = txn.reaps
+        record.update(txn.tables)
+        txn.record = record
+        self._last_index = txn.index
+        if self.journal is None:
+            self._apply(txn)
+            return
+        txn.line = json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n"
+        self._pending.append(txn)
+        self._queue.append(txn)
+
+    def _wait(self, txn: _Txn) -> None:
+        """Called without the lock by the writer of `txn`: wait until it is durable, writing its
+        batch if no one else is; StoreError 500 if it was refused."""
+        while not txn.done:
+            txn.wake.clear()
+            with self._lock:
+                if txn.done:
+                    break
+                if not self._flushing:       # then `txn` is queued: write it, and all queued with it
+                    self._flush()
+                    continue
+            txn.wake.wait()
+        if txn.error is not None:
+            raise StoreError(txn.error, 500)
+
+    def _apply(self, txn: _Txn) -> None:
+        """A durable write becomes visible: to reads, blocking queries and session timers."""
+        self._replay(txn.record)
+        txn.settle()
+        for sid in txn.sessions_del:
+            self._expiry.pop(sid, None)
+            self._expiring.discard(sid)
+        for s in txn.sessions_add.values():
+            if s.ttl:
+                self._reset_timer(s)
+        changed = set(txn.sets) | txn.deletes
+        sessions_changed = bool(txn.sessions_add or txn.sessions_del)
+        for w in self._watches:
+            if w.matches(changed, sessions_changed):
+                w.cond.notify_all()
+
+    def _flush(self) -> None:
+        """Write what is queued with one write and one fsync, the lock released meanwhile; then
+        apply it (or refuse it), and wake the writer of the next queued write to write the next batch."""
+        batch, self._queue = self._queue, []
+        self._flushing = True
+        error = None
+        self._lock.release()
+        try:
+            self.journal.append_batch(t.line for t in batch)
+        except JournalWriteError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must refuse the writes, not leave them waiting
+            log.exception("internal error writing the journal")
+            error = f"internal error writing the journal: {exc}"
+        finally:
+            self._lock.acquire()
+        try:
+            self._resolve(batch, error)
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("internal error applying a durable batch")
+            self._refuse_pending("internal error applying the write; see the Name Server's log")
+        finally:
+            self._flushing = False
+            if self._queue:
+                self._queue[0].wake.set()
+            self._idle_cond.notify_all()
+
+    def _resolve(self, batch: list[_Txn], error: str | None) -> None:
+        if error is not None:
+            if not self._disk_failing:
+                log.error("%s (writes are refused until the journal can be written again)", error)
+            self._disk_failing = True
+            self._refuse_pending(error)
+            return
+        if self._disk_failing:
+            log.warning("the journal in %s can be written again: writes are accepted", self.journal.dir)
+            self._disk_failing = False
+        for txn in batch:
+            self._pending.popleft()
+            self._apply(txn)
+        if self._compactor is None and not self._closed and self.journal.wants_compaction():
+            self._start_compaction()
+
+    def _refuse_pending(self, error: str) -> None:
+        """Refuse every write not yet durable: each later one was computed against the failed ones."""
+        for txn in self._pending:
+            txn.settle(error)
+        self._pending.clear()
+        self._queue.clear()
+        self._last_index = self.index
+        self._expiring.clear()
+        self._disk_retry_at = self._clock() + DISK_RETRY_S
+        self._timer_cond.notify_all()
+
+    # -- compaction -------------------------------------------------------
+
+    def _start_compaction(self) -> None:
+        """Rotate the log and write the state as of its last record, in a thread of its own.
+
+        Called at the end of a batch, before the next one can start: the state is exactly what the
+        rotated log holds. Copying the tables' references takes milliseconds under the lock
+        (entries are never changed in place); the rest is done without it."""
+        index = self.index
+        head = {"index": index, "kvs_index": self.kvs_index, "sessions_index": self.sessions_index,
+                "lock_delays": dict(self._lock_delays)}
+        # The other tables (ACLs) are small: a copy of each, as of this index, goes in the head.
+        head.update({kind: json.loads(json.dumps(table.dump())) for kind, table in self._tables.items()})
+        parts = {"kv": (list(self._kv.values()), KVEntry.dump),
+                 "tombstones": (list(self._tombstones.items()), lambda kv: [kv[0], kv[1][0], kv[1][1]]),
+                 "sessions": (list(self._sessions.values()), Session.dump)}
+        self._lock.release()       # still _flushing: no batch is written meanwhile
+        try:
+            self.journal.rotate(index)
+        except (OSError, JournalWriteError) as exc:
+            log.warning("cannot start a compaction of %s: %s; tried again later", self.journal.dir, exc)
+            self.journal.postpone_compaction()
+            return
+        finally:
+            self._lock.acquire()
+        self._compactor = threading.Thread(target=self._compact, args=(index, head, parts),
+                                           name="journal-compaction", daemon=True)
+        self._compactor.start()
+
+    def _compact(self, index: int, head: dict[str, Any], parts: dict[str, Any]) -> None:
+        try:
+            self.journal.write_snapshot(index, head, parts, stop=lambda: self._closed)
+        except Exception:  # noqa: BLE001 - the logs are kept: nothing is lost, compaction is tried again
+            log.exception("internal error compacting the journal")
+            self.journal.postpone_compaction()
+        finally:
+            with self._lock:
+                self._compactor = None
 
     # -- low-level state --------------------------------------------------
 
@@ -320,46 +510,54 @@ class Store:
     # -- writes -----------------------------------------------------------
 
     def _write(self, fn: Callable[[_Txn], Any]) -> Any:
-        """Run `fn` against a staged transaction and commit what it staged (under the lock)."""
-        with self._lock:
-            if self._closed:
-                raise StoreError("the Name Server is shutting down", 503)
-            txn = _Txn(self.index + 1)
-            result = fn(txn)
-            if not txn.empty():
-                self._commit(txn)
-            return result
+        """Run `fn` against a staged transaction, submit what it staged, and answer once it is durable."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StoreError("the Name Server is shutting down", 503)
+                txn = _Txn(self._last_index + 1)
+                result = fn(txn)
+                if not txn.empty():
+                    self._submit(txn)
+                    if not self._flushing and self.journal is not None:
+                        self._flush()       # no batch in flight: write this one now, without a hand-off
+                    mine = True
+                elif not self._pending:
+                    return result
+                else:
+                    # Nothing to write, but the answer read writes not yet durable (a failed cas, a
+                    # txn's gets): it stands once they are, and is computed again if they are refused.
+                    txn, mine = self._pending[-1], False
+            if mine:
+                self._wait(txn)         # raises if it was refused
+                return result
+            txn.settled.wait()          # its writer writes it
+            if txn.error is None:
+                return result
 
-    def _commit(self, txn: _Txn) -> None:
-        idx = txn.index
-        now_wall = self._wall()
-        record: dict[str, Any] = {"i": idx, "t": now_wall}
-        if txn.sets:
-            record["kv"] = [e.dump() for e in txn.sets.values()]
-        if txn.deletes:
-            record["del"] = sorted(txn.deletes)
-        if txn.sessions_add:
-            record["s+"] = [s.dump() for s in txn.sessions_add.values()]
-        if txn.sessions_del:
-            record["s-"] = sorted(txn.sessions_del)
-        if txn.lock_delays:
-            record["ld"] = txn.lock_delays
-        record.update(txn.tables)
-        if self.journal is not None:
-            self.journal.append(record)
-        self._replay(record)
-        for sid in txn.sessions_del:
-            self._expiry.pop(sid, None)
-        for s in txn.sessions_add.values():
-            if s.ttl:
-                self._reset_timer(s)
-        changed = set(txn.sets) | txn.deletes
-        sessions_changed = bool(txn.sessions_add or txn.sessions_del)
-        for w in self._watches:
-            if w.matches(changed, sessions_changed):
-                w.cond.notify_all()
-        if self.journal is not None and self.journal.wants_compaction():
-            self.journal.compact(self._snapshot())
+    # The latest state, as writes see it: the durable state and the writes waiting for the disk.
+
+    def _latest_get(self, key: str) -> KVEntry | None:
+        for t in reversed(self._pending):
+            if key in t.sets:
+                return t.sets[key]
+            if key in t.deletes:
+                return None
+        return self._kv.get(key)
+
+    def _latest_session(self, sid: str) -> Session | None:
+        for t in reversed(self._pending):
+            if sid in t.sessions_add:
+                return t.sessions_add[sid]
+            if sid in t.sessions_del:
+                return None
+        return self._sessions.get(sid)
+
+    def _latest_lock_delay(self, key: str) -> float:
+        for t in reversed(self._pending):
+            if key in t.lock_delays:
+                return t.lock_delays[key]
+        return self._lock_delays.get(key, 0.0)
 
     def table_write(self, kind: str, change: Callable[[int], tuple[Any, Any]]) -> Any:
         """Write to a Table as one journaled change at the next index: `change(index)` checks against
@@ -378,10 +576,12 @@ class Store:
             return txn.sets[key]
         if key in txn.deletes:
             return None
-        return self._kv.get(key)
+        return self._latest_get(key)
 
     def _t_list(self, txn: _Txn, prefix: str) -> list[KVEntry]:
-        keys = set(self._kv_keys.prefixed(prefix)) | {k for k in txn.sets if k.startswith(prefix)}
+        keys = set(self._kv_keys.prefixed(prefix))
+        for t in [*self._pending, txn]:
+            keys.update(k for k in t.sets if k.startswith(prefix))
         return [e for k in sorted(keys) if (e := self._t_get(txn, k)) is not None]
 
     def _t_set(self, txn: _Txn, entry: KVEntry, update_session: bool) -> KVEntry:
@@ -401,7 +601,7 @@ class Store:
     def _t_delete(self, txn: _Txn, key: str) -> None:
         if self._t_get(txn, key) is not None:
             txn.sets.pop(key, None)
-            if key in self._kv:
+            if self._latest_get(key) is not None:
                 txn.deletes.add(key)
 
     def _t_cas(self, txn: _Txn, entry: KVEntry, cas: int) -> bool:
@@ -416,7 +616,7 @@ class Store:
     def _t_lock(self, txn: _Txn, entry: KVEntry) -> bool:
         if not entry.session:
             raise StoreError("missing session")
-        if entry.session not in self._sessions and entry.session not in txn.sessions_add:
+        if self._latest_session(entry.session) is None and entry.session not in txn.sessions_add:
             raise StoreError(f'invalid session "{entry.session}"')
         existing = self._t_get(txn, entry.key)
         if existing is not None and existing.session == entry.session:
@@ -425,7 +625,7 @@ class Store:
             return False
         else:
             # A key whose holder was invalidated stays unlockable until its lock-delay ends.
-            until = self._lock_delays.get(entry.key, 0.0)
+            until = self._latest_lock_delay(entry.key)
             if until > self._wall():
                 return False
             entry.lock_index = (existing.lock_index if existing else 0) + 1
@@ -604,13 +804,13 @@ class Store:
 
     def _t_invalidate(self, txn: _Txn, sid: str) -> None:
         """Consul's deleteSessionTxn: release or delete held keys, and start their lock-delay."""
-        s = self._sessions.get(sid)
-        if s is None:
+        s = self._latest_session(sid)
+        if s is None or sid in txn.sessions_del:
             return
         txn.sessions_del.add(sid)
         delay_end = self._wall() + s.lock_delay_ns / 1e9
-        for key in self._held_by(sid):
-            held = self._kv[key]
+        for key in self._held_by(txn, sid):
+            held = self._t_get(txn, key)
             if s.lock_delay_ns > 0:
                 txn.lock_delays[key] = delay_end
             if s.behavior == "delete":
@@ -620,8 +820,11 @@ class Store:
                 released.modify_index = txn.index
                 txn.sets[key] = released
 
-    def _held_by(self, sid: str) -> list[str]:
-        return [k for k, e in self._kv.items() if e.session == sid]
+    def _held_by(self, txn: _Txn, sid: str) -> list[str]:
+        keys = {k for k, e in self._kv.items() if e.session == sid}
+        for t in [*self._pending, txn]:
+            keys.update(k for k, e in t.sets.items() if e.session == sid)
+        return [k for k in sorted(keys) if (e := self._t_get(txn, k)) is not None and e.session == sid]
 
     def session_info(self, sid: str, min_index: int = 0, wait: float | None = None) -> tuple[int, list[dict]]:
         def query() -> tuple[int, list[dict]]:
@@ -640,46 +843,75 @@ class Store:
     def expire_sessions(self) -> None:
         """Invalidate the TTL sessions whose timer has run out by the store's clock.
 
-        The timer thread calls it; a test that moves an injected clock calls it to run the same pass.
+        The timer thread runs the same pass; a test that moves an injected clock calls this one,
+        which also waits for the invalidation to be durable.
         """
         with self._lock:
-            self._expire(self._clock())
+            txn = self._expire(self._clock())
+        if txn is not None:
+            self._wait(txn)
 
-    def _expire(self, now: float) -> None:
-        expired = [sid for sid, deadline in self._expiry.items() if deadline <= now]
-        if expired:
-            txn = _Txn(self.index + 1)
-            for sid in expired:
+    def _expire(self, now: float) -> _Txn | None:
+        """Submit the invalidation of expired sessions; their timers go when it is durable,
+        and if it is refused they stay due, so expiry resumes when the disk does."""
+        expired = [sid for sid, deadline in self._expiry.items()
+                   if deadline <= now and sid not in self._expiring]
+        if not expired:
+            return None
+        txn = _Txn(self._last_index + 1)
+        for sid in expired:
+            if sid not in self._sessions:
                 self._expiry.pop(sid, None)
+            else:
                 self._t_invalidate(txn, sid)
-            if not txn.empty():
-                self._commit(txn)
+                self._expiring.add(sid)    # until its deletion is durable (or refused)
+        if txn.empty():
+            return None
+        self._submit(txn)
+        return txn
 
     def _run_timers(self) -> None:
-        """Invalidate TTL sessions whose timer ran out, and reap old tombstones."""
+        """Invalidate TTL sessions whose timer ran out, and reap old tombstones; any error is logged
+        in one line and the pass is tried again (after DISK_RETRY_S when the disk refused it)."""
         next_reap = self._clock() + 60
-        with self._lock:
-            while not self._closed:
+        while True:
+            submitted: list[_Txn] = []
+            with self._lock:
+                if self._closed:
+                    return
                 now = self._clock()
-                self._expire(now)
-                if now >= next_reap:
-                    self._reap_tombstones()
-                    next_reap = now + 60
-                wake = min(list(self._expiry.values()) + [next_reap])
-                self._timer_cond.wait(max(0.01, wake - self._clock()))
+                try:
+                    if now >= self._disk_retry_at:
+                        submitted.append(self._expire(now))
+                        if now >= next_reap:
+                            submitted.append(self._reap_tombstones())
+                            next_reap = now + 60
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive any error
+                    log.error("session timers: %s; trying again in %.0fs", exc, DISK_RETRY_S)
+                    self._disk_retry_at = now + DISK_RETRY_S
+                submitted = [t for t in submitted if t is not None]
+                if not submitted:
+                    due = [d for sid, d in self._expiry.items() if sid not in self._expiring]
+                    wake = max(min(due + [next_reap]), self._disk_retry_at)
+                    self._timer_cond.wait(max(0.01, wake - self._clock()))
+            for txn in submitted:
+                try:
+                    self._wait(txn)
+                except StoreError:
+                    pass        # refused: logged once by the store; its sessions stay due
 
-    def _reap_tombstones(self) -> None:
+    def _reap_tombstones(self) -> _Txn | None:
         wall = self._wall()
         self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > wall}
         cutoff = wall - TOMBSTONE_TTL_S
-        old = [k for k, (_, at) in self._tombstones.items() if at < cutoff]
+        touched = {k for t in self._pending for k in (*t.sets, *t.deletes)}
+        old = [k for k, (_, at) in self._tombstones.items() if at < cutoff and k not in touched]
         if not old:
-            return
-        record = {"i": self.index, "t": self._wall(), "reap": old}
-        if self.journal is not None:
-            self.journal.append(record)
-        for k in old:
-            self._drop_tombstone(k)
+            return None
+        # No new index: reaping changes what no read reports.
+        txn = _Txn(self._last_index, reaps=old)
+        self._submit(txn)
+        return txn
 
     # -- transactions -----------------------------------------------------
 
