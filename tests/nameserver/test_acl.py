@@ -22,6 +22,7 @@ from oneos.nameserver.client import NameServer, NameServerError, TxnConflict, kv
 from oneos.nameserver.server import serve
 from tests.conftest import REAL_CONSUL
 from tests.nameserver.helpers import Call
+from tests.procs import wait_until
 
 ANON_SUFFIX = ". The anonymous token is used implicitly when a request does not specify a token."
 builtin_only = pytest.mark.skipif(bool(REAL_CONSUL), reason="starts servers of its own: built-in Name Server only")
@@ -30,9 +31,10 @@ builtin_only = pytest.mark.skipif(bool(REAL_CONSUL), reason="starts servers of i
 class InProcess:
     """`oneos-nameserver --acl` in a thread of this process, on a free port."""
 
-    def __init__(self, data_dir, *, acl: bool = True, initial_management: str | None = None) -> None:
+    def __init__(self, data_dir, *, acl: bool = True, initial_management: str | None = None, **serve_args) -> None:
         self.data_dir = data_dir
-        self.httpd, self.store = serve("127.0.0.1:0", data_dir, acl=acl, initial_management=initial_management)
+        self.httpd, self.store = serve("127.0.0.1:0", data_dir, acl=acl, initial_management=initial_management,
+                                       **serve_args)
         self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -365,8 +367,8 @@ def test_policies_are_created_read_by_id_and_name_updated_and_deleted(consul):
 
 
 @builtin_only
-def test_bootstrap_works_once_and_survives_a_restart(tmp_path):
-    server = InProcess(tmp_path / "data")
+def test_bootstrap_works_once_and_survives_a_compaction_and_a_restart(tmp_path):
+    server = InProcess(tmp_path / "data", compact_bytes=20_000)
     try:
         made = requests.put(f"{server.url}/v1/acl/bootstrap", timeout=10).json()
         assert made["ID"] == made["SecretID"] and made["Description"] == "Bootstrap Token (Global Management)"
@@ -377,6 +379,11 @@ def test_bootstrap_works_once_and_survives_a_restart(tmp_path):
         c = Consul(server.url, made["SecretID"])
         policy = c.policy('key_prefix "kept/" { policy = "write" }')
         kept = c.ok("PUT", "/v1/acl/token", json={"Policies": [{"ID": policy["ID"]}]})
+        # Enough writes for the log to be compacted: the ACLs are then only in the snapshot.
+        for i in range(100):
+            c.ok("PUT", f"/v1/kv/filler/{i}", data=b"x" * 300)
+        wait_until(lambda: not list((tmp_path / "data").glob("log-*.jsonl")) and server.store._compactor is None,
+                   20, "the log to be compacted")
     finally:
         server.stop()
     server = InProcess(tmp_path / "data")     # the same data: tokens, policies and the bootstrap are kept
