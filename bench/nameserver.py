@@ -12,8 +12,11 @@ temporary folder, and stopped at the end (on an error or Ctrl-C too). For each v
   hits all of them alike;
 - blocking-query wake-up: a GET blocked on a key (?index=) and a PUT of that key: the time
   from sending the PUT to the blocked GET's answer, p50 and p99 over `--wakeups` PUTs.
-Printed beside the first variant as ratios: `--no-fsync`, or with `--before DIR` the server
-of an older checkout (`git archive COMMIT oneos | tar -x -C DIR`) with its own defaults.
+Printed as ratios beside a base variant measured in the same run: fsync (the default) beside
+`--no-fsync` (or, with `--before DIR`, the server of an older checkout: `git archive COMMIT
+oneos | tar -x -C DIR`, with its own defaults); ACLs on (the writer holds a token whose policy
+has four rules, as a node's would), TLS (HTTPS, the CA checked) and both, beside the default
+server with neither.
 Then, on one server (fsync on): the longest write during a compaction of a store of
 `--compaction-keys` keys, with writers running, beside the compaction's own duration (before
 compaction ran beside writers, a write waited for all of it) and the writes outside it.
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -41,7 +45,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from oneos.secretfiles import write_secret  # noqa: E402
 from tests.procs import NameServerProc, wait_until  # noqa: E402
+from tests.tlsfiles import make_tls  # noqa: E402
 
 VALUE = b"v" * 100
 BASE_VALUE = base64.b64encode(b"b" * 120).decode()
@@ -57,7 +63,9 @@ class Variant:
     """A server to measure: its flags, and what a client needs to talk to it.
 
     `prepare(variant, workdir)` runs before the server starts (to write certificates, say) and
-    may change the variant: its flags, headers, `https`, `ca_file`."""
+    may change the variant: its flags, headers, `https`, `ca_file`; `ready(variant)` runs once
+    it has started (to make a token, say). Its ratios are against the variant named `base`
+    (default: the first)."""
 
     name: str
     server_args: list[str] = field(default_factory=list)
@@ -65,6 +73,8 @@ class Variant:
     https: bool = False
     ca_file: str | None = None
     prepare: Callable[["Variant", Path], None] | None = None
+    ready: Callable[["Variant"], None] | None = None
+    base: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     server: NameServerProc | None = None
 
@@ -82,10 +92,49 @@ class Variant:
         return r.status, dict(r.getheaders()), r.read()
 
 
-# The first is the baseline the others are compared with.
+def acl_prepare(variant: Variant, work: Path) -> None:
+    """--acl with an initial management token; the writer's token is made once the server runs."""
+    management = str(uuid.uuid4())
+    write_secret(work / "management-token", management)
+    variant.server_args += ["--acl", "--acl-initial-management-token-file", str(work / "management-token")]
+    variant.headers["X-Consul-Token"] = management
+
+
+def acl_ready(variant: Variant) -> None:
+    """A policy of a few rules, as a node's token would have, and the writer's token holding it."""
+    rules = ('key_prefix "bench/" { policy = "write" }\nkey "bench/secret" { policy = "deny" }\n'
+             'key_prefix "oneos/" { policy = "read" }\nsession_prefix "" { policy = "write" }')
+    conn = variant.connect()
+    status, _, body = variant.request(conn, "PUT", "/v1/acl/policy",
+                                      json.dumps({"Name": "bench", "Rules": rules}).encode())
+    assert status == 200, body
+    status, _, body = variant.request(conn, "PUT", "/v1/acl/token",
+                                      json.dumps({"Policies": [{"Name": "bench"}]}).encode())
+    assert status == 200, body
+    conn.close()
+    variant.headers["X-Consul-Token"] = json.loads(body)["SecretID"]
+
+
+def tls_prepare(variant: Variant, work: Path) -> None:
+    """HTTPS with a CA of its own, which the client checks the server against."""
+    files = make_tls(work / "tls")
+    variant.server_args += files.server_args()
+    variant.https, variant.ca_file = True, str(files.ca)
+
+
+def acl_tls_prepare(variant: Variant, work: Path) -> None:
+    acl_prepare(variant, work)
+    tls_prepare(variant, work)
+
+
+DEFAULT = "fsync (default), group commit"
+# The first is the baseline of the ones that name no base.
 VARIANTS = [
     Variant("--no-fsync, group commit", ["--no-fsync"]),
-    Variant("fsync (default), group commit"),
+    Variant(DEFAULT),
+    Variant("ACLs on", prepare=acl_prepare, ready=acl_ready, base=DEFAULT),
+    Variant("TLS", prepare=tls_prepare, base=DEFAULT),
+    Variant("ACLs on and TLS", prepare=acl_tls_prepare, ready=acl_ready, base=DEFAULT),
 ]
 
 
@@ -272,6 +321,8 @@ def main() -> int:
             if v.prepare:
                 v.prepare(v, root / f"variant-{n}")
             v.server = servers.start(v, f"variant-{n}")
+            if v.ready:
+                v.ready(v)
         rates: dict[tuple[str, int], list[float]] = {(v.name, w): [] for v in variants for w in args.writers}
         for writers in args.writers:
             for r in range(0 if args.compaction_only else args.rounds):
@@ -300,20 +351,26 @@ def main() -> int:
 
 def report_variants(variants: list[Variant], rates: dict[tuple[str, int], list[float]],
                     wake: dict[str, list[float]], args: argparse.Namespace) -> None:
-    base = variants[0].name
-    base50 = percentile(wake[base], 50)
+    names = {v.name for v in variants}
+
+    def base_of(v: Variant) -> str:
+        return v.base if v.base in names else variants[0].name
+
     print(f"oneos-nameserver on this machine ({os.cpu_count()} CPUs, shared, load average "
           f"{os.getloadavg()[0]:.1f}): writes/s, median of {args.rounds} x {args.seconds:g}s; "
           f"wake-up over {args.wakeups} PUTs")
-    head = "".join(f"{f'{w} writers':>11s}{'vs first':>9s}" for w in args.writers)
-    print(f"  {'variant':34s}{head}{'wake p50 ms':>13s}{'p99 ms':>8s}{'p50 vs first':>14s}")
+    head = "".join(f"{f'{w} writers':>11s}{'vs base':>9s}" for w in args.writers)
+    print(f"  {'variant':34s}{head}{'wake p50 ms':>13s}{'p99 ms':>8s}{'p50 vs base':>13s}   base")
     for v in variants:
+        base = base_of(v)
         cells = ""
         for w in args.writers:
             rate = statistics.median(rates[v.name, w])
             cells += f"{rate:11.0f}{rate / statistics.median(rates[base, w]):9.2f}"
         p50, p99 = percentile(wake[v.name], 50), percentile(wake[v.name], 99)
-        print(f"  {v.name:34s}{cells}{p50 * 1e3:13.2f}{p99 * 1e3:8.2f}{p50 / base50:14.2f}")
+        shown = "-" if base == v.name else base
+        print(f"  {v.name:34s}{cells}{p50 * 1e3:13.2f}{p99 * 1e3:8.2f}{p50 / percentile(wake[base], 50):13.2f}"
+              f"   {shown}")
 
 
 def report_compaction(comp: dict[str, float], args: argparse.Namespace) -> None:
