@@ -34,6 +34,7 @@ _ROTATED = re.compile(r"log-([0-9]+)\.jsonl")
 SNAPSHOT_CHUNK = 500           # entries serialized at a time, then the GIL is offered to writers
 COMPACTION_RETRY_S = 10.0
 COMPACT_BYTES = 32 << 20       # a log this long is compacted into the snapshot
+DSYNC = getattr(os, "O_DSYNC", 0)  # Linux and most Unixes: see Journal._append_flags
 
 log = logging.getLogger("oneos.nameserver")
 
@@ -137,7 +138,7 @@ class Journal:
     def open_for_append(self) -> None:
         """Start appending to log.jsonl; a torn tail found by load() is cut off (and kept aside)."""
         path = self.dir / LOG
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(path, self._append_flags(), 0o644)
         size = os.fstat(self._fd).st_size
         if self._torn_at is not None and self._torn_at < size:
             with open(path, "rb") as f:
@@ -165,12 +166,13 @@ class Journal:
             if self._cut_pending:
                 self._cut()
             if self._fd is None:
-                self._fd = os.open(self.dir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._fd = os.open(self.dir / LOG, self._append_flags(), 0o644)
                 self._good = os.fstat(self._fd).st_size
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
-            self._sync(self._fd)
+            if not DSYNC:
+                self._sync(self._fd)
         except OSError as exc:
             self._cut_pending = True
             try:
@@ -187,6 +189,12 @@ class Journal:
             os.ftruncate(self._fd, self._good)
             self._sync(self._fd)
         self._cut_pending = False
+
+    def _append_flags(self) -> int:
+        """The log's open flags: with fsync, O_DSYNC where there is one, so that a batch's write is
+        durable when it returns: one system call, so one release and one retake of Python's GIL
+        (retaking it costs milliseconds while request threads are busy), not two."""
+        return os.O_WRONLY | os.O_CREAT | os.O_APPEND | (DSYNC if self.fsync else 0)
 
     def _sync(self, fd: int) -> None:
         if self.fsync:
@@ -214,7 +222,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = None
-        self._fd = os.open(self.dir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.dir / LOG, self._append_flags(), 0o644)
         self._good = 0
         fsync_dir(self.dir)
 

@@ -33,6 +33,7 @@ class FaultyOS:
         self.fsync_error: int | None = None
         self.truncate_error: int | None = None
         self.replace_error: int | None = None
+        self.dsync_fds: set[int] = set()        # opened with O_DSYNC: each write syncs, and may fail as fsync does
 
     def __getattr__(self, name: str):
         return getattr(os, name)
@@ -41,7 +42,18 @@ class FaultyOS:
     def _fail(code: int):
         return OSError(code, os.strerror(code))
 
+    def open(self, path, flags: int, *args) -> int:
+        fd = os.open(path, flags, *args)
+        if flags & getattr(os, "O_DSYNC", 0):
+            self.dsync_fds.add(fd)
+        else:
+            self.dsync_fds.discard(fd)
+        return fd
+
     def write(self, fd: int, data) -> int:
+        if self.fsync_error and fd in self.dsync_fds:
+            os.write(fd, data)                  # in the page cache, not on the disk: the sync failed
+            raise self._fail(self.fsync_error)
         if self.space is None:
             return os.write(fd, data)
         if self.space == 0:
