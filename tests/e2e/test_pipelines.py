@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import textwrap
+import time
 
 from oneos import manifests, state
 from tests.procs import ANY_EXIT, cli, venv_bin, wait_until
@@ -151,12 +152,19 @@ def test_a_progress_line_on_a_terminal_only(three_nodes):
     env = dict(os.environ, ONEOS_NAMESERVER=three_nodes.url)
     master, slave = pty.openpty()
     try:
-        done = subprocess.run([venv_bin("oneosctl"), "run", "sleep 1 | echo done"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60)
+        proc = subprocess.Popen([venv_bin("oneosctl"), "run", "sleep 1 | echo done"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=slave, env=env)
         os.close(slave)
         slave = -1
+        # The terminal is read while it is written: what is left in a pty when its last writer
+        # closes may be dropped by the kernel, so reading only afterwards can find nothing.
         shown = b""
-        while select.select([master], [], [], 0.5)[0]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.2)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: the terminal's other end is closed and drained
@@ -164,6 +172,8 @@ def test_a_progress_line_on_a_terminal_only(three_nodes):
             if not data:
                 break
             shown += data
+        out, _ = proc.communicate(timeout=60)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out)
     finally:
         if slave >= 0:
             os.close(slave)
