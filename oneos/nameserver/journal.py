@@ -1,8 +1,8 @@
 """Durable state of the built-in Name Server: a snapshot plus append-only logs.
 
 Every change is one JSON line. The store hands the journal batches of lines (group commit);
-a batch is written and fsynced (unless --no-fsync) before any of its writes is acknowledged.
-A batch whose write or fsync fails is cut off the log again before the next one is written,
+a batch is written and synced (the log is opened with O_DSYNC, unless --no-fsync) before any
+of its writes is acknowledged. A batch whose synced write fails is cut off the log again before the next one is written,
 so a refused write never comes back; while that cut cannot be made, every write is refused.
 On load, the log is read up to its last good record: a tail cut short by a crash, or bytes
 that are not a record, were never acknowledged and are dropped (and kept aside in a file).

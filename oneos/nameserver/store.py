@@ -3,8 +3,8 @@
 One lock guards all state, so every write is linearizable. Each write gets the next
 index (as Consul's Raft index) and is computed against the latest state: what is durable
 plus the writes still waiting for the disk (`_pending`). Waiting writes are made durable in
-batches (group commit): a writer that finds no batch in flight writes and fsyncs, as one,
-all that queued, while the next ones queue behind it; when it is done, it hands the next
+batches (group commit): a writer that finds no batch in flight writes to disk, as one synced
+write, all that queued, while the next ones queue behind it; when it is done, it hands the next
 batch to the first of them. Only then are the writes applied to the state reads see, the
 blocking queries watching their keys woken, and their writers answered. When a batch
 cannot be made durable, it and every write after it (computed against it) are refused, and
@@ -395,7 +395,7 @@ class Store:
                 w.cond.notify_all()
 
     def _flush(self) -> None:
-        """Write what is queued with one write and one fsync, the lock released meanwhile; then
+        """Write what is queued with one synced write, the lock released meanwhile; then
         apply it (or refuse it), and wake the writer of the next queued write to write the next batch."""
         batch, self._queue = self._queue, []
         self._flushing = True
