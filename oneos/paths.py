@@ -50,3 +50,39 @@ def shared(relative: str) -> Path:
 def oneos_home() -> Path:
     """Where OneOS keeps a user's config, data and token: $ONEOS_HOME, else ~/.oneos."""
     return Path(os.environ.get("ONEOS_HOME") or Path.home() / ".oneos")
+
+
+class PathEscape(OneOSError):
+    """A name that was to become a path inside a folder would lead out of it (or names no file)."""
+
+
+def inside(folder: str | os.PathLike, *parts: str, what: str = "name") -> Path:
+    """`folder/parts...`, once checked to stay inside `folder`; PathEscape saying which name
+    leaves which folder otherwise.
+
+    Refused: an empty part, a NUL, an absolute part, a `..` that climbs out, a path that names
+    the folder itself, and a symbolic link on the way (the last part included) that leads out.
+    Names from the Name Server, a manifest or a config file go through here before they touch
+    the disk. (What changes on disk after the check, an agent swapping a folder for a link,
+    is the sandbox's to prevent, not this check's.)
+    """
+    shown = "/".join(str(p) for p in parts)
+    for part in parts:
+        if not isinstance(part, str) or not part:
+            raise PathEscape(f"{what} {shown!r} is empty or has an empty part: it names no file in {folder}")
+        if "\0" in part:
+            raise PathEscape(f"{what} {shown!r} holds a NUL character, which no file name may")
+        if os.path.isabs(part):
+            raise PathEscape(f"{what} {shown!r} is an absolute path: it must name a file inside {folder}")
+    root = os.path.abspath(folder)
+    target = os.path.join(root, *parts)
+    lexical = os.path.normpath(target)
+    if lexical == root:
+        raise PathEscape(f"{what} {shown!r} names {folder} itself, not a file in it")
+    if os.path.commonpath([root, lexical]) != root:
+        raise PathEscape(f"{what} {shown!r} leads out of {folder} (through '..')")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(target)
+    if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        raise PathEscape(f"{what} {shown!r} leads out of {folder} through a symbolic link (to {real})")
+    return Path(folder, *parts)

@@ -34,6 +34,7 @@ from oneos import children, state
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
+from oneos.paths import inside
 from oneos.service import Service
 
 log = logging.getLogger("oneos.nodeagent")
@@ -127,7 +128,7 @@ class DeviceServer(Service):
             if name not in required:
                 continue
             props = self._props(name)
-            fifo = self.workdir / "dev" / name
+            fifo = inside(self.workdir, "dev", name, what="device")
             fifo.parent.mkdir(parents=True, exist_ok=True)
             if fifo.exists():
                 fifo.unlink()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
+from oneos.paths import PathEscape, inside
 from oneos.quantities import parse_memory
 
 MIN_FILE_BYTES = 4096
@@ -53,9 +54,10 @@ class LogLimits:
 
 
 def _checked(log_dir: Path, key: str) -> str:
-    """The agent id as part of a file name in `log_dir`: never a path that leaves it."""
-    if not key or "/" in key or "\0" in key or key.startswith("."):
-        raise ValueError(f"agent id {key!r} cannot name a log file in {log_dir}")
+    """The agent id as part of a file name in `log_dir`: never a path that leaves it (PathEscape)."""
+    if not key or "/" in key or key.startswith("."):
+        raise PathEscape(f"agent id {key!r} cannot name a log file in {log_dir}")
+    inside(log_dir, key, what="agent id")
     return key
 
 
@@ -64,7 +66,7 @@ def _pattern(key: str) -> re.Pattern[str]:
 
 
 def log_path(log_dir: Path, key: str, incarnation: int) -> Path:
-    return log_dir / f"{_checked(log_dir, key)}.{incarnation}.log"
+    return inside(log_dir, f"{_checked(log_dir, key)}.{incarnation}.log", what="log file")
 
 
 def files_of(log_dir: Path, key: str) -> list[tuple[int, Path]]:
@@ -111,7 +113,7 @@ def remove_all_but(log_dir: Path, keep: Iterable[str]) -> list[str]:
     for key in gone:
         try:
             remove(log_dir, key)
-        except ValueError:
+        except PathEscape:
             continue
     return gone
 
@@ -120,6 +122,7 @@ class LogFile:
     """One incarnation's log file, rotated at `limits.max_file_bytes`; not thread-safe (the bridge locks)."""
 
     def __init__(self, log_dir: Path, key: str, incarnation: int, limits: LogLimits) -> None:
+        _checked(log_dir, key)         # before anything is made
         log_dir.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self.path = log_path(log_dir, key, incarnation)

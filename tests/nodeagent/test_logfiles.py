@@ -17,6 +17,7 @@ from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import logfiles
 from oneos.nodeagent.logfiles import LogFile, LogLimits
 from oneos.nodeagent.supervisor import Supervisor
+from oneos.paths import PathEscape
 from tests.procs import wait_until
 
 SMALL = LogLimits(max_file_bytes=4096, rotated=2, incarnations=3)
@@ -75,9 +76,14 @@ def test_only_the_last_starts_keep_their_files_and_other_agents_are_untouched(tm
 
 def test_an_agent_id_that_would_leave_the_folder_is_refused(tmp_path):
     for key in ("../p.a", "", ".hidden", "a/b"):
-        with pytest.raises(ValueError, match="cannot name a log file"):
+        with pytest.raises(PathEscape, match="cannot name a log file"):
             LogFile(tmp_path / "logs", key, 1, SMALL)
     assert not (tmp_path / "p.a.1.log").exists()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "p.b.1.log").symlink_to(tmp_path / "elsewhere.log")
+    with pytest.raises(PathEscape, match="through a symbolic link"):
+        LogFile(tmp_path / "logs", "p.b", 1, SMALL)
+    assert not (tmp_path / "elsewhere.log").exists()
 
 
 def test_the_limits_come_from_the_nodes_config(tmp_path, monkeypatch):
