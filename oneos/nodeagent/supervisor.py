@@ -19,9 +19,19 @@ can declare the node dead; `resume()` starts what is
 still assigned here once the node is back. The bytes of a written-off copy are fenced
 off downstream by the assignment's epoch (see oneos/bus/frames.py).
 
-An agent's environment is this process's, with the node's settings (`agent_env`: a
-simulated GPIO board, the broker's data folder under --dev) and the agent's own on top:
-the node agent never changes its own environment to pass something on. Agents die with
+Names that become paths: an assignment's key (PIPELINE.AGENT) names the agent's working
+directory and log files, and its shipped files' names files in that directory. Each goes
+through oneos.paths.inside before anything touches the disk: a key that is not an agent id
+or would lead out of the node's folders is refused with one log line and nothing is run or
+touched; a shipped file name that would is refused with the agent's status Failed.
+
+An agent's environment is built, not inherited: a few variables of this process that
+programs expect (PASSED: PATH, HOME, the locale...), the node's settings (`agent_env`: a
+simulated GPIO board, the broker's data folder under --dev), the agent's own, and OneOS's
+names (ONEOS_NODE...). Never the node's Name Server token or credentials (ONEOS_TOKEN,
+CONSUL_HTTP_TOKEN, a client key): agents hold nothing. Kernel agents, the cluster's own
+services from the init manifest, get this process's whole environment and the node's token.
+The node agent never changes its own environment to pass something on. Agents die with
 the node agent, even by SIGKILL (oneos/children.py).
 """
 
@@ -45,11 +55,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from oneos import children, state
 from oneos.bus import frames
 from oneos.documents import DocumentError
+from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 from oneos.nameserver.watch import Watch
 from oneos.nodeagent import logfiles
 from oneos.nodeagent.devices import DeviceError, DeviceServer
 from oneos.nodeagent.restart import RestartPolicy
+from oneos.paths import PathEscape, inside
 from oneos.service import Service, stop_all
 
 if TYPE_CHECKING:
@@ -62,6 +74,16 @@ WRITE_RETRY_S = 0.25       # the first wait before a status write is tried again
 WRITE_RETRY_MAX_S = 2.0    # ... doubling up to this
 #: An agent id, PIPELINE.AGENT, both names as common.schema.json's `name`: what may be swept.
 _AGENT_ID = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: What an agent that is not a kernel agent gets of the node's own environment: what programs
+#: expect to find (the locale: LC_* too; where the machine keeps its CA certificates), nothing
+#: that lets it act as the node. A proxy setting may hold a password: not passed.
+PASSED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR",
+          "SSL_CERT_FILE", "SSL_CERT_DIR")
+PASSED_PREFIXES = ("LC_",)
+#: How to reach a Name Server that speaks TLS (where it is, which CA to trust): no secret.
+#: CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_AUTH, CONSUL_CLIENT_CERT/KEY are credentials: never passed.
+PASSED_TLS = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_CACERT", "CONSUL_CAPATH", "CONSUL_TLS_SERVER_NAME",
+              "CONSUL_HTTP_SSL_VERIFY")
 
 
 def _start_error(program: str, exc: OSError) -> tuple[int, str]:
@@ -103,7 +125,7 @@ class AgentRunner(Service):
         self.epoch = assignment["epoch"]
         self.fenced = False          # this node may no longer run the agent
         self.spec = assignment["agent"]
-        self.workdir = sup.workdir / key
+        self.workdir = inside(sup.workdir, key, what="assignment key")   # the supervisor checked it
         self.proc: subprocess.Popen | None = None
         self.bridge = None
         self.status: dict[str, Any] = {}
@@ -154,7 +176,12 @@ class AgentRunner(Service):
             return
         incarnation = previous.get("incarnation", 0) if same else 0
         restarts = previous.get("restarts", 0) if same else 0
-        self._prepare_workdir()
+        try:
+            self._prepare_workdir()
+        except OneOSError as exc:
+            log.error("%s: not started: %s", self.key, exc)
+            self._report("Failed", reason=f"not started: {exc}", finishedAt=state.utcnow(), pid=None)
+            return
         policy = RestartPolicy(self.spec)
         while not self.stopping.is_set():
             incarnation += 1
@@ -212,7 +239,7 @@ class AgentRunner(Service):
                     os.close(stdout)   # the child's end: once the child's copies close, reading gives EIO
             if self.stopping.is_set():
                 self._signal(signal.SIGTERM)   # stopped while it was starting: cancel() saw no process
-        except (OSError, DeviceError) as exc:
+        except (OSError, DeviceError, PathEscape) as exc:
             if terminal is not None:
                 os.close(terminal)
             served.close()
@@ -233,8 +260,13 @@ class AgentRunner(Service):
         return code, None, decision
 
     def _environment(self, incarnation: int) -> dict[str, str]:
-        """The agent's environment: this process's, the node's settings, the agent's own, then OneOS's names."""
-        env = dict(os.environ)
+        """The agent's environment: what it may have of this process's (all of it for a kernel agent,
+        see PASSED), the node's settings, the agent's own, then OneOS's names."""
+        if self.assignment.get("kernel"):
+            env = dict(os.environ)
+        else:
+            env = {name: value for name, value in os.environ.items()
+                   if name in PASSED or name in PASSED_TLS or name.startswith(PASSED_PREFIXES)}
         env.update(self.sup.agent_env)
         # OneOS's own commands (oneos-broker, oneos-gpio) are found next to this Python.
         bindir = os.path.dirname(sys.executable)
@@ -243,11 +275,13 @@ class AgentRunner(Service):
         env.update(self.spec.get("env", {}))
         env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
                     "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
-                    "ONEOS_NAMESERVER": self.sup.ns.url, "ONEOS_DATA_DIR": str(self.sup.workdir.parent)})
-        if self.assignment.get("kernel") and self.sup.ns.token:
-            # Kernel agents are the cluster's own services: they act with the node's Name Server token.
-            # (What other agents may hold is a matter of their sandbox, not settled here.)
-            env["ONEOS_TOKEN"] = self.sup.ns.token
+                    "ONEOS_NAMESERVER": self.sup.ns.url})
+        if self.assignment.get("kernel"):
+            # Kernel agents are the cluster's own services: they keep their data in the node's folder
+            # (the broker), and act with the node's Name Server token.
+            env["ONEOS_DATA_DIR"] = str(self.sup.workdir.parent)
+            if self.sup.ns.token:
+                env["ONEOS_TOKEN"] = self.sup.ns.token
         return env
 
     def _bridge(self, incarnation: int) -> "Bridge | None":
@@ -275,16 +309,25 @@ class AgentRunner(Service):
     # -- files and status -------------------------------------------------
 
     def _prepare_workdir(self) -> None:
+        """The working directory with the shipped files in it; every name is checked before any is written
+        (PathEscape), and a file is written beside its place and renamed over it (never through a link)."""
+        targets = {name: inside(self.workdir, name, what="shipped file") for name in self.assignment["files"]}
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name, digest in self.assignment["files"].items():
-            target = self.workdir / name
+            target = targets[name]
             data = self.sup.ns.get_raw(state.blob_key(digest))
             if data is None:
-                raise DocumentError(f"{self.key}: shipped file {name} (blob {digest[:12]}) is missing from the "
+                raise DocumentError(f"shipped file {name} (blob {digest[:12]}) is missing from the "
                                     "Name Server; apply the pipeline again")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            target.chmod(0o755)
+            inside(self.workdir, name, what="shipped file")   # again: its folders exist now
+            tmp = target.with_name(f".{target.name}.oneos-tmp")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
 
     def _previous_status(self) -> dict[str, Any]:
         _, entry = self.sup.ns.get(state.status_key(self.key))
@@ -420,6 +463,8 @@ class Supervisor(Service):
         self._bus = None
         self._bus_lock = threading.Lock()
         self.runners: dict[str, AgentRunner] = {}
+        self._refused: set[str] = set()       # assignment keys refused (said once each)
+        self._invalid: dict[str, int] = {}     # invalid assignments said, by key: the version said
         self._prefix = f"{state.ASSIGN}{node_id}/"
         self._assignments = Watch.tree(ns, self._prefix)
         self._statuses = Watch.tree(ns, state.STATUS)
@@ -466,15 +511,25 @@ class Supervisor(Service):
                 first = False
                 self._sweep(set(assigned))
 
+    def refused(self, key: str) -> str | None:
+        """Why an assignment key cannot name an agent's files on this node (None: it can)."""
+        if not _AGENT_ID.fullmatch(key):
+            return f"{key!r} is not an agent id (PIPELINE.AGENT, lowercase names)"
+        try:
+            inside(self.workdir, key, what="assignment key")
+            logfiles.log_path(self.log_dir, key, 1)
+        except PathEscape as exc:
+            return str(exc)
+        return None
+
     def remove_files(self, key: str) -> None:
         """Remove an agent's working directory and log files (it has left this node)."""
-        workdir = self.workdir / key
-        if workdir.parent == self.workdir and key not in ("", ".", "..", "logs"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        try:
-            logfiles.remove(self.log_dir, key)
-        except ValueError as exc:
-            log.error("%s", exc)
+        why = self.refused(key)
+        if why is not None:
+            log.error("not removing the files of %s: %s", key, why)
+            return
+        shutil.rmtree(self.workdir / key, ignore_errors=True)
+        logfiles.remove(self.log_dir, key)
 
     def _sweep(self, assigned: set[str]) -> None:
         """Remove the files of every agent not assigned here (left by an earlier run of this node)."""
@@ -521,11 +576,23 @@ class Supervisor(Service):
 
     def _sync_locked(self, entries: dict[str, Any]) -> None:
         wanted: dict[str, tuple[dict[str, Any], int]] = {}
+        self._refused &= set(entries)
+        self._invalid = {k: v for k, v in self._invalid.items() if k in entries}
         for key, entry in entries.items():
+            why = self.refused(key)
+            if why is not None:
+                # Nothing of it runs, and no file is made or removed for it; no status either (its
+                # key would be as wrong). Said once, not at every change of the node's assignments.
+                if key not in self._refused:
+                    log.error("refusing the assignment %s: %s; nothing of it is run", entry.key, why)
+                    self._refused.add(key)
+                continue
             try:
                 wanted[key] = (state.decode(entry, "assignment"), entry.modify_index)
             except DocumentError as exc:
-                log.error("ignoring an invalid assignment: %s", exc)
+                if self._invalid.get(key) != entry.modify_index:    # once per version, not at every change
+                    log.error("ignoring an invalid assignment: %s", exc)
+                    self._invalid[key] = entry.modify_index
         for key in [k for k in self.runners
                     if k not in wanted or self.runners[k].fenced or not self.runners[k].same_work(wanted[k][0])]:
             runner = self.runners.pop(key)
