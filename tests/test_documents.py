@@ -241,6 +241,9 @@ def test_restart_sec_accepts_seconds_or_durations(value):
     ({"files": ["../secret"]}, "spec.agents[0].files[0]", "'../secret' is not a valid file path"),
     ({"files": ["a/../../b"]}, "spec.agents[0].files[0]", "'a/../../b' is not a valid file path"),
     ({"files": ["/etc/passwd"]}, "spec.agents[0].files[0]", "'/etc/passwd' is not a valid file path"),
+    ({"files": ["a\x00b"]}, "spec.agents[0].files[0]", "'a\\x00b' is not a valid file path"),
+    ({"files": ["tool.py\n"]}, "spec.agents[0].files[0]", "'tool.py\\n' is not a valid file path"),
+    ({"name": "worker\n"}, "spec.agents[0].name", "'worker\\n' is not a valid name"),
     ({"env": {"1X": "a"}}, "spec.agents[0].env", "'1X' is not a valid environment variable name"),
     ({"env": {"DEBUG": 1}}, "spec.agents[0].env.DEBUG",
      "1 is not of type 'string'; put the value in quotes to make it a string"),
@@ -459,6 +462,7 @@ def test_check_returns_a_valid_document(name, value):
     ("boot", {k: v for k, v in boot().items() if k != "cluster"}, "oneos/boot: 'cluster' is a required property"),
     ("node", node(state="Running"), "'Running' is not one of ['Ready', 'Stopping']"),
     ("node", node(id="-bad"), "id: '-bad' is not a valid node id"),
+    ("node", node(id="pi-1\n"), "id: 'pi-1\\n' is not a valid node id"),
     ("node", node(capacity={"cpu": 4, "memory": "4Gi"}), "capacity.memory: '4Gi' is not of type 'integer'"),
     ("node", node(labels={"gpio": True}), "labels.gpio: True is not of type 'string'"),
     ("node", node(devices={"D4": {}}), "devices: 'D4' is not a valid device"),
@@ -475,6 +479,26 @@ def test_check_raises_one_line_naming_where_and_what(name, value, message):
     assert "\n" not in text
     assert text.startswith(f"oneos/{name}: ")
     assert message in text
+
+
+ESCAPES = ["../x", "a/../../x", "/etc/passwd", "..", "a\x00b", "x\n"]
+
+
+@pytest.mark.parametrize("name", ESCAPES)
+def test_a_shipped_file_name_that_would_leave_the_working_directory_is_refused_wherever_it_is_stored(name):
+    """The file names of a stored pipeline (fileDigests) and of an assignment become paths on a node:
+    their schemas refuse what apply's would (and the node checks each again, oneos.paths.inside)."""
+    digest = "0" * 64
+    stored = pipeline(files=["tool.py"])
+    stored["metadata"]["fileDigests"] = {name: digest}
+    with pytest.raises(DocumentError, match="is not a valid file path"):
+        check("pipeline", stored, "oneos/manifests/Pipeline/worker")
+    assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "agent": {"name": "a", "run": ["x"]},
+                  "inputs": [], "outputs": [], "attached": False, "files": {name: digest}}
+    with pytest.raises(DocumentError, match="is not a valid file path"):
+        check("assignment", assignment, "oneos/assign/n1/p.a")
+    assignment["files"] = {"tool.py": digest, "lib/util.py": digest}
+    assert check("assignment", assignment, "oneos/assign/n1/p.a") is assignment
 
 
 def test_check_counts_further_problems():
