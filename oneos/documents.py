@@ -32,7 +32,7 @@ from oneos.selectors import SelectorError
 from oneos.selectors import parse as parse_selector
 from oneos.durations import parse_seconds
 from oneos.errors import UsageError
-from oneos.paths import shared
+from oneos.paths import PathEscape, inside, shared
 
 __all__ = [
     "DOCUMENTS",
@@ -423,7 +423,15 @@ def _agent_problems(doc: dict, source: str, base_dir: Path | None) -> list[Probl
         else:
             first_at[name] = i
         for j, file in enumerate(agent.get("files", [])):
-            if base_dir is not None and not (base_dir / file).exists():
+            if base_dir is None:
+                continue
+            try:
+                found = inside(base_dir, file, what="shipped file").exists()
+            except PathEscape as exc:
+                problems.append(_problem(doc, ("spec", "agents", i, "files", j),
+                                         f"{exc}; ship only files inside the manifest's folder", source))
+                continue
+            if not found:
                 problems.append(_problem(doc, ("spec", "agents", i, "files", j),
                                          f"no such file {file!r} in {base_dir}; files are relative to the manifest",
                                          source))

@@ -22,6 +22,7 @@ from oneos import state
 from oneos.documents import DocumentError, check
 from oneos.errors import OneOSError
 from oneos.nameserver.client import KV_MAX_VALUE_SIZE, NameServer
+from oneos.paths import PathEscape, inside
 
 CLIENT_ONLY = ("stdin", "stdout", "stderr")
 
@@ -50,7 +51,12 @@ def _digests(manifest: dict[str, Any], base_dir: Path) -> dict[str, bytes]:
     contents: dict[str, bytes] = {}
     for agent in manifest["spec"]["agents"]:
         for name in agent.get("files", []):
-            path = base_dir / name
+            try:
+                # A link in the manifest's folder to a file elsewhere (~/.ssh/id_rsa) would ship that file
+                # to the cluster: as kustomize does with its root, only what is inside the folder is shipped.
+                path = inside(base_dir, name, what=f"agent {agent['name']}'s shipped file")
+            except PathEscape as exc:
+                raise DocumentError(f"{exc}; ship only files inside the manifest's folder (copy it in)") from None
             try:
                 data = path.read_bytes()
             except OSError as exc:

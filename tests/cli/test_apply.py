@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from oneos import manifests, state
-from oneos.documents import load_file
+from oneos.documents import DocumentError, load_file
 from tests.procs import run_cli
 
 MANIFEST = """\
@@ -141,3 +141,32 @@ def test_get_names_each_status_and_device_it_cannot_read_and_lists_the_rest(ctl,
         assert ns.get(state.device_key(device))[1] is None
     finally:
         ns.delete(state.device_key(device))
+
+
+def test_a_shipped_file_that_is_a_link_out_of_the_manifests_folder_is_not_shipped(ctl, ns, name, tmp_path):
+    """A folder someone handed over, with `files: [config.py]` a link to ~/.ssh/id_rsa: applying it
+    would copy that key into the cluster. Only what is inside the manifest's folder is shipped."""
+    folder = tmp_path / "handed-over"
+    folder.mkdir()
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (folder / "config.py").symlink_to(secret)
+    manifest = folder / "p.yaml"
+    manifest.write_text(f"apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {{name: {name}}}\n"
+                        "spec: {agents: [{name: a, run: [python3, config.py], files: [config.py]}]}\n")
+    done = ctl("apply", "-f", str(manifest))
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "shipped file 'config.py' leads out of" in done.stderr and "symbolic link" in done.stderr
+    assert ns.get(state.pipeline_key(name))[1] is None
+    assert not any(entry.value and b"PRIVATE KEY" in entry.value for entry in ns.get_tree(state.BLOBS)[1])
+    checked = ctl("validate", str(manifest))
+    assert checked.returncode != 0 and "leads out of" in checked.stderr + checked.stdout
+    with pytest.raises(DocumentError, match="shipped file 'config.py' leads out of .* ship only files inside"):
+        manifests.apply_pipeline(ns, load_file(str(manifest))[0], folder)   # as `oneosctl run` does, unvalidated
+
+    # A link that stays inside the folder is shipped as before.
+    (folder / "config.py").unlink()
+    (folder / "real.py").write_text("print('hi')\n")
+    (folder / "config.py").symlink_to(folder / "real.py")
+    assert ctl("apply", "-f", str(manifest)).returncode == 0
