@@ -18,7 +18,7 @@ from typing import Any, Callable
 from oneos.documents import DocumentError, check, dump_yaml, load_yaml
 from oneos.errors import UsageError
 from oneos.nameserver.client import nameserver_url
-from oneos.paths import oneos_home
+from oneos.paths import inside, oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
 
@@ -41,7 +41,7 @@ class RuntimeConfig:
     @property
     def data_dir(self) -> Path:
         """This runtime's private folder (agents' working directories live under it)."""
-        return self.home / "runtimes" / self.id
+        return inside(self.home / "runtimes", self.id, what="runtime id")
 
 
 @dataclass
@@ -181,7 +181,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         node_id = str(uuid.uuid4())
         saved["id"] = node_id
         changed = True
-    if not NODE_ID.match(node_id):
+    if not NODE_ID.fullmatch(node_id):   # fullmatch: `$` alone would let a final newline through
         raise UsageError(f"runtime id {node_id!r} is not valid: use letters, digits, '-', '_' or '.', "
                          "starting with a letter or digit, at most 63 characters")
     if changed:

@@ -7,6 +7,7 @@ import pty
 import subprocess
 import uuid
 
+import pytest
 import yaml
 
 from oneos import state
@@ -136,10 +137,12 @@ def test_an_unreachable_name_server_is_retried_then_reported(tmp_path):
     assert "gave up after 2s" in lines[-1] and url in lines[-1] and "connection refused" in lines[-1]
 
 
-def test_a_bad_runtime_id_is_refused(tmp_path):
-    done = run_oneosd(tmp_path, "not/valid", nameserver="http://127.0.0.1:1")
+@pytest.mark.parametrize("bad", ["not/valid", "..", "../up", "n1\n"])
+def test_a_bad_runtime_id_is_refused(tmp_path, bad):
+    """The id names the runtime's data folder (~/.oneos/runtimes/ID): nothing that leads elsewhere."""
+    done = run_oneosd(tmp_path, bad, nameserver="http://127.0.0.1:1")
     assert done.returncode == 2
-    assert "runtime id 'not/valid' is not valid" in done.stderr
+    assert f"runtime id {bad!r} is not valid" in done.stderr
 
 
 def test_a_config_file_holding_a_token_must_be_its_owners_alone(tmp_path):
