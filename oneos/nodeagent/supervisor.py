@@ -178,9 +178,10 @@ class AgentRunner(Service):
         restarts = previous.get("restarts", 0) if same else 0
         try:
             self._prepare_workdir()
-        except OneOSError as exc:
-            log.error("%s: not started: %s", self.key, exc)
-            self._report("Failed", reason=f"not started: {exc}", finishedAt=state.utcnow(), pid=None)
+        except (OneOSError, OSError) as exc:
+            why = str(exc) if isinstance(exc, OneOSError) else f"cannot prepare its working directory: {exc}"
+            log.error("%s: not started: %s", self.key, why)
+            self._report("Failed", reason=f"not started: {why}", finishedAt=state.utcnow(), pid=None)
             return
         policy = RestartPolicy(self.spec)
         while not self.stopping.is_set():
