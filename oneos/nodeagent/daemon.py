@@ -139,7 +139,7 @@ class Runtime(Service):
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
                                      bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
                                      lease=lambda: membership.session, devices=self.cfg.devices,
-                                     agent_env=self.agent_env(), log_limits=self.cfg.logs)
+                                     agent_env=self.agent_env(), log_limits=self.cfg.logs, kernel_node=self.kernel)
         self.supervisor.start()
         self._lease = Lease(ttl, renewed_at=time.monotonic())
         self.spawn(self._watch_lease, "lease watchdog")

@@ -260,10 +260,17 @@ class AgentRunner(Service):
         bridge.exited(final=not decision.restart and not self.stopping.is_set())
         return code, None, decision
 
+    @property
+    def kernel(self) -> bool:
+        """A kernel agent: marked so by its assignment, on a kernel node. On any other node the mark
+        is ignored (the controller places kernel agents on kernel nodes only): written there by
+        someone else, it would otherwise hand that agent the node's environment and token."""
+        return bool(self.assignment.get("kernel")) and self.sup.kernel_node
+
     def _environment(self, incarnation: int) -> dict[str, str]:
         """The agent's environment: what it may have of this process's (all of it for a kernel agent,
         see PASSED), the node's settings, the agent's own, then OneOS's names."""
-        if self.assignment.get("kernel"):
+        if self.kernel:
             env = dict(os.environ)
         else:
             env = {name: value for name, value in os.environ.items()
@@ -277,7 +284,7 @@ class AgentRunner(Service):
         env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
                     "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
                     "ONEOS_NAMESERVER": self.sup.ns.url})
-        if self.assignment.get("kernel"):
+        if self.kernel:
             # Kernel agents are the cluster's own services: they keep their data in the node's folder
             # (the broker), and act with the node's Name Server token.
             env["ONEOS_DATA_DIR"] = str(self.sup.workdir.parent)
@@ -289,7 +296,7 @@ class AgentRunner(Service):
         """The stdio bridge of this start; while the message bus is unreachable, keep trying (None: stopped)."""
         from oneos.nodeagent.bridge import Bridge   # with it the Pulsar client library: only once an agent runs
         wire = frames.incarnation(self.epoch, incarnation)
-        if self.assignment.get("kernel"):
+        if self.kernel:
             # Kernel agents (the broker itself among them) do without the bus: local log only.
             return Bridge(None, self.sup.namespace, self.key, self.assignment, incarnation, self.sup.log_dir,
                           wire=wire, log_limits=self.sup.log_limits)
@@ -444,11 +451,13 @@ class Supervisor(Service):
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
                  bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
                  devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None,
-                 log_limits: logfiles.LogLimits | None = None) -> None:
+                 log_limits: logfiles.LogLimits | None = None, kernel_node: bool = False) -> None:
         """`lease` gives the membership session that holds this node's record (None: not a member now);
         `devices` are the node's, from its config (see devices.py); `agent_env`, what the node adds
-        to its agents' environment; `log_limits`, how much of each agent's log file is kept."""
+        to its agents' environment; `log_limits`, how much of each agent's log file is kept;
+        `kernel_node`, whether this is a kernel node (only there is an agent run as a kernel agent)."""
         super().__init__("supervisor")
+        self.kernel_node = kernel_node
         self.ns = ns
         self.devices = devices or {}
         self.agent_env = dict(agent_env or {})
@@ -491,8 +500,8 @@ class Supervisor(Service):
         carries the other agents' last bytes and the end of their logs."""
         with self._sync_lock:
             runners, self.runners = list(self.runners.values()), {}
-        stop_all(r for r in runners if not r.assignment.get("kernel"))
-        stop_all(r for r in runners if r.assignment.get("kernel"))
+        stop_all(r for r in runners if not r.kernel)
+        stop_all(r for r in runners if r.kernel)
         with self._bus_lock:
             bus, self._bus = self._bus, None
         if bus is not None:

@@ -25,9 +25,10 @@ SECRETS = ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL
            "ONEOS_DATA_DIR")     # the node's own folder: only a kernel agent keeps data there (the broker)
 
 
-def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None) -> dict[str, str]:
+def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None, kernel_node: bool = True) -> dict[str, str]:
     monkeypatch.setattr("os.environ", dict(NODE_ENV))
     sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env=agent_env or {},
+                                kernel_node=kernel_node,
                                 ns=types.SimpleNamespace(url="https://ns.example:8501", token="secret-1"))
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
                   "attached": False, "files": {}, "kernel": kernel,
@@ -52,7 +53,7 @@ def test_an_agent_gets_what_programs_need_and_none_of_the_nodes_credentials(tmp_
 def test_the_manifest_may_set_a_variable_of_that_name_for_its_own_agent(tmp_path, monkeypatch, name):
     """The allowlist is about what the node passes on; what the manifest gives is the manifest's."""
     monkeypatch.setattr("os.environ", dict(NODE_ENV))
-    sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={},
+    sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
                                 ns=types.SimpleNamespace(url="http://127.0.0.1:8500", token="secret-1"))
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
                   "attached": False, "files": {}, "agent": {"name": "a", "run": ["env"], "env": {name: "its-own"}}}
@@ -64,3 +65,11 @@ def test_a_kernel_agent_keeps_the_nodes_environment_and_gets_its_token(tmp_path,
     assert env["ONEOS_TOKEN"] == "secret-1"
     assert env["ONEOS_DATA_DIR"] == str(tmp_path)
     assert env["CONSUL_CLIENT_KEY"] == NODE_ENV["CONSUL_CLIENT_KEY"]
+
+
+def test_a_kernel_mark_on_a_node_that_is_not_a_kernel_node_gives_nothing(tmp_path, monkeypatch):
+    """The controller places kernel agents on kernel nodes only: elsewhere the mark was written by
+    someone else, and the agent is run as any other, without the node's token."""
+    env = environment(tmp_path, monkeypatch, kernel=True, kernel_node=False)
+    for name in SECRETS:
+        assert name not in env

@@ -16,15 +16,17 @@ import pytest
 
 from oneos import state
 from oneos.nameserver.client import kv_op
+from tests.cluster import Cluster
+from tests.procs import BrokerProc
 
 UID = "0" * 32
 CANARY = b"the canary, untouched\n"
 
 
 def assignment(agent: dict, *, files: dict[str, str] | None = None, generation: int = 1) -> dict:
-    """A kernel agent's assignment (kernel agents run without the message bus: nothing else to start)."""
+    """An agent's assignment, as the controller writes one."""
     return {"pipeline": "evil", "uid": UID, "generation": generation, "epoch": 1, "agent": agent,
-            "inputs": [], "outputs": [], "attached": False, "kernel": True, "files": files or {}}
+            "inputs": [], "outputs": [], "attached": False, "files": files or {}}
 
 
 def write_raw(cluster, key: str, doc: dict) -> None:
@@ -40,7 +42,8 @@ def outside(root: Path, node) -> dict[str, bytes | None]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if Path(folder, d) not in skip]
         for name in dirs:
-            found[str(Path(folder, name))] = None
+            if Path(folder, name) != data.parent:   # runtimes/: made with the data folder, maybe after `before`
+                found[str(Path(folder, name))] = None
         for name in files:
             path = Path(folder, name)
             if path not in skip:
@@ -50,6 +53,19 @@ def outside(root: Path, node) -> dict[str, bytes | None]:
 
 def state_of(cluster, key: str) -> str | None:
     return cluster.statuses("evil").get(key.partition(".")[2], {}).get("state")
+
+
+@pytest.fixture
+def cluster(builtin_nameserver, tmp_path, tmp_path_factory):
+    """A cluster with a broker (its data outside the folder the tests watch) and no kernel node."""
+    broker = BrokerProc(tmp_path_factory.mktemp("pulsar")).start()
+    c = Cluster(builtin_nameserver, tmp_path)
+    try:
+        c.bootstrap(broker.url)
+        yield c
+    finally:
+        c.stop()
+        broker.stop()
 
 
 @pytest.fixture
