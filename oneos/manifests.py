@@ -111,6 +111,8 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
         meta.update(uid=old["uid"], generation=old["generation"] + (1 if changed else 0),
                     createdAt=old["createdAt"])
         if not changed and old.get("labels") == meta.get("labels"):
+            if not dry_run:
+                state.ensure_pipe_key(ns, name, old["uid"])   # one applied before pipes were authenticated
             return Applied(name, "unchanged", current, current)
         outcome = "configured"
     doc["metadata"] = {k: meta[k] for k in ("name", "labels", "uid", "generation", "createdAt", "fileDigests")
@@ -123,6 +125,7 @@ def apply_pipeline(ns: NameServer, manifest: dict[str, Any], base_dir: str | Pat
     # (see oneos/controller/janitor.py). The collector's grace covers this apply until its
     # manifest is written.
     shipped = time.time_ns() // 1_000_000
+    state.ensure_pipe_key(ns, name, meta["uid"])   # before its agents can be assigned
     for file_name, data in files.items():
         ns.put(state.blob_key(digests[file_name]), data, flags=shipped)
     if not state.put_document(ns, state.pipeline_key(name), "pipeline", doc,
@@ -193,6 +196,7 @@ def delete_pipeline(ns: NameServer, name: str) -> bool:
     if entry is None:
         return False
     ns.delete(state.pipeline_key(name))
+    ns.delete(state.PIPEKEYS + name + "/", recurse=True)
     return True
 
 

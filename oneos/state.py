@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ DEVICES = PREFIX + "devices/"
 INVALID = PREFIX + "invalid/"
 #: Each node's last session renewal, held by its session: not under a prefix the controller watches.
 HEARTBEATS = PREFIX + "heartbeats/"
+#: Each pipeline's frame key (32 random bytes, raw), one per uid: oneos/pipekeys/<pipeline>/<uid>.
+#: Written by apply, removed with the pipeline; read by the nodes that run its agents and by
+#: `oneosctl run`. Until nodes hold tokens of their own (issue 12, item 2) anyone holding the
+#: Name Server's token can read it.
+PIPEKEYS = PREFIX + "pipekeys/"
 #: The metadata OneOS sets when a pipeline is applied: a stored manifest without one is unusable.
 SERVER_SET = ("uid", "generation", "createdAt")
 
@@ -49,6 +55,25 @@ def pipeline_key(name: str) -> str:
 
 def invalid_key(name: str) -> str:
     return INVALID + name
+
+
+def pipekey_key(pipeline: str, uid: str) -> str:
+    return f"{PIPEKEYS}{pipeline}/{uid}"
+
+
+def ensure_pipe_key(ns: NameServer, pipeline: str, uid: str) -> None:
+    """Make the pipeline's frame key once for this uid (a check-and-set: a key already there stays)."""
+    ns.put(pipekey_key(pipeline, uid), secrets.token_bytes(32), cas=0)
+
+
+def read_pipe_key(ns: NameServer, pipeline: str, uid: str) -> bytes:
+    """The pipeline's frame key; DocumentError naming what to do when it is missing or malformed."""
+    key = ns.get_raw(pipekey_key(pipeline, uid))
+    if key is None or len(key) != 32:
+        why = "is missing" if key is None else f"has {len(key)} bytes, not 32"
+        raise DocumentError(f"the frame key of pipeline {pipeline} ({pipekey_key(pipeline, uid)}) {why}; "
+                            "apply the pipeline again")
+    return key
 
 
 def heartbeat_key(node_id: str) -> str:

@@ -9,6 +9,13 @@ one frame: a 17-byte header, then data.
 
 An EOF frame carries no data; its offset is the stream's total length.
 
+Authentication. A frame of a pipeline's pipe ends with a 16-byte MAC (flag bit 1): HMAC-SHA256,
+cut to 16 bytes, under the pipeline's key, over the topic's full name, the header and the
+data (`Seal`). The topic name holds the pipeline's uid and the link's two agents, so a
+frame copied to another link or pipeline fails. A reader with the key drops (and counts)
+every frame whose MAC fails or that has none, before `Link` sees it: a forged frame moves
+no offset. A genuine frame sent again is a duplicate, which `Link` drops by offset.
+
 Offsets, not message ids, decide what the receiver delivers: Pulsar redelivers (at least
 once), pulsar-lite duplicates and reorders, and a restarted writer (a new incarnation)
 sends its stream again from offset 0.
@@ -26,6 +33,8 @@ which bytes to deliver, which tokens to acknowledge and which to hand back for r
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import heapq
 import itertools
 import struct
@@ -34,6 +43,9 @@ from typing import Generic, TypeVar
 
 VERSION = 1
 FLAG_EOF = 0x01
+FLAG_MAC = 0x02
+MAC_SIZE = 16
+KEY_SIZE = 32
 HEADER = struct.Struct(">BQQ")
 HEADER_SIZE = HEADER.size  # 17
 MAX_DATA = 64 * 1024  # what a writer puts in one frame: one os.read of a pipe
@@ -43,6 +55,26 @@ T = TypeVar("T")
 
 class FrameError(ValueError):
     """A message that is not a frame of this protocol (wrong version, short, inconsistent)."""
+
+
+class MacError(FrameError):
+    """A frame whose MAC is missing or wrong: forged, altered, or copied from another topic."""
+
+
+class Seal:
+    """Makes and checks the MACs of the frames of one topic under its pipeline's key."""
+
+    def __init__(self, key: bytes, topic: str) -> None:
+        if len(key) < 16:
+            raise ValueError(f"a pipeline key has at least 16 bytes, this one {len(key)}")
+        # The topic is fed first, once: each frame's MAC starts from a copy of this state.
+        self._base = hmac.new(key, b"oneos-frame\0" + topic.encode() + b"\0", hashlib.sha256)
+
+    def tag(self, *parts: bytes | memoryview) -> bytes:
+        mac = self._base.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.digest()[:MAC_SIZE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,22 +106,42 @@ def epoch_of(incarnation: int) -> int:
     return incarnation >> EPOCH_SHIFT
 
 
-def encode(incarnation: int, offset: int, data: bytes = b"", *, eof: bool = False) -> bytes:
-    """The message payload of one frame."""
+def encode(incarnation: int, offset: int, data: bytes | memoryview = b"", *, eof: bool = False,
+           seal: Seal | None = None) -> bytes:
+    """The message payload of one frame; with `seal`, followed by its MAC."""
     if eof and data:
         raise ValueError("an EOF frame carries no data: its offset is the stream's length")
-    return HEADER.pack((VERSION << 4) | (FLAG_EOF if eof else 0), incarnation, offset) + data
+    flags = (FLAG_EOF if eof else 0) | (FLAG_MAC if seal is not None else 0)
+    header = HEADER.pack((VERSION << 4) | flags, incarnation, offset)
+    if seal is None:
+        return header + data
+    return b"".join((header, data, seal.tag(header, data)))
 
 
-def decode(payload: bytes) -> Frame:
-    """The frame in a message payload; FrameError if it is not one."""
+def decode(payload: bytes, seal: Seal | None = None) -> Frame:
+    """The frame in a message payload; FrameError if it is not one, MacError if `seal` refuses it.
+
+    Without `seal` a MAC is taken off unchecked (a reader that does not hold the key).
+    """
     if len(payload) < HEADER_SIZE:
         raise FrameError(f"a frame has a {HEADER_SIZE}-byte header, this message has {len(payload)} bytes")
     head, incarnation, offset = HEADER.unpack_from(payload)
     if head >> 4 != VERSION:
         raise FrameError(f"frame version {head >> 4}, this receiver speaks version {VERSION}")
     eof = bool(head & FLAG_EOF)  # other flag bits are reserved and ignored
-    data = memoryview(payload)[HEADER_SIZE:]
+    view = memoryview(payload)
+    if head & FLAG_MAC:
+        if len(payload) < HEADER_SIZE + MAC_SIZE:
+            raise MacError(f"a frame marked as authenticated has no room for its {MAC_SIZE}-byte MAC")
+        end = len(payload) - MAC_SIZE
+        if seal is not None and not hmac.compare_digest(seal.tag(view[:HEADER_SIZE], view[HEADER_SIZE:end]),
+                                                        view[end:]):
+            raise MacError("its MAC does not match: forged, altered, or from another link or pipeline")
+        data = view[HEADER_SIZE:end]
+    elif seal is not None:
+        raise MacError("it carries no MAC, and this link takes only authenticated frames")
+    else:
+        data = view[HEADER_SIZE:]
     if eof and len(data):
         raise FrameError(f"an EOF frame with {len(data)} bytes of data")
     return Frame(incarnation, offset, data, eof)

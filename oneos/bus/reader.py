@@ -43,7 +43,7 @@ from typing import Callable
 
 import pulsar
 
-from oneos.bus import frames
+from oneos.bus import frames, topics
 from oneos.bus.frames import Link
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,14 @@ class StreamReader:
     def __init__(self, client: pulsar.Client, topics: list[str], subscription: str, *, name: str,
                  fd: int | None = None, on_data: Callable[[bytes], None] | None = None,
                  on_closed: Callable[[], None] | None = None, receiver_queue: int = RECEIVER_QUEUE,
-                 reorder_limit: int = REORDER_LIMIT) -> None:
+                 reorder_limit: int = REORDER_LIMIT, key: bytes | None = None,
+                 on_refused: Callable[[], None] | None = None) -> None:
         """Subscribe (from the earliest message, for a new subscription) to every topic.
 
         Exactly one of `fd` and `on_data` is the target. `on_data` may raise BrokenPipeError
-        to say its consumer is gone; `on_closed` is called (on a reader thread) then.
+        to say its consumer is gone; `on_closed` is called (on a reader thread) then. With
+        `key` (the pipeline's) only frames whose MAC it verifies are read: the others are
+        dropped, counted in `refused`, and `on_refused` is called (on a reader thread).
         """
         if (fd is None) == (on_data is None):
             raise ValueError("give a StreamReader exactly one target: fd or on_data")
@@ -85,6 +88,7 @@ class StreamReader:
         self._fd = fd
         self._on_data = on_data
         self._on_closed = on_closed
+        self._on_refused = on_refused
         self._stop = threading.Event()
         self._turn = threading.Lock()  # one link delivers at a time: whole frames interleave
         self._thread: threading.Thread | None = None
@@ -93,7 +97,7 @@ class StreamReader:
         self._inputs: list[_Input] = []
         try:
             for topic in dict.fromkeys(_full_name(t) for t in topics):
-                self._inputs.append(_Input(client, topic, subscription, name, receiver_queue, reorder_limit))
+                self._inputs.append(_Input(client, topic, subscription, name, receiver_queue, reorder_limit, key))
         except Exception:
             self._release()
             raise
@@ -114,6 +118,11 @@ class StreamReader:
     def received(self) -> int:
         """Frames received, duplicates included."""
         return sum(i.received for i in self._inputs)
+
+    @property
+    def refused(self) -> int:
+        """Frames dropped because their MAC was missing or wrong (forged, or from another link)."""
+        return sum(i.refused for i in self._inputs)
 
     @property
     def retried(self) -> int:
@@ -178,7 +187,16 @@ class StreamReader:
                         self._stop.wait(1.0)
                     continue
                 try:
-                    frame = frames.decode(msg.data())
+                    frame = frames.decode(msg.data(), inp.seal)
+                except frames.MacError as exc:
+                    # Dropped before the link sees it: a forged frame moves no offset.
+                    inp.refused += 1
+                    (log.warning if inp.refused == 1 else log.debug)(
+                        "reader %s: dropping a frame on %s (%d so far): %s", self.name, inp.topic, inp.refused, exc)
+                    inp.consumer.acknowledge(msg)
+                    if self._on_refused is not None:
+                        self._on_refused()
+                    continue
                 except frames.FrameError as exc:
                     log.warning("reader %s: dropping a message on %s that is not a frame: %s", self.name, inp.topic, exc)
                     inp.consumer.acknowledge(msg)
@@ -232,9 +250,11 @@ class _Input:
     """One input topic of a reader: its consumer, its ordering state, and the stall check."""
 
     def __init__(self, client: pulsar.Client, topic: str, subscription: str, name: str,
-                 receiver_queue: int, reorder_limit: int) -> None:
+                 receiver_queue: int, reorder_limit: int, key: bytes | None) -> None:
         self.topic = topic
         self.link: Link[pulsar.Message] = Link(reorder_limit)
+        self.seal = frames.Seal(key, topic) if key is not None else None
+        self.refused = 0
         self.received = 0
         self.retried = 0
         self.resubscribed = 0
@@ -334,9 +354,4 @@ def unsubscribe(client: pulsar.Client, topics: list[str], subscription: str) -> 
                 pass
 
 
-def _full_name(topic: str) -> str:
-    """`persistent://tenant/ns/name` for any of the short forms Pulsar accepts."""
-    if "://" in topic:
-        return topic
-    parts = topic.split("/")
-    return "persistent://" + ("/".join(parts) if len(parts) == 3 else "public/default/" + topic)
+_full_name = topics.full_name

@@ -71,3 +71,11 @@ def _agent(name: str) -> str:
 def pipeline_prefix(namespace: str, uid: str) -> str:
     """What every topic of the pipeline with this uid starts with (and no other pipeline's does)."""
     return _topic(namespace, uid, "x")[:-len("x.")]
+
+
+def full_name(topic: str) -> str:
+    """`persistent://tenant/ns/name` for any of the short forms Pulsar accepts: the name a frame's MAC covers."""
+    if "://" in topic:
+        return topic
+    parts = topic.split("/")
+    return "persistent://" + ("/".join(parts) if len(parts) == 3 else "public/default/" + topic)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pulsar
 
-from oneos.bus import frames
+from oneos.bus import frames, topics as topic_names
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ class StreamWriter:
     """
 
     def __init__(self, client: pulsar.Client, topics: list[str], incarnation: int, *, name: str,
-                 max_pending: int = MAX_PENDING, batching: bool = False) -> None:
-        """Create one producer per topic; `name` (such as the agent's) appears in logs.
+                 max_pending: int = MAX_PENDING, batching: bool = False, key: bytes | None = None) -> None:
+        """Create one producer per topic; `name` (such as the agent's) appears in logs; with `key`
+        (the pipeline's) every frame carries a MAC for its topic (see frames.py).
 
         Frames are already batches (one `os.read` each), so Pulsar's own batching is off by
         default: it would hold a lone line back for its publish delay.
@@ -65,6 +66,7 @@ class StreamWriter:
         self._wake_lock = threading.Lock()   # the pipe that wakes the pump thread when closing
         self._wake_r, self._wake_w = os.pipe()
         self._producers: list[pulsar.Producer] = []
+        self._seals = [frames.Seal(key, topic_names.full_name(t)) if key is not None else None for t in self.topics]
         try:
             for topic in self.topics:
                 self._producers.append(client.create_producer(
@@ -116,7 +118,7 @@ class StreamWriter:
         with self._lock:
             if self.closed or self._finished:
                 raise WriterClosed(f"{self.name}: the writer is {'closed' if self.closed else 'finished'}")
-            self._publish(frames.encode(self.incarnation, self.offset))
+            self._publish(b"")
 
     def finish(self) -> None:
         """End the stream: send the EOF frame that carries its length. Idempotent."""
@@ -126,7 +128,7 @@ class StreamWriter:
             if self.closed:
                 raise WriterClosed(f"{self.name}: the writer is closed")
             self._finished = True
-            self._publish(frames.encode(self.incarnation, self.offset, eof=True))
+            self._publish(b"", eof=True)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the broker has stored every frame sent so far; False at the timeout or if one failed."""
@@ -177,11 +179,18 @@ class StreamWriter:
         with self._lock:
             if self.closed or self._finished:
                 raise WriterClosed(f"{self.name}: the writer is {'closed' if self.closed else 'finished'}")
-            self._publish(frames.encode(self.incarnation, self.offset, data))
+            self._publish(data)
             self.offset += len(data)
 
-    def _publish(self, payload: bytes) -> None:
-        for producer in self._producers:
+    def _publish(self, data: bytes | memoryview, eof: bool = False) -> None:
+        """Send one frame at the current offset to every topic (sealed for each, with a key)."""
+        plain = None
+        for producer, seal in zip(self._producers, self._seals):
+            if seal is not None:
+                payload = frames.encode(self.incarnation, self.offset, data, eof=eof, seal=seal)
+            else:
+                plain = plain or frames.encode(self.incarnation, self.offset, data, eof=eof)
+                payload = plain
             with self._settled:
                 self._pending += 1
             try:

@@ -295,6 +295,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
                                                    rows).splitlines()]
     if notes:
         lines += ["Reasons:"] + notes
+    refused = [(agent["name"], statuses.get(state.agent_id(meta["name"], agent["name"]), {}).get("refusedFrames", 0))
+               for agent in spec["agents"]]
+    if any(count for _, count in refused):
+        lines.append("Refused frames (their MAC failed: forged, altered, or from another link):")
+        lines += [f"  {name}: {count}" for name, count in refused if count]
     links = spec.get("links", [])
     lines.append("Links:" + ("" if links else "        <none>"))
     lines += [f"  {link['from']} -> {link['to']}" for link in links]

@@ -192,6 +192,7 @@ class Run:
         self.applied = True
         done = manifests.apply_pipeline(self.ns, self.manifest, self.cwd, attached=True)
         self.uid = done.manifest["metadata"]["uid"]
+        self.frame_key = state.read_pipe_key(self.ns, self.name, self.uid)   # its stdin and stdout carry MACs
         agents = done.manifest["spec"]["agents"]
         self._follow(Watch.key(self.ns, state.pipeline_key(self.name), retry=False), self._pipeline_event)
         self._follow(Watch.tree(self.ns, f"{state.STATUS}{self.name}.", retry=False), lambda entries: ("statuses", entries))
@@ -240,7 +241,8 @@ class Run:
             on_closed = (lambda: self.events.put(("closed", None))) if target is self.stdout else None
             reader = StreamReader(self.client, [topics.output_topic(self.namespace, self.uid, agent["name"])],
                                   "oneosctl-run", name=f"{self.name}.{agent['name']}.out",
-                                  on_data=Sink(target, self.progress.clear), on_closed=on_closed)
+                                  on_data=Sink(target, self.progress.clear), on_closed=on_closed,
+                                  key=self.frame_key)
             # Kept before it starts: a signal between the two would leave a reader the cleanup does not stop.
             self.readers.append(reader)
             reader.start()
@@ -250,7 +252,7 @@ class Run:
             if "stdin" not in agent or "device" in agent["stdin"]:
                 continue
             writer = StreamWriter(self.client, [topics.input_topic(self.namespace, self.uid, agent["name"])], 0,
-                                  name=f"{self.name}.{agent['name']}.in")
+                                  name=f"{self.name}.{agent['name']}.in", key=self.frame_key)
             self.writers.append(writer)
             spec = agent["stdin"]
             fd = os.open(self.cwd / spec["file"], os.O_RDONLY) if "file" in spec else os.dup(self.stdin_fd)

@@ -39,10 +39,12 @@ class Bridge:
     """Created per process start (incarnation); `attach` the process, then `finish` when it exits."""
 
     def __init__(self, client: Any, namespace: str, key: str, assignment: dict[str, Any], incarnation: int,
-                 log_dir: Path, wire: int | None = None, log_limits: LogLimits | None = None) -> None:
+                 log_dir: Path, wire: int | None = None, log_limits: LogLimits | None = None,
+                 frame_key: bytes | None = None) -> None:
         """`incarnation` counts the agent's starts (it names the log); `wire`, the incarnation its
         frames and subscriptions carry, adds the placement epoch (oneos.bus.frames.incarnation);
-        `log_limits`, how much of the local log file is kept."""
+        `log_limits`, how much of the local log file is kept; `frame_key`, the pipeline's key, under
+        which its stdin and stdout frames carry MACs (its log's do not)."""
         wire = incarnation if wire is None else wire
         pipeline, agent = state.split_agent_id(key)
         uid = assignment["uid"]
@@ -50,6 +52,8 @@ class Bridge:
         attached = assignment["attached"]
         self.client = client
         self.key = key
+        self.frame_key = frame_key
+        self.on_refused: Any = None   # called (on a reader thread) when an input frame fails its MAC
         self.agent = agent
         self.incarnation = incarnation
         self.wire = wire
@@ -67,7 +71,8 @@ class Bridge:
                 raise ValueError(f"{key}: an agent with links needs the message bus")
             self.output = self.log = None
         else:
-            self.output = StreamWriter(client, output_topics, wire, name=key) if output_topics else None
+            self.output = (StreamWriter(client, output_topics, wire, name=key, key=frame_key)
+                           if output_topics else None)
             if self.to_output:
                 self.output.announce()   # `oneosctl logs PIPELINE` can tell an empty output from none yet
             self.log = StreamWriter(client, [topics.log_topic(namespace, uid, agent, incarnation)], wire,
@@ -93,7 +98,8 @@ class Bridge:
             fd = os.dup(proc.stdin.fileno())
             proc.stdin.close()
             self.reader = StreamReader(self.client, self.input_topics,
-                                       topics.subscription(self.agent, self.wire), name=self.key, fd=fd)
+                                       topics.subscription(self.agent, self.wire), name=self.key, fd=fd,
+                                       key=self.frame_key, on_refused=self._refused)
             self.reader.start()
         if stdout is None and proc.stdout is not None:
             stdout = os.dup(proc.stdout.fileno())
@@ -106,6 +112,15 @@ class Bridge:
         stderr = os.dup(proc.stderr.fileno())
         proc.stderr.close()
         self._threads.append(self._copy_to_log(stderr, "stderr"))
+
+    @property
+    def refused(self) -> int:
+        """Input frames dropped because their MAC failed (forged, altered, or from another link)."""
+        return self.reader.refused if self.reader is not None else 0
+
+    def _refused(self) -> None:
+        if self.on_refused is not None:
+            self.on_refused()
 
     def _copy_to_log(self, fd: int, what: str) -> threading.Thread:
         def copy() -> None:

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("oneos.nodeagent")
 
 STOP_GRACE_S = 5.0
+REFUSED_REPORT_S = 1.0    # at most this often, a running agent's count of refused input frames is written
 WRITE_RETRY_S = 0.25       # the first wait before a status write is tried again (the Name Server out of reach)
 WRITE_RETRY_MAX_S = 2.0    # ... doubling up to this
 #: An agent id, PIPELINE.AGENT, both names as common.schema.json's `name`: what may be swept.
@@ -128,6 +129,7 @@ class AgentRunner(Service):
         self.workdir = inside(sup.workdir, key, what="assignment key")   # the supervisor checked it
         self.proc: subprocess.Popen | None = None
         self.bridge = None
+        self.frame_key: bytes | None = None   # its pipeline's key: the MACs of its stdin and stdout frames
         self.status: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
 
@@ -177,6 +179,8 @@ class AgentRunner(Service):
         incarnation = previous.get("incarnation", 0) if same else 0
         restarts = previous.get("restarts", 0) if same else 0
         try:
+            if not self.kernel:
+                self.frame_key = state.read_pipe_key(self.sup.ns, self.assignment["pipeline"], self.assignment["uid"])
             self._prepare_workdir()
         except (OneOSError, OSError) as exc:
             why = str(exc) if isinstance(exc, OneOSError) else f"cannot prepare its working directory: {exc}"
@@ -252,13 +256,45 @@ class AgentRunner(Service):
         # Its bytes flow before its status says Running: that write may wait out a Name Server outage.
         bridge.attach(self.proc, stdout=terminal)
         self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
-        code = exit_status(self.proc.wait())
+        code = exit_status(self._wait(bridge))
         served.close()
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
         # The stream ends (EOF) only when the agent ended by itself for good: a process stopped
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
         bridge.exited(final=not decision.restart and not self.stopping.is_set())
         return code, None, decision
+
+    def _wait(self, bridge: "Bridge") -> int:
+        """Wait for the process to end; meanwhile put the count of refused input frames (failed MACs)
+        into its status, at most once a second, from this thread like every other status write."""
+        if bridge.reader is None:
+            return self.proc.wait()
+        base = self.status.get("refusedFrames", 0)
+        wake, ended = threading.Event(), threading.Event()
+        bridge.on_refused = wake.set
+
+        def wait() -> None:
+            self.proc.wait()
+            ended.set()
+            wake.set()
+        waiter = threading.Thread(target=wait, name=f"{self.key} wait", daemon=True)
+        waiter.start()
+        reported = base
+        while True:
+            wake.wait()
+            wake.clear()
+            if ended.is_set():
+                break
+            total = base + bridge.refused
+            if total != reported and not self.stopping.is_set():
+                self._report("Running", refusedFrames=total)
+                reported = total
+            ended.wait(REFUSED_REPORT_S)
+        waiter.join()
+        bridge.on_refused = None
+        if base + bridge.refused:
+            self.status["refusedFrames"] = base + bridge.refused   # written with the next state
+        return self.proc.returncode
 
     @property
     def kernel(self) -> bool:
@@ -304,7 +340,8 @@ class AgentRunner(Service):
         while not self.stopping.is_set():
             try:
                 return Bridge(self.sup.bus(), self.sup.namespace, self.key, self.assignment, incarnation,
-                              self.sup.log_dir, wire=wire, log_limits=self.sup.log_limits)
+                              self.sup.log_dir, wire=wire, log_limits=self.sup.log_limits,
+                              frame_key=self.frame_key)
             except Exception as exc:  # noqa: BLE001 - pulsar raises its own exception types
                 if not told:
                     log.warning("%s: waiting for the message bus before starting it: %s", self.key, exc)
