@@ -8,9 +8,13 @@ BrokerProc, as the tests start theirs) and prints:
   is `StreamReader -> cat's stdin, cat's stdout -> StreamWriter` (0 hops: one writer straight
   to one reader), the same `cat` chain joined by UNIX pipes, and a raw pulsar-client producer
   -> consumer moving the same 64 KiB chunks;
-- latency (p50/p99) of single short lines sent one at a time through the same chains.
+- latency (p50/p99) of single short lines sent one at a time through the same chains;
+- the cost of frame MACs: each chain's throughput with MACs (as pipelines run) and without
+  (a baseline only this bench makes: OneOS always sends MACs), runs taken in turn.
+Bus chains carry MACs under a random pipeline key, as a pipeline's pipes do.
 Ratios are of figures measured in the same run. Targets: throughput of a 0-hop pipe at least
-0.5 of raw pulsar-client; at most 2 ms of p50 latency added per link. It prints, never asserts.
+0.5 of raw pulsar-client; at most 2 ms of p50 latency added per link; with MACs at least 0.90
+of the throughput without. It prints, never asserts.
 Everything runs in this process (one Pulsar client, as a node agent has) plus the `cat`s.
 """
 
@@ -20,6 +24,7 @@ import argparse
 import hashlib
 import os
 import queue
+import secrets
 import statistics
 import subprocess
 import sys
@@ -56,8 +61,9 @@ def topic(run: str, i: int) -> str:
 class BusChain:
     """source writer -> t0 -> [reader -> cat -> writer] x hops -> t_hops -> sink reader, in this process."""
 
-    def __init__(self, client: pulsar.Client, hops: int, on_data, batching: bool = False) -> None:
+    def __init__(self, client: pulsar.Client, hops: int, on_data, batching: bool = False, mac: bool = True) -> None:
         run = uuid.uuid4().hex[:12]
+        key = secrets.token_bytes(frames.KEY_SIZE) if mac else None   # as apply makes a pipeline's
         self.cats: list[subprocess.Popen] = []
         self.writers: list[StreamWriter] = []
         self.readers: list[StreamReader] = []
@@ -67,12 +73,13 @@ class BusChain:
             stdin, stdout = os.dup(cat.stdin.fileno()), os.dup(cat.stdout.fileno())
             cat.stdin.close()
             cat.stdout.close()
-            self.readers.append(StreamReader(client, [topic(run, i)], "bench", name=f"cat{i}", fd=stdin).start())
-            writer = StreamWriter(client, [topic(run, i + 1)], 0, name=f"cat{i}", batching=batching)
+            self.readers.append(StreamReader(client, [topic(run, i)], "bench", name=f"cat{i}", fd=stdin,
+                                             key=key).start())
+            writer = StreamWriter(client, [topic(run, i + 1)], 0, name=f"cat{i}", batching=batching, key=key)
             writer.pump(stdout)
             self.writers.append(writer)
-        self.sink = StreamReader(client, [topic(run, hops)], "bench", name="sink", on_data=on_data).start()
-        self.source = StreamWriter(client, [topic(run, 0)], 0, name="source", batching=batching)
+        self.sink = StreamReader(client, [topic(run, hops)], "bench", name="sink", on_data=on_data, key=key).start()
+        self.source = StreamWriter(client, [topic(run, 0)], 0, name="source", batching=batching, key=key)
         self.writers.append(self.source)
         self.readers.append(self.sink)
 
@@ -121,9 +128,9 @@ class UnixChain:
 
 # -- throughput ------------------------------------------------------------------------------
 
-def bus_throughput(client: pulsar.Client, hops: int, data: bytes, batching: bool = False) -> float:
+def bus_throughput(client: pulsar.Client, hops: int, data: bytes, batching: bool = False, mac: bool = True) -> float:
     digest = hashlib.blake2b()
-    chain = BusChain(client, hops, digest.update, batching)
+    chain = BusChain(client, hops, digest.update, batching, mac)
     try:
         start = time.perf_counter()
         chain.source.write(data)
@@ -340,6 +347,14 @@ def report(client: pulsar.Client, hops_list: list[int], megabytes: int, samples:
         links = hops + 1
         print(f"  {label:30s}{p50:6.2f}  {p99:6.2f}    {u50:6.3f}    {u99:6.3f}    {(p50 - u50) / links:6.2f}"
               f"  ({links} link{'s' * (links > 1)})")
+    print("\nframe MACs (Poly1305)              MB/s with   MB/s without   with/without   (runs in turn)")
+    for label, hops, batching in rows:
+        with_s, without_s = [], []
+        for _ in range(runs):
+            with_s.append(bus_throughput(client, hops, data, batching, mac=True))
+            without_s.append(bus_throughput(client, hops, data, batching, mac=False))
+        on, off = statistics.median(with_s), statistics.median(without_s)
+        print(f"  {label:30s}{mb / on:9.1f}   {mb / off:12.1f}   {off / on:12.3f}")
     print(f"\nhops are `StreamReader -> cat -> StreamWriter`; a chain of N hops has N+1 links through the broker,"
           f"\nso link-MB/s (MB/s x links) is what the broker moved. Targets: 0-hop throughput >= 0.5 x raw"
           f"\npulsar-client; added p50 latency <= 2 ms per link. Readers that subscribed again (pulsar-lite"

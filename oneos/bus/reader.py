@@ -250,7 +250,7 @@ class _Input:
     """One input topic of a reader: its consumer, its ordering state, and the stall check."""
 
     def __init__(self, client: pulsar.Client, topic: str, subscription: str, name: str,
-                 receiver_queue: int, reorder_limit: int, key: bytes | None) -> None:
+                 receiver_queue: int, reorder_limit: int, key: bytes | None = None) -> None:
         self.topic = topic
         self.link: Link[pulsar.Message] = Link(reorder_limit)
         self.seal = frames.Seal(key, topic) if key is not None else None

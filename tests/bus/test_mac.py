@@ -21,11 +21,11 @@ def test_a_sealed_frame_is_read_as_it_was_written():
     payload = frames.encode(7, 100, b"hello\n", seal=seal())
     frame = frames.decode(payload, seal())
     assert (frame.incarnation, frame.offset, bytes(frame.data), frame.eof) == (7, 100, b"hello\n", False)
-    assert len(payload) == frames.HEADER_SIZE + 6 + frames.MAC_SIZE
+    assert len(payload) == frames.HEADER_SIZE + 6 + frames.TRAILER
     eof = frames.decode(frames.encode(7, 106, eof=True, seal=seal()), seal())
     assert eof.eof and eof.offset == 106 and not eof.data
 
-@pytest.mark.parametrize("bit", [0, 1, 9 * 8, 16 * 8 + 7, 17 * 8, 20 * 8 + 3, -1])
+@pytest.mark.parametrize("bit", [0, 1, 9 * 8, 16 * 8 + 7, 17 * 8, 20 * 8 + 3, 30 * 8 + 5, 45 * 8, -1])
 def test_one_flipped_bit_anywhere_is_refused(bit):
     payload = bytearray(frames.encode(7, 100, b"hello\n", seal=seal()))
     payload[bit // 8 if bit >= 0 else -1] ^= 1 << (bit % 8 if bit >= 0 else 0)
@@ -75,10 +75,25 @@ def test_a_reader_without_the_key_takes_the_mac_off_unchecked():
     assert bytes(frame.data) == b"1\n"
 
 def test_the_topic_is_covered_whole_not_only_a_prefix():
-    # The topic is fed with a terminator: "...a.b" and "...a.bc" + data "x" cannot share a MAC.
+    # The topic is fed with a terminator: "...a.b" with nonce "c..." and "...a.bc" cannot share a key.
     short = Seal(KEY, "t.a.b")
     long = Seal(KEY, "t.a.bc")
-    assert short.tag(b"c", b"x") != long.tag(b"", b"x")
+    nonce = b"\0" * frames.NONCE_SIZE
+    assert short.tag(b"c" + nonce[1:], b"x") != long.tag(nonce, b"x")
+
+
+def test_no_two_frames_of_a_writer_share_a_nonce():
+    one, other = seal(), seal()
+    nonces = {frames.encode(7, 0, b"x", seal=s)[-frames.TRAILER:-frames.MAC_SIZE] for s in (one, other)
+              for _ in range(100)}
+    assert len(nonces) == 200
+
+
+def test_a_genuine_frame_with_its_data_changed_under_the_same_nonce_is_refused():
+    payload = frames.encode(7, 0, b"1\n", seal=seal())
+    tampered = payload[:frames.HEADER_SIZE] + b"9\n" + payload[frames.HEADER_SIZE + 2:]
+    with pytest.raises(MacError):
+        frames.decode(tampered, seal())
 
 def test_a_forged_frame_dropped_before_the_link_leaves_the_stream_exact():
     """What the reader does: decode with the seal, refuse, and only then feed the link. A forged frame

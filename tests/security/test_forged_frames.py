@@ -45,7 +45,7 @@ def received(client: pulsar.Client, topic: str, at_least: int) -> list[bytes]:
         while len(got) < at_least:
             msg = consumer.receive(10_000)
             consumer.acknowledge(msg)
-            if len(msg.data()) > HEADER.size + 16:   # frames with data, not the empty first one
+            if len(msg.data()) > HEADER.size + 32:   # frames with data, not the empty first one
                 got.append(msg.data())
         return got
     finally:
@@ -69,13 +69,13 @@ def test_forged_moved_and_replayed_frames_are_dropped_and_the_output_stays_exact
         genuine_into_relay = received(client, into_relay, 3)
         genuine_into_sink = received(client, into_sink, 3)
         forger = client.create_producer(into_sink, batching_enabled=False)
-        # A random MAC, at the stream's end: without MACs it would be delivered after the last line.
-        forger.send(frame(wire, length, b"FORGED AT THE END\n", flags=MAC_FLAG, mac=secrets.token_bytes(16)))
+        # A random nonce and MAC, at the stream's end: without MACs it would be delivered after the last line.
+        forger.send(frame(wire, length, b"FORGED AT THE END\n", flags=MAC_FLAG, mac=secrets.token_bytes(32)))
         # No MAC at all, and one marked with a MAC but too short to hold it.
         forger.send(frame(wire, length, b"NO MAC\n"))
         forger.send(frame(wire, length, b"", flags=MAC_FLAG))
         # A forged end of the stream, halfway: without MACs the output would stop there.
-        forger.send(frame(wire, length // 2, b"", flags=EOF_FLAG | MAC_FLAG, mac=secrets.token_bytes(16)))
+        forger.send(frame(wire, length // 2, b"", flags=EOF_FLAG | MAC_FLAG, mac=secrets.token_bytes(32)))
         # A genuine frame of another link (source -> relay), moved to this one.
         forger.send(genuine_into_relay[0])
         # Genuine frames of this link sent again: dropped by offset, not refused.
@@ -83,7 +83,7 @@ def test_forged_moved_and_replayed_frames_are_dropped_and_the_output_stays_exact
             forger.send(payload)
         forger.close()
         to_relay = client.create_producer(into_relay, batching_enabled=False)
-        to_relay.send(frame(wire, length, b"FORGED INTO THE RELAY\n", flags=MAC_FLAG, mac=secrets.token_bytes(16)))
+        to_relay.send(frame(wire, length, b"FORGED INTO THE RELAY\n", flags=MAC_FLAG, mac=secrets.token_bytes(32)))
         to_relay.close()
         stream.open_gate()
 
