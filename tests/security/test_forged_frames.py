@@ -85,6 +85,11 @@ def test_forged_moved_and_replayed_frames_are_dropped_and_the_output_stays_exact
         to_relay = client.create_producer(into_relay, batching_enabled=False)
         to_relay.send(frame(wire, length, b"FORGED INTO THE RELAY\n", flags=MAC_FLAG, mac=secrets.token_bytes(32)))
         to_relay.close()
+        # Counted while the agents run (their node writes it into their status), not only at their end.
+        live = lambda: cluster.statuses(stream.name)["sink"]   # noqa: E731
+        cluster.wait_for(lambda: live()["state"] == "Running" and live().get("refusedFrames", 0) >= 5, 20,
+                         "the running sink's status to count the refused frames")
+        assert stream.count() == 20_000   # nothing forged got through meanwhile either
         stream.open_gate()
 
         final = stream.wait_finished(cluster, 120)
