@@ -73,7 +73,7 @@ class Seal:
     tag is Poly1305 of the header and data under it; the 16-byte nonce (8 random bytes of this
     seal, then a counter) travels before the tag. So the data is hashed by Poly1305 (several
     GB/s) and SHA-256 only hashes the nonce: HMAC-SHA256 over each 64 KiB frame cost a pipe
-    10-15 % of its throughput (bench/pipes.py). A nonce is never used twice for two different
+    11-16 % of its throughput (bench/pipes.py). A nonce is never used twice for two different
     frames (random per seal, counted within it), and a one-time key is all a tag can reveal:
     forging needs the pipeline key.
     """
