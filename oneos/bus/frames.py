@@ -75,7 +75,9 @@ class Seal:
     GB/s) and SHA-256 only hashes the nonce: HMAC-SHA256 over each 64 KiB frame cost a pipe
     11-16 % of its throughput (bench/pipes.py). A nonce is never used twice for two different
     frames (random per seal, counted within it), and a one-time key is all a tag can reveal:
-    forging needs the pipeline key.
+    forging needs the pipeline key. This is how Poly1305 is meant to be used: a fresh key per
+    message from a keyed PRF and a nonce (Poly1305-AES takes it from AES, ChaCha20-Poly1305 and
+    NaCl's secretbox from their stream cipher; here the PRF is HMAC-SHA256).
     """
 
     def __init__(self, key: bytes, topic: str) -> None:
