@@ -180,7 +180,9 @@ class AgentRunner(Service):
         restarts = previous.get("restarts", 0) if same else 0
         try:
             if not self.kernel:
-                self.frame_key = state.read_pipe_key(self.sup.ns, self.assignment["pipeline"], self.assignment["uid"])
+                self.frame_key = self._read_frame_key()
+                if self.frame_key is None:
+                    return   # stopped while the Name Server was out of reach
             self._prepare_workdir()
         except (OneOSError, OSError) as exc:
             why = str(exc) if isinstance(exc, OneOSError) else f"cannot prepare its working directory: {exc}"
@@ -263,6 +265,19 @@ class AgentRunner(Service):
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
         bridge.exited(final=not decision.restart and not self.stopping.is_set())
         return code, None, decision
+
+    def _read_frame_key(self) -> bytes | None:
+        """Its pipeline's frame key (DocumentError when it is missing). While the Name Server is out
+        of reach it keeps trying, as status writes do; None if it is stopped meanwhile."""
+        delay = WRITE_RETRY_S
+        while True:
+            try:
+                return state.read_pipe_key(self.sup.ns, self.assignment["pipeline"], self.assignment["uid"])
+            except NameServerUnreachable as exc:
+                log.warning("%s: cannot read its pipeline's frame key yet: %s", self.key, exc)
+            if self.stopping.wait(delay):
+                return None
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
     def _wait(self, bridge: "Bridge") -> int:
         """Wait for the process to end; meanwhile put the count of refused input frames (failed MACs)

@@ -73,3 +73,29 @@ def test_a_kernel_mark_on_a_node_that_is_not_a_kernel_node_gives_nothing(tmp_pat
     env = environment(tmp_path, monkeypatch, kernel=True, kernel_node=False)
     for name in SECRETS:
         assert name not in env
+
+
+def test_the_frame_key_is_read_through_a_name_server_blip(tmp_path, monkeypatch):
+    """A node that cannot reach the Name Server for a moment keeps trying, as its status writes do,
+    instead of failing the agent for good; a key that is missing fails it with the fix to make."""
+    from oneos.documents import DocumentError
+    from oneos.nameserver.client import NameServerUnreachable
+    from oneos.nodeagent import supervisor
+
+    monkeypatch.setattr(supervisor, "WRITE_RETRY_S", 0.01)
+    answers = [NameServerUnreachable("down"), NameServerUnreachable("down"), b"k" * 32]
+
+    def get_raw(key):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
+                                ns=types.SimpleNamespace(url="http://127.0.0.1:8500", token=None, get_raw=get_raw))
+    assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
+                  "attached": False, "files": {}, "agent": {"name": "a", "run": ["true"]}}
+    runner = AgentRunner(sup, "p.a", assignment, 1)
+    assert runner._read_frame_key() == b"k" * 32 and answers == []
+    sup.ns.get_raw = lambda key: None
+    with pytest.raises(DocumentError, match="apply the pipeline again"):
+        runner._read_frame_key()
