@@ -63,10 +63,11 @@ def token_file() -> Path:
     return oneos_home() / TOKEN_FILE
 
 
-def find_token(token: str | None = None) -> str | None:
+def find_token(token: str | None = None, *, configured: str | None = None) -> str | None:
     """The ACL token to send: `token`, else ONEOS_TOKEN, else CONSUL_HTTP_TOKEN, else the file that
-    CONSUL_HTTP_TOKEN_FILE names, else $ONEOS_HOME/token if it exists; None (the anonymous token) else.
-    A token file that others may read is refused with a OneOSError."""
+    CONSUL_HTTP_TOKEN_FILE names, else `configured` (a config file's), else $ONEOS_HOME/token if it
+    exists; None (the anonymous token) else. A token file that others may read is refused with a
+    OneOSError."""
     if token:
         return token
     for name in ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN"):
@@ -74,6 +75,8 @@ def find_token(token: str | None = None) -> str | None:
             return os.environ[name].strip()
     if os.environ.get("CONSUL_HTTP_TOKEN_FILE"):
         return read_secret(os.environ["CONSUL_HTTP_TOKEN_FILE"], "the token file (CONSUL_HTTP_TOKEN_FILE)")
+    if configured:
+        return configured
     path = token_file()
     if path.exists():
         return read_secret(path, "the token file")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from oneos.documents import DocumentError, check, dump_yaml, load_yaml
 from oneos.errors import UsageError
-from oneos.nameserver.client import nameserver_url
+from oneos.nameserver.client import find_token, nameserver_url
 from oneos.paths import inside, oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
@@ -36,7 +36,7 @@ class RuntimeConfig:
     home: Path = field(default_factory=oneos_home)
     gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
     logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
-    token: str | None = None    # the Name Server ACL token (None: the client looks in $ONEOS_HOME/token)
+    token: str | None = None    # the Name Server ACL token to send, as find_token finds it (None: anonymous)
 
     @property
     def data_dir(self) -> Path:
@@ -198,7 +198,6 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         logs = LogLimits.from_config(saved.get("logs"), str(path))
     except ValueError as exc:
         raise UsageError(f"{exc}; fix the config file") from None
-    token = os.environ.get("ONEOS_TOKEN") or os.environ.get("CONSUL_HTTP_TOKEN") or saved.get("token")
     if saved.get("token") and path.stat().st_mode & 0o077:
         raise UsageError(f"{path} holds a Name Server token and may be read by others "
                          f"(mode {path.stat().st_mode & 0o777:04o}); run `chmod 600 {path}`")
@@ -212,7 +211,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         home=home,
         gpio_simulate=gpio_simulate(saved, path),
         logs=logs,
-        token=token or None,
+        token=find_token(configured=saved.get("token")),
     )
 
 

@@ -469,3 +469,20 @@ def test_a_token_stops_working_when_it_expires_even_if_it_was_just_used(consul, 
     monkeypatch.setattr(acl, "_now", lambda: later)
     answer = consul.call("GET", f"/v1/kv/{p}missing", token["SecretID"])
     assert (answer.status_code, answer.text.strip()) == (403, "ACL not found")
+
+
+def test_a_config_files_token_comes_after_the_variables_and_before_oneos_home(monkeypatch, tmp_path):
+    from oneos.nameserver.client import find_token
+    from oneos.secretfiles import write_secret
+    for name in ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ONEOS_HOME", str(tmp_path))
+    write_secret(tmp_path / "token", "from-home")
+    assert find_token() == "from-home"
+    assert find_token(configured="from-config") == "from-config"
+    write_secret(tmp_path / "named", "from-named-file")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN_FILE", str(tmp_path / "named"))
+    assert find_token(configured="from-config") == "from-named-file"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-variable")
+    assert find_token(configured="from-config") == "from-variable"
+    assert find_token("given", configured="from-config") == "given"
