@@ -22,6 +22,7 @@ from oneos import manifests, state
 from oneos.bus import client as bus_client
 from oneos.bus import frames, topics
 from oneos.cli.output import Sink
+from oneos.documents import DocumentError
 from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer
 
@@ -123,7 +124,7 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
     sink = Sink(out)
     try:
         key: bytes | None = state.read_pipe_key(ns, pipeline, uid)
-    except OneOSError:
+    except DocumentError:
         key = None   # applied before pipes carried MACs: its frames have none to check
     client, namespace = _connect(ns)
     try:
@@ -171,10 +172,6 @@ def logs(ns: NameServer, name: str, out: BinaryIO, *, follow: bool, previous: bo
         raise OneOSError(f"{pipeline}/{agent} has {'no previous run' if previous else 'not started yet'}"
                          f" ({status.get('state', 'no status')})")
     sink = Sink(out)
-    try:
-        key: bytes | None = state.read_pipe_key(ns, pipeline, uid)
-    except OneOSError:
-        key = None   # applied before pipes carried MACs: its frames have none to check
     client, namespace = _connect(ns)
     try:
         while True:
