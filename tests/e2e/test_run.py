@@ -38,16 +38,35 @@ def runs(three_nodes):
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
+        # PYTHONFAULTHANDLER: should one not stop, SIGABRT (see `stopped`) makes it say where each thread was.
         proc = subprocess.Popen([venv_bin("oneosctl"), "run", *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(three_nodes))
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(env(three_nodes), PYTHONFAULTHANDLER="1"))
         started.append(proc)
         return proc
 
     yield start
+    killed = False
     for proc in started:
         if proc.poll() is None:
             proc.kill()
+            killed = True
         proc.communicate()
+    if killed:   # a run killed mid-way leaves its pipeline: not the next test's to find
+        for name in runs_in_cluster(three_nodes):
+            three_nodes.ctl("delete", "pipeline", name)
+
+
+def stopped(proc: subprocess.Popen, timeout: float = 30) -> tuple[bytes, bytes]:
+    """proc.communicate(), but a run that has not ended within `timeout` fails the test with its
+    threads' stacks (faulthandler, on SIGABRT) instead of a bare timeout."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"oneosctl run did not end within {timeout:g}s; stdout {out[-2000:]!r}; "
+                             f"where it was:\n{err.decode(errors='replace')}") from None
 
 
 @pytest.fixture
@@ -82,7 +101,7 @@ def test_a_run_whose_pipeline_is_deleted_elsewhere_stops_with_one_line(three_nod
     proc = runs("sleep 300 | cat")
     name = three_nodes.wait_for(lambda: run_with(three_nodes, "sleep"), 30, "the run to start")
     assert three_nodes.ctl("delete", "pipeline", name).returncode == 0
-    out, err = proc.communicate(timeout=30)
+    out, err = stopped(proc)
     assert (proc.returncode, out, err.decode()) == (1, b"", f"oneosctl: pipeline {name} was deleted elsewhere; "
                                                             "stopping\n")
 
@@ -92,7 +111,7 @@ def test_sigterm_and_sighup_delete_the_run_as_ctrl_c_does(three_nodes, runs, sig
     proc = runs("sleep 300 | cat")
     name = three_nodes.wait_for(lambda: run_with(three_nodes, "sleep"), 30, "the run to start")
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
+    out, err = stopped(proc)
     assert (proc.returncode, out, err) == (128 + sig, b"", b"")     # as bash: 143 after SIGTERM, 129 after SIGHUP
     # Deleted before it exited (that the controller then stops the agents: test_pipelines' Ctrl-C test).
     assert three_nodes.ns.get(state.pipeline_key(name))[1] is None
