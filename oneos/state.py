@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oneos.documents import DocumentError, check, load_file
+from oneos.identity import fingerprint
 from oneos.errors import OneOSError
 from oneos.nameserver.client import Entry, NameServer, kv_op
 from oneos.paths import shared
@@ -41,6 +42,8 @@ HEARTBEATS = PREFIX + "heartbeats/"
 #: `oneosctl run`. Until nodes hold tokens of their own (issue 12, item 2) anyone holding the
 #: Name Server's token can read it.
 PIPEKEYS = PREFIX + "pipekeys/"
+#: Each enrolled node's public keys (key.schema.json): oneos/keys/<id>. Only what they sign counts.
+KEYS = PREFIX + "keys/"
 #: The metadata OneOS sets when a pipeline is applied: a stored manifest without one is unusable.
 SERVER_SET = ("uid", "generation", "createdAt")
 
@@ -74,6 +77,40 @@ def read_pipe_key(ns: NameServer, pipeline: str, uid: str) -> bytes:
         raise DocumentError(f"the frame key of pipeline {pipeline} ({pipekey_key(pipeline, uid)}) {why}; "
                             "apply the pipeline again")
     return key
+
+
+def key_key(node_id: str) -> str:
+    return KEYS + node_id
+
+
+def new_key_record(node_id: str, signing_key: str, box_key: str, *, kernel: bool, approved_by: str,
+                   labels: dict[str, str] | None = None, token_accessor: str | None = None) -> dict[str, Any]:
+    """The registration of an approved node's public keys (identity.py makes them)."""
+    record = {"id": node_id, "signingKey": signing_key, "boxKey": box_key, "fingerprint": fingerprint(signing_key),
+              "kernel": kernel, "approvedAt": utcnow(), "approvedBy": approved_by}
+    if labels:
+        record["labels"] = dict(labels)
+    if token_accessor:
+        record["tokenAccessor"] = token_accessor
+    return record
+
+
+def read_keys(ns: NameServer) -> dict[str, dict[str, Any]]:
+    """node id -> its registered keys, for every enrolled node (an invalid registration counts as none)."""
+    _, docs, _ = read_documents(ns, KEYS, "key")
+    return {key[len(KEYS):]: doc for key, doc in docs.items() if doc["id"] == key[len(KEYS):]}
+
+
+def read_key(ns: NameServer, node_id: str) -> dict[str, Any] | None:
+    """One node's registered keys, or None when it is not enrolled (or its registration is invalid)."""
+    _, entry = ns.get(key_key(node_id))
+    if entry is None:
+        return None
+    try:
+        doc = decode(entry, "key")
+    except DocumentError:
+        return None
+    return doc if doc["id"] == node_id else None
 
 
 def heartbeat_key(node_id: str) -> str:

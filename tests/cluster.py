@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from oneos import state
+from oneos.identity import Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nameserver.tls import ClientTLS
 from tests.procs import ANY_EXIT, NameServerProc, OneosdProc, cli, free_port, run_cli, wait_until
@@ -84,11 +85,23 @@ class Cluster:
     def ctl(self, *argv: str, env: dict[str, str] | None = None):
         return run_cli(["oneosctl", *argv], env={**self.env, **(env or {})})
 
+    def register(self, node_id: str, home: Path, *, kernel: bool) -> None:
+        """Enroll a runtime before it starts, as an operator's approval would: its keys made where
+        it keeps them (it finds them at start) and registered at oneos/keys/<id> unless already there."""
+        identity = Identity.load_or_create(home / "runtimes" / node_id / "node.key")
+        record = state.new_key_record(node_id, identity.signing_key, identity.box_key, kernel=kernel,
+                                      approved_by="the test's operator")
+        state.put_document(self.ns, state.key_key(node_id), "key", record, cas=0)
+
     def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
-              env: dict[str, str] | None = None) -> OneosdProc:
+              env: dict[str, str] | None = None, register: bool = True) -> OneosdProc:
+        """Start `oneosd NODE_ID EXTRA...`, enrolled first (register=False: not, as a stranger would be)."""
         # Nodes have no GPIO unless a test gives them a board, whatever this machine has.
         bare = {"ONEOS_GPIO_SIM": "", "ONEOS_HW_ROOT": str(self.root / "no-hardware")}
-        proc = OneosdProc(node_id, home or self.root / f"home-{node_id}", self.env.get("ONEOS_NAMESERVER"),
+        home = home or self.root / f"home-{node_id}"
+        if node_id and register:
+            self.register(node_id, home, kernel="--kernel" in extra)
+        proc = OneosdProc(node_id, home, self.env.get("ONEOS_NAMESERVER"),
                           list(extra), env={**self.env, **bare, **(env or {})})
         self.nodes.append(proc)
         proc.start()

@@ -20,7 +20,7 @@ ROOT = Path(oneos.__file__).parent
 #: Lowest first. A name covers the module of that name and every module below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("oneos.errors", "oneos.durations", "oneos.quantities", "oneos.paths", "oneos.service",
-              "oneos.children", "oneos.secretfiles")),
+              "oneos.children", "oneos.secretfiles", "oneos.identity")),
     ("documents", ("oneos.selectors", "oneos.documents")),
     ("name server", ("oneos.nameserver",)),
     ("cluster state", ("oneos.state",)),

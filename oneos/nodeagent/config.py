@@ -43,6 +43,11 @@ class RuntimeConfig:
         """This runtime's private folder (agents' working directories live under it)."""
         return inside(self.home / "runtimes", self.id, what="runtime id")
 
+    @property
+    def key_file(self) -> Path:
+        """This runtime's private keys (mode 0600; see oneos/identity.py), made at its first start."""
+        return self.data_dir / "node.key"
+
 
 @dataclass
 class Overrides:

@@ -30,6 +30,7 @@ from oneos.controller.election import Election
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError
 from oneos.gpio.pins import SIM_ENV
+from oneos.identity import Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import devices, hardware
@@ -63,6 +64,7 @@ class Runtime(Service):
         super().__init__(f"runtime {cfg.id}")
         self.cfg = cfg
         self.ns = NameServer(cfg.nameserver, token=cfg.token)
+        self.identity = Identity.load_or_create(cfg.key_file)
         self.wait_s = wait_s
         self.boot: dict[str, Any] = {}
         self.kernel = cfg.kernel
