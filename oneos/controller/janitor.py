@@ -9,6 +9,11 @@ ModifyIndex seen when the blob was first found unreferenced, fenced by the leade
 a blob shipped again meanwhile (apply writes it with new flags, so its ModifyIndex moves)
 is kept, and its grace starts over.
 
+Frame keys. A pipeline's frame key (`oneos/pipekeys/<pipeline>/<uid>`) goes with its
+manifest on delete; one left behind (an apply that failed after making it, a delete cut
+short) is deleted the same way as a blob, once no manifest, assignment or status names its
+uid for the grace period.
+
 Topics. With a real Pulsar whose admin API the boot record names (`pulsar.adminUrl`), the
 topics of a deleted pipeline (`persistent://NS/oneos.<uid>.*`: links, its run's input and
 output, every incarnation's log) are deleted once nothing of the pipeline is left in the
@@ -86,7 +91,8 @@ class Janitor:
         self.clock = clock
         self._admin_factory = admin
         self._admin: PulsarAdmin | None = None
-        self.unreferenced: dict[str, tuple[float, int]] = {}   # digest -> (first seen, ModifyIndex then)
+        self.unreferenced: dict[str, tuple[float, int]] = {}   # blob key -> (first seen, ModifyIndex then)
+        self.unreferenced_keys: dict[str, tuple[float, int]] = {}   # frame key's key -> (the same)
         self._live: dict[str, str] = {}        # uid -> pipeline name, of the manifests the last pass saw
         self.owed: set[str] = set()            # uids of deleted pipelines whose topics are still to delete
         self._failing: set[str] = set()        # uids whose topic deletion failed (said once)
@@ -107,48 +113,70 @@ class Janitor:
     # -- one round -----------------------------------------------------------
 
     def sweep(self) -> None:
-        """One round: collect blobs, then delete the topics owed. NotLeader stops it."""
+        """One round: collect blobs and frame keys, then delete the topics owed. NotLeader stops it."""
         try:
             self.boot = state.read_boot(self.ns)
         except state.BootError as exc:
             log.debug("janitor: %s", exc)
             return
         self.collect_blobs()
+        self.collect_pipe_keys()
         self.reap_topics()
 
     def collect_blobs(self) -> list[str]:
         """Delete the blobs unreferenced for the grace period; the digests deleted."""
         _, keys = self.ns.keys(state.BLOBS)
-        present = {key[len(state.BLOBS):] for key in keys}
-        self.unreferenced = {d: seen for d, seen in self.unreferenced.items() if d in present}
-        if not present:
-            return []
+        present = {key: key[len(state.BLOBS):] for key in keys}
         # Listed before the references are read: a blob listed here whose manifest is not
         # written yet is unreferenced now, and kept for the grace period.
-        referenced = self._references()
+        deleted = self._collect(present, self._references if present else set, self.unreferenced)
+        if deleted:
+            log.info("deleted %d shipped file(s) no manifest references any more", len(deleted))
+        return [key[len(state.BLOBS):] for key in deleted]
+
+    def collect_pipe_keys(self) -> list[str]:
+        """Delete the frame keys (oneos/pipekeys/<pipeline>/<uid>) of pipeline uids nothing is left of
+        (no manifest, assignment or status) for the grace period: an apply that failed after making
+        its key, a delete cut short. Apply makes the key before its manifest: the grace covers that."""
+        _, keys = self.ns.keys(state.PIPEKEYS)
+        present = {key: key.rpartition("/")[2] for key in keys}
+        deleted = self._collect(present, self._lingering if present else set, self.unreferenced_keys)
+        if deleted:
+            log.info("deleted %d frame key(s) of pipelines that are gone", len(deleted))
+        return deleted
+
+    def _collect(self, present: dict[str, str], referenced: Callable[[], set[str]],
+                 seen_at: dict[str, tuple[float, int]]) -> list[str]:
+        """Delete each key of `present` (key -> what references name it by) that has gone unreferenced
+        for the grace period, by a compare-and-set on the ModifyIndex it had when first found so (a
+        key written again meanwhile is kept, and its grace starts over); `seen_at` remembers those
+        first sightings between rounds. The keys deleted."""
+        for key in [k for k in seen_at if k not in present]:
+            del seen_at[key]
+        if not present:
+            return []
+        named = referenced()
         now, grace = self.clock(), self.grace()
         deleted = []
-        for digest in sorted(present):
-            if digest in referenced:
-                self.unreferenced.pop(digest, None)
+        for key in sorted(present):
+            if present[key] in named:
+                seen_at.pop(key, None)
                 continue
-            seen = self.unreferenced.get(digest)
+            seen = seen_at.get(key)
             if seen is None:
-                _, entry = self.ns.get(state.blob_key(digest))
+                _, entry = self.ns.get(key)
                 if entry is not None:
-                    self.unreferenced[digest] = (now, entry.modify_index)
+                    seen_at[key] = (now, entry.modify_index)
                 continue
             since, index = seen
             if now - since < grace:
                 continue
             try:
-                self.writes().commit(kv_op("delete-cas", state.blob_key(digest), index=index))
-                deleted.append(digest)
+                self.writes().commit(kv_op("delete-cas", key, index=index))
+                deleted.append(key)
             except TxnConflict:
-                pass     # shipped again since it was first seen: its grace starts over
-            self.unreferenced.pop(digest, None)
-        if deleted:
-            log.info("deleted %d shipped file(s) no manifest references any more", len(deleted))
+                pass     # written again since it was first seen: its grace starts over
+            seen_at.pop(key, None)
         return deleted
 
     def _references(self) -> set[str]:

@@ -104,6 +104,38 @@ def test_a_file_no_manifest_ships_is_deleted_once_its_grace_period_has_passed(ns
     assert ns.get_raw(blob(b"print('kept')\n")) == b"print('kept')\n"
 
 
+def test_a_frame_key_nothing_of_its_pipeline_is_left_of_is_deleted_after_the_grace_period(ns, tmp_path):
+    """An apply that made its key and failed before its manifest, or a delete cut short, leaves a frame
+    key; the janitor deletes it once its grace has passed, and never the key of a live pipeline."""
+    clock = Clock()
+    janitor = make_janitor(ns, clock)
+    live, live_dir = shipping(tmp_path, "live")
+    manifests.apply_pipeline(ns, live, live_dir)
+    live_uid = state.decode(ns.get(state.pipeline_key("live"))[1], "pipeline")["metadata"]["uid"]
+    state.ensure_pipe_key(ns, "failed", "uid-of-a-failed-apply")      # no manifest was written after it
+    orphan = state.pipekey_key("failed", "uid-of-a-failed-apply")
+    janitor.sweep()                       # first seen unreferenced now
+    clock.now += GRACE - 1
+    janitor.sweep()
+    assert ns.get_raw(orphan) is not None, "kept during its grace period (an apply may be under way)"
+    clock.now += 1
+    janitor.sweep()
+    assert ns.get_raw(orphan) is None
+    assert ns.get_raw(state.pipekey_key("live", live_uid)) is not None
+
+
+def test_a_frame_key_made_again_during_its_grace_is_kept(ns):
+    clock = Clock()
+    janitor = make_janitor(ns, clock)
+    key = state.pipekey_key("p", "u1")
+    state.ensure_pipe_key(ns, "p", "u1")
+    janitor.sweep()
+    ns.put(key, b"k" * 32)                 # written again (its ModifyIndex moves): its grace starts over
+    clock.now += GRACE
+    janitor.sweep()
+    assert ns.get_raw(key) == b"k" * 32
+
+
 def test_an_apply_under_way_keeps_its_files(ns, tmp_path):
     """The collection runs between an apply's file writes and its manifest write: nothing is lost."""
     clock = Clock()
