@@ -34,6 +34,7 @@ from oneos.nameserver.client import NameServer, NameServerError, NameServerUnrea
 from oneos.secretfiles import read_secret, write_secret
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime, setup_logging
+from oneos.nodeagent.sandbox import private_folder
 
 log = logging.getLogger("oneos.dev")
 
@@ -179,6 +180,8 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         if not broker.port_free(host or "127.0.0.1", int(port_text)):
             raise OneOSError(f"cannot listen on {listen}: the address is in use (another oneosd --dev?); "
                              "stop it or pick another --listen HOST:PORT")
+        # The Name Server's store, the broker's topics and the management token: the node's alone.
+        private_folder(data, 0o700)
         secret_path, secret = _management_token(data)
         nameserver = Child("nameserver", [sys.executable, "-m", "oneos.nameserver.server", "--listen", listen,
                                           "--data-dir", str(data / "nameserver"), "--acl",

@@ -8,6 +8,8 @@ which wakes on the Name Server's blocking queries as soon as something changes. 
 
 from __future__ import annotations
 
+import os
+import pwd
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -20,6 +22,10 @@ from tests.procs import ANY_EXIT, NameServerProc, OneosdProc, cli, free_port, ru
 
 SESSION_TTL = 10          # the smallest TTL Consul accepts
 LOCK_DELAY = 3
+#: Tests' agents run as the test's own user unless a test asks for the node's default: they write
+#: into the test's tmp folder (0700) and run this Python, which may be where no other user can
+#: reach it (a pyenv under /root). tests/security runs nodes with the default agent user.
+TEST_USER = pwd.getpwuid(os.geteuid()).pw_name
 EMPTY_INIT = "apiVersion: oneos/v1\nkind: Init\nmetadata: {name: oneos-init}\nspec: {agents: []}\n"
 
 T = TypeVar("T")
@@ -56,9 +62,11 @@ class Changes:
 class Cluster:
     """A Name Server with a boot record, and the runtimes a test starts (all stopped at the end)."""
 
-    def __init__(self, nameserver: NameServerProc, root: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, nameserver: NameServerProc, root: Path, env: dict[str, str] | None = None,
+                 agent_user: str | None = TEST_USER) -> None:
         """`env`: how its commands find the Name Server (default ONEOS_NAMESERVER; Consul's variables
-        for one that speaks TLS)."""
+        for one that speaks TLS); `agent_user`: the user its nodes run agents as (None: the node's default)."""
+        self.agent_user = agent_user
         self.nameserver = nameserver
         self.root = root
         self.url = nameserver.url
@@ -97,7 +105,8 @@ class Cluster:
               env: dict[str, str] | None = None, register: bool = True) -> OneosdProc:
         """Start `oneosd NODE_ID EXTRA...`, enrolled first (register=False: not, as a stranger would be)."""
         # Nodes have no GPIO unless a test gives them a board, whatever this machine has.
-        bare = {"ONEOS_GPIO_SIM": "", "ONEOS_HW_ROOT": str(self.root / "no-hardware")}
+        bare = {"ONEOS_GPIO_SIM": "", "ONEOS_HW_ROOT": str(self.root / "no-hardware"),
+                "ONEOS_AGENT_USER": self.agent_user or ""}
         home = home or self.root / f"home-{node_id}"
         if node_id and register:
             self.register(node_id, home, kernel="--kernel" in extra)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from oneos.nameserver.client import NameServer
-from tests.cluster import EMPTY_INIT, Cluster
+from tests.cluster import EMPTY_INIT, TEST_USER, Cluster
 from tests.procs import BrokerProc, NameServerProc
 
 # The modules that take longest, most of it waiting on session TTLs, longest first. `make test`
@@ -88,17 +88,19 @@ def cluster(builtin_nameserver, tmp_path):
 
 
 @contextlib.contextmanager
-def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT, tls=None, **boot_fields):
+def running_cluster(root, nodes: dict[str, list[str]], init: str = EMPTY_INIT, tls=None, agent_user=TEST_USER,
+                    **boot_fields):
     """Name Server, pulsar-lite and the runtimes `nodes` (id -> oneosd flags), all stopped at the end;
     `boot_fields` go into the boot record. With `tls` (tests.tlsfiles.TLSFiles) the Name Server
-    speaks HTTPS and asks for client certificates; everyone finds it by Consul's variables only."""
+    speaks HTTPS and asks for client certificates; everyone finds it by Consul's variables only.
+    Agents run as `agent_user` (None: the nodes' default, as a user's nodes run them)."""
     if REAL_CONSUL:
         pytest.skip("starts its own Name Server: built-in Name Server only")
     nameserver = NameServerProc(root / "ns-data", tls=tls, verify_incoming=tls is not None).start()
     broker = BrokerProc(root / "pulsar")
     env = None if tls is None else {"CONSUL_HTTP_ADDR": f"127.0.0.1:{nameserver.port}", "CONSUL_HTTP_SSL": "true",
                                     **tls.client_env()}
-    c = Cluster(nameserver, root, env)
+    c = Cluster(nameserver, root, env, agent_user=agent_user)
     try:
         broker.start()
         c.broker = broker

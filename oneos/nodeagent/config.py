@@ -22,6 +22,7 @@ from oneos.paths import inside, oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
 
+DEFAULT_AGENT_USER = "oneos-agent"
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 
 
@@ -37,6 +38,7 @@ class RuntimeConfig:
     gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
     logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
     token: str | None = None    # the Name Server ACL token to send, as find_token finds it (None: anonymous)
+    agent_user: str = DEFAULT_AGENT_USER   # the user agents run as, when the node runs as root
 
     @property
     def data_dir(self) -> Path:
@@ -59,6 +61,7 @@ class Overrides:
     memory: str | None = None
     labels: dict[str, str] | None = None
     config_file: Path | None = None
+    agent_user: str | None = None
 
 
 def parse_labels(text: str, where: str) -> dict[str, str]:
@@ -73,7 +76,7 @@ def parse_labels(text: str, where: str) -> dict[str, str]:
 
 
 def from_environment() -> Overrides:
-    """ONEOS_NAMESERVER, ONEOS_KERNEL, ONEOS_MEMORY, ONEOS_LABELS."""
+    """ONEOS_NAMESERVER, ONEOS_KERNEL, ONEOS_MEMORY, ONEOS_LABELS, ONEOS_AGENT_USER."""
     kernel = os.environ.get("ONEOS_KERNEL")
     labels = os.environ.get("ONEOS_LABELS")
     return Overrides(
@@ -81,6 +84,7 @@ def from_environment() -> Overrides:
         kernel=None if kernel is None else kernel.strip().lower() in ("1", "true", "yes", "y", "on"),
         memory=os.environ.get("ONEOS_MEMORY") or None,
         labels=None if labels is None else parse_labels(labels, "ONEOS_LABELS"),
+        agent_user=os.environ.get("ONEOS_AGENT_USER") or None,
     )
 
 
@@ -217,6 +221,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         gpio_simulate=gpio_simulate(saved, path),
         logs=logs,
         token=find_token(configured=saved.get("token")),
+        agent_user=given.agent_user or saved.get("agentUser") or DEFAULT_AGENT_USER,
     )
 
 

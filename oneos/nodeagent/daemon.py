@@ -36,6 +36,7 @@ from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import devices, hardware
 from oneos.nodeagent.lease import Lease
 from oneos.nodeagent.membership import DuplicateRuntime, Membership
+from oneos.nodeagent.sandbox import Sandbox, private_folder, python_home
 from oneos.nodeagent.supervisor import Supervisor
 from oneos.service import Service
 
@@ -137,11 +138,13 @@ class Runtime(Service):
         devices.register(self.ns, self.cfg.id, self.cfg.devices)
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
+        sandbox = self._sandbox()
         membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
                                      bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
                                      lease=lambda: membership.session, devices=self.cfg.devices,
-                                     agent_env=self.agent_env(), log_limits=self.cfg.logs, kernel_node=self.kernel)
+                                     agent_env=self.agent_env(), log_limits=self.cfg.logs, kernel_node=self.kernel,
+                                     sandbox=sandbox)
         self.supervisor.start()
         self._lease = Lease(ttl, renewed_at=time.monotonic())
         self.spawn(self._watch_lease, "lease watchdog")
@@ -150,6 +153,30 @@ class Runtime(Service):
                                      on_elected=self._lead, on_deposed=self._step_down)
             self.election.start()
         self.spawn(self._beat, "heartbeat")
+
+    def _sandbox(self) -> Sandbox:
+        """How agents are confined here (said once in the log); the node's folders closed to them.
+
+        $ONEOS_HOME and the runtime's data folder are 0711: an agent may pass through them to its
+        own working directory (whose absolute path it is given: device FIFOs, Python's sys.path)
+        but list or read nothing in them; the node's secrets in them are 0600, its logs 0700."""
+        sandbox = Sandbox.prepare(self.cfg.agent_user, self.cfg.id)
+        for folder in (self.cfg.home, self.cfg.home / "runtimes", self.cfg.data_dir):
+            private_folder(folder, 0o711)
+        sandbox.warn_unreachable("their working directories in", self.cfg.data_dir / "agents")
+        sandbox.warn_unreachable("OneOS's Python", python_home())
+        board = self.cfg.gpio_simulate
+        if board is not None and sandbox.user is not None:
+            # The agents' pins are files there, replaced by rename: they write the folder.
+            board.mkdir(parents=True, exist_ok=True)
+            fd = os.open(board, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if os.fstat(fd).st_uid == os.geteuid():
+                    sandbox.own(fd)
+            finally:
+                os.close(fd)
+            sandbox.warn_unreachable("the simulated GPIO board", board)
+        return sandbox
 
     def _lead(self) -> None:
         election = self.election

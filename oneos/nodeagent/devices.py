@@ -28,12 +28,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from oneos import children, state
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
 from oneos.nameserver.client import NameServer
+from oneos.nodeagent.sandbox import open_folder
 from oneos.paths import inside
 from oneos.service import Service
 
@@ -97,9 +98,12 @@ class DeviceServer(Service):
     waits for the agent; `close()` when the agent ended, `stop()` to end them at once.
     """
 
-    def __init__(self, workdir: Path, devices: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, devices: dict[str, dict[str, Any]], env: dict[str, str],
+                 owner: Callable[[int], None] | None = None) -> None:
+        """`owner(fd)` gives a FIFO (and the folders made for it) to the agent's user (sandbox.Sandbox.own)."""
         super().__init__(f"devices of {workdir.name}")
         self.workdir = workdir
+        self.owner = owner
         self.devices = devices
         self.env = env
         self.procs: list[subprocess.Popen] = []
@@ -129,13 +133,21 @@ class DeviceServer(Service):
                 continue
             props = self._props(name)
             fifo = inside(self.workdir, "dev", name, what="device")
-            fifo.parent.mkdir(parents=True, exist_ok=True)
-            if fifo.exists():
-                fifo.unlink()
-            os.mkfifo(fifo)
-            # O_RDWR does not wait for the other end: the server holds the FIFO while the agent opens it.
-            fd = os.open(fifo, os.O_RDWR)
+            # Through descriptors, following no link: the working directory is the agent's.
+            folder = open_folder(self.workdir, fifo.relative_to(self.workdir).parent.parts, self.owner)
             try:
+                try:
+                    os.unlink(fifo.name, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                os.mkfifo(fifo.name, dir_fd=folder)
+                # O_RDWR does not wait for the other end: the server holds the FIFO while the agent opens it.
+                fd = os.open(fifo.name, os.O_RDWR | os.O_NOFOLLOW, dir_fd=folder)
+            finally:
+                os.close(folder)
+            try:
+                if self.owner is not None:
+                    self.owner(fd)
                 reading = props.get("direction", "in") == "in"
                 # (A FIFO's server holds both ends, so it never sees an end: it is stopped with the agent.)
                 self._spawn(_gpio_argv(props, reading), **({"stdout": fd} if reading else {"stdin": fd}))

@@ -33,6 +33,10 @@ CONSUL_HTTP_TOKEN, a client key): agents hold nothing. Kernel agents, the cluste
 services from the init manifest, get this process's whole environment and the node's token.
 The node agent never changes its own environment to pass something on. Agents die with
 the node agent, even by SIGKILL (oneos/children.py).
+
+Sandbox (sandbox.py): an agent runs as the node's agent user, in a working directory of mode
+0700 that is that user's (its shipped files and device FIFOs too), with HOME there; its
+resources.memory and cpu are limits. Kernel agents run as the node's user.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from oneos.nameserver.watch import Watch
 from oneos.nodeagent import logfiles
 from oneos.nodeagent.devices import DeviceError, DeviceServer
 from oneos.nodeagent.restart import RestartPolicy
+from oneos.nodeagent.sandbox import Sandbox, open_folder, private_folder
 from oneos.paths import PathEscape, inside
 from oneos.service import Service, stop_all
 
@@ -223,7 +228,7 @@ class AgentRunner(Service):
         argv = list(self.spec["run"])
         env = self._environment(incarnation)
         started = time.monotonic()
-        served = DeviceServer(self.workdir, self.sup.devices, env)
+        served = DeviceServer(self.workdir, self.sup.devices, env, owner=None if self.kernel else self.sup.sandbox.own)
         terminal: int | None = None      # the master side of the process's stdout, when it is a pseudo-terminal
         try:
             required = self.spec.get("requires", {}).get("devices", [])
@@ -238,7 +243,8 @@ class AgentRunner(Service):
             else:
                 stdout = subprocess.PIPE
             try:
-                self.proc = children.spawn(argv, cwd=self.workdir, env=env,
+                confine, limits = self.sup.sandbox.confinement(self.key, self.spec, as_node=self.kernel)
+                self.proc = children.spawn(argv, cwd=self.workdir, env=env, confine=confine,
                                            stdin=served.stdin(stdin_device) if stdin_device else bridge.stdin_mode(),
                                            stdout=stdout, stderr=subprocess.PIPE)
             finally:
@@ -250,6 +256,7 @@ class AgentRunner(Service):
             if terminal is not None:
                 os.close(terminal)
             served.close()
+            self.sup.sandbox.ended(self.key)
             code, message = _start_error(argv[0], exc) if isinstance(exc, OSError) else (126, str(exc))
             bridge.log_line(f"oneos: {message}")
             bridge.exited(final=True)
@@ -257,9 +264,10 @@ class AgentRunner(Service):
         served.after_start()
         # Its bytes flow before its status says Running: that write may wait out a Name Server outage.
         bridge.attach(self.proc, stdout=terminal)
-        self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts)
+        self._report("Running", pid=self.proc.pid, incarnation=incarnation, restarts=restarts, limits=limits or None)
         code = exit_status(self._wait(bridge))
         served.close()
+        self.sup.sandbox.ended(self.key)
         decision = policy.after_exit(code, time.monotonic() - started, time.monotonic())
         # The stream ends (EOF) only when the agent ended by itself for good: a process stopped
         # by OneOS (unassigned, changed, fenced) leaves its stream open for whoever runs next.
@@ -331,6 +339,10 @@ class AgentRunner(Service):
         bindir = os.path.dirname(sys.executable)
         if bindir not in env.get("PATH", "").split(os.pathsep):
             env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+        user = None if self.kernel else self.sup.sandbox.user
+        if user is not None:
+            # The node's HOME is not the agent user's (nor open to it): its working directory is its home.
+            env.update(HOME=str(self.workdir), USER=user.name, LOGNAME=user.name)
         env.update(self.spec.get("env", {}))
         env.update({"ONEOS_NODE": self.sup.node_id, "ONEOS_PIPELINE": self.assignment["pipeline"],
                     "ONEOS_AGENT": self.spec["name"], "ONEOS_INCARNATION": str(incarnation),
@@ -372,22 +384,38 @@ class AgentRunner(Service):
         """The working directory with the shipped files in it; every name is checked before any is written
         (PathEscape), and a file is written beside its place and renamed over it (never through a link)."""
         targets = {name: inside(self.workdir, name, what="shipped file") for name in self.assignment["files"]}
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        own = None if self.kernel else self.sup.sandbox.own
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o700)
+            if own is not None:
+                own(fd)
+        finally:
+            os.close(fd)
         for name, digest in self.assignment["files"].items():
             target = targets[name]
             data = self.sup.ns.get_raw(state.blob_key(digest))
             if data is None:
                 raise DocumentError(f"shipped file {name} (blob {digest[:12]}) is missing from the "
                                     "Name Server; apply the pipeline again")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            inside(self.workdir, name, what="shipped file")   # again: its folders exist now
-            tmp = target.with_name(f".{target.name}.oneos-tmp")
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)
+            # Through descriptors, following no link: the folder is the agent's (see sandbox.open_folder).
+            folder = open_folder(self.workdir, target.relative_to(self.workdir).parent.parts, own)
+            try:
+                tmp = f".{target.name}.oneos-tmp"
+                try:
+                    os.unlink(tmp, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755, dir_fd=folder)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    os.fchmod(f.fileno(), 0o755)
+                    if own is not None:
+                        own(f.fileno())
+                os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+            finally:
+                os.close(folder)
 
     def _previous_status(self) -> dict[str, Any]:
         _, entry = self.sup.ns.get(state.status_key(self.key))
@@ -503,13 +531,16 @@ class Supervisor(Service):
     def __init__(self, ns: NameServer, node_id: str, boot: dict[str, Any], workdir: Path,
                  bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
                  devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None,
-                 log_limits: logfiles.LogLimits | None = None, kernel_node: bool = False) -> None:
+                 log_limits: logfiles.LogLimits | None = None, kernel_node: bool = False,
+                 sandbox: Sandbox | None = None) -> None:
         """`lease` gives the membership session that holds this node's record (None: not a member now);
         `devices` are the node's, from its config (see devices.py); `agent_env`, what the node adds
         to its agents' environment; `log_limits`, how much of each agent's log file is kept;
-        `kernel_node`, whether this is a kernel node (only there is an agent run as a kernel agent)."""
+        `kernel_node`, whether this is a kernel node (only there is an agent run as a kernel agent);
+        `sandbox`, how agents are confined (default: as this process's user, memory by rlimit)."""
         super().__init__("supervisor")
         self.kernel_node = kernel_node
+        self.sandbox = sandbox or Sandbox(None)
         self.ns = ns
         self.devices = devices or {}
         self.agent_env = dict(agent_env or {})
@@ -539,7 +570,9 @@ class Supervisor(Service):
             return self._bus
 
     def _launch(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Agents pass through (x) to their own directories, which are theirs (0700); they list nothing.
+        private_folder(self.workdir, 0o711)
+        private_folder(self.log_dir, 0o700)
         self.spawn(self._follow_assignments, "assignments")
         self.spawn(self._follow_readers, "readers")
 

@@ -8,6 +8,7 @@ import types
 
 import pytest
 
+from oneos.nodeagent.sandbox import AgentUser, Sandbox
 from oneos.nodeagent.supervisor import AgentRunner
 
 NODE_ENV = {
@@ -25,10 +26,10 @@ SECRETS = ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL
            "ONEOS_DATA_DIR")     # the node's own folder: only a kernel agent keeps data there (the broker)
 
 
-def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None, kernel_node: bool = True) -> dict[str, str]:
+def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None, kernel_node: bool = True, user=None) -> dict[str, str]:
     monkeypatch.setattr("os.environ", dict(NODE_ENV))
     sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env=agent_env or {},
-                                kernel_node=kernel_node,
+                                kernel_node=kernel_node, sandbox=Sandbox(user),
                                 ns=types.SimpleNamespace(url="https://ns.example:8501", token="secret-1"))
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
                   "attached": False, "files": {}, "kernel": kernel,
@@ -49,11 +50,21 @@ def test_an_agent_gets_what_programs_need_and_none_of_the_nodes_credentials(tmp_
         ("n1", "p", "a", "3")
 
 
+def test_an_agent_run_as_the_agent_user_has_its_working_directory_for_home(tmp_path, monkeypatch):
+    """The node's HOME is not the agent user's, nor open to it: the agent's own folder is."""
+    user = AgentUser("oneos-agent", 999, 998)
+    env = environment(tmp_path, monkeypatch, kernel=False, user=user)
+    assert (env["HOME"], env["USER"], env["LOGNAME"]) == (str(tmp_path / "agents" / "p.a"), "oneos-agent", "oneos-agent")
+    kernel = environment(tmp_path, monkeypatch, kernel=True, user=user)   # runs as the node's user
+    assert kernel["HOME"] == NODE_ENV["HOME"]
+
+
 @pytest.mark.parametrize("name", ["ONEOS_TOKEN", "CONSUL_HTTP_TOKEN"])
 def test_the_manifest_may_set_a_variable_of_that_name_for_its_own_agent(tmp_path, monkeypatch, name):
     """The allowlist is about what the node passes on; what the manifest gives is the manifest's."""
     monkeypatch.setattr("os.environ", dict(NODE_ENV))
     sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
+                                sandbox=Sandbox(None),
                                 ns=types.SimpleNamespace(url="http://127.0.0.1:8500", token="secret-1"))
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
                   "attached": False, "files": {}, "agent": {"name": "a", "run": ["env"], "env": {name: "its-own"}}}
@@ -91,6 +102,7 @@ def test_the_frame_key_is_read_through_a_name_server_blip(tmp_path, monkeypatch)
             raise answer
         return answer
     sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
+                                sandbox=Sandbox(None),
                                 ns=types.SimpleNamespace(url="http://127.0.0.1:8500", token=None, get_raw=get_raw))
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
                   "attached": False, "files": {}, "agent": {"name": "a", "run": ["true"]}}

@@ -1,0 +1,132 @@
+"""An agent cannot read the node's token or key: a real `oneosd` run as root, with the default
+agent user, runs a probe script as a user's pipeline would. The probe runs as `oneos-agent`, in a
+working directory (0700) of its own, and every read of the node's files is refused; an agent that
+allocates past its resources.memory is stopped.
+
+The node's secrets are written as the node and its enrollment write them (0600, in its
+ONEOS_HOME). The cluster's folder is in /tmp, open to other users as a machine's /var/lib is,
+unlike pytest's own tmp folders (0700): so what stops the agent is the node's modes, not the test's.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from oneos.secretfiles import write_secret
+from tests.conftest import running_cluster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a node run as root runs its agents as another user")
+
+SECRETS = {"token": "5ec7e7-home-token", "runtimes/n1/token": "5ec7e7-node-token",
+           "runtimes/n1/node.key": "5ec7e7-node-key"}
+
+PROBE = """\
+h=$1; shift
+echo "uid $(id -u)"
+echo "workdir $(stat -c '%a %U' .)"
+echo "shipped $(stat -c '%U' probe.sh)"
+echo "home $HOME"
+for f in "$@"; do
+    if out=$(cat "$f" 2>&1); then echo "read $f: $out"; else echo "refused $f: $out"; fi
+done
+for d in "$h" "$h/runtimes/n1" "$h/runtimes/n1/agents" "$h/runtimes/n1/agents/logs"; do
+    if out=$(ls "$d" 2>&1); then echo "listed $d: $out"; else echo "refused $d: $out"; fi
+done
+"""
+
+HOG = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {name: hog}
+spec:
+  agents:
+    - name: small
+      run: [awk, 'BEGIN { s = "x"; while (length(s) < 4000000) s = s s; print "small", length(s) }']
+      resources: {memory: 16Mi}
+      restart: "no"
+    - name: big
+      run: [awk, 'BEGIN { s = "x"; while (length(s) < 2000000000) s = s s; print "big", length(s) }']
+      resources: {memory: 16Mi}
+      restart: "no"
+"""
+
+
+@pytest.fixture(scope="module")
+def sandboxed():
+    root = Path(tempfile.mkdtemp(prefix="oneos-sandbox-"))
+    os.chmod(root, 0o711)
+    home = root / "home-n1"
+    for name, secret in SECRETS.items():
+        write_secret(home / name, secret)
+    try:
+        with running_cluster(root, {"n1": ["--kernel"]}, agent_user=None) as cluster:
+            yield cluster, home
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def probe(cluster, home: Path, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "probe.sh").write_text(PROBE)
+    paths = " ".join(str(home / name) for name in SECRETS)
+    code, out, err = cluster.run(f"sh probe.sh {home} {paths}", cwd=tmp_path)
+    assert code == 0, err
+    lines = out.decode().splitlines()
+    return {line.split(" ", 1)[1].split(":")[0] if line.startswith(("read", "refused", "listed")) else
+            line.split(" ", 1)[0]: line for line in lines}
+
+
+def test_an_agent_runs_as_the_agent_user_and_cannot_read_the_nodes_token_or_key(sandboxed, tmp_path):
+    cluster, home = sandboxed
+    seen = probe(cluster, home, tmp_path)
+    agent = pwd.getpwnam("oneos-agent")
+    assert seen["uid"] == f"uid {agent.pw_uid}"
+    assert seen["workdir"] == "workdir 700 oneos-agent"      # its own, closed to others
+    assert seen["shipped"] == "shipped oneos-agent"          # what was shipped with it is its own
+    assert seen["home"].startswith(f"home {home}/runtimes/n1/agents/")   # its working directory
+    for name, secret in SECRETS.items():
+        line = seen[str(home / name)]
+        assert line.startswith("refused") and "Permission denied" in line, line
+        assert secret not in line
+    # It can pass through the node's folders to its own, but list nothing in them.
+    for folder in (home, home / "runtimes" / "n1", home / "runtimes" / "n1" / "agents",
+                   home / "runtimes" / "n1" / "agents" / "logs"):
+        line = seen[str(folder)]
+        assert line.startswith("refused") and "Permission denied" in line, line
+
+
+def test_the_node_keeps_its_secrets_and_folders_to_itself(sandboxed):
+    _, home = sandboxed
+    data = home / "runtimes" / "n1"
+    modes = {path: os.stat(path).st_mode & 0o777 for path in (home, home / "runtimes", data, data / "agents",
+                                                           data / "agents" / "logs")}
+    assert modes == {home: 0o711, home / "runtimes": 0o711, data: 0o711, data / "agents": 0o711,
+                     data / "agents" / "logs": 0o700}
+    for name in SECRETS:
+        assert os.stat(home / name).st_mode & 0o777 == 0o600
+
+
+def test_an_agent_that_allocates_past_its_memory_is_stopped(sandboxed, tmp_path):
+    cluster, _ = sandboxed
+    manifest = tmp_path / "hog.yaml"
+    manifest.write_text(HOG)
+    applied = cluster.ctl("apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        done = cluster.wait_for(lambda: (s := cluster.statuses("hog")) and len(s) == 2
+                                and all(a["state"] in ("Exited", "Failed") for a in s.values()) and s, 60,
+                                "both agents to end")
+        assert done["small"]["exitCode"] == 0                         # within its limit: runs
+        assert done["big"]["limits"]["memory"] == "16Mi"
+        if done["big"]["limits"]["by"] == "rlimit":                   # its allocation is refused: it says so
+            logs = cluster.ctl_bytes("logs", "hog/big").decode()
+            assert done["big"]["exitCode"] != 0 and "out of memory" in logs, logs
+        else:                                                         # the kernel's OOM killer ends it
+            assert done["big"]["exitCode"] == 128 + 9
+    finally:
+        cluster.ctl("delete", "pipeline", "hog")
