@@ -108,3 +108,69 @@ def test_signal_group_reaches_the_child_and_ignores_one_that_ended():
     children.signal_group(child, signal.SIGTERM)
     assert child.wait(60) == -signal.SIGTERM
     children.signal_group(child, signal.SIGTERM)   # gone: nothing to do, no error
+
+
+# -- confinement: the user, the address space and the cgroup, set in the exec chain ---------------
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0 or children.SETPRIV is None,
+                             reason="only root can run a child as another user")
+
+
+def test_the_chain_switches_user_then_asks_for_the_death_signal_then_limits_then_checks():
+    confine = children.Confinement(uid=999, gid=998, address_space=300 << 20, cgroup="/sys/fs/cgroup/oneos-n1/p.a")
+    argv = children.chain(["prog", "arg"], signal.SIGKILL, confine, parent=4242)
+    if children.SETPRIV is None:
+        pytest.skip("no setpriv here")
+    check = '[ "$PPID" = 4242 ] && exec "$0" "$@"; kill -s KILL $$; exit 126'
+    assert argv == [
+        # as the node's user, before anything else: into the agent's cgroup
+        "/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', "/sys/fs/cgroup/oneos-n1/p.a/cgroup.procs",
+        # the agent's user; setpriv sets the death signal after the switch, which clears it
+        children.SETPRIV, "--reuid", "999", "--regid", "998", "--init-groups", "--pdeathsig", "SIGKILL", "--",
+        children.PRLIMIT, f"--as={300 << 20}:{300 << 20}", "--",
+        # and only then the check that the parent is still there, and the program
+        "/bin/sh", "-c", check, "prog", "arg"]
+    # Without a confinement the chain is what it always was.
+    assert children.chain(["prog"], signal.SIGTERM, None, parent=7) == [
+        children.SETPRIV, "--pdeathsig", "SIGTERM", "--", "/bin/sh", "-c",
+        '[ "$PPID" = 7 ] && exec "$0" "$@"; kill -s TERM $$; exit 126', "prog"]
+
+
+@as_root
+def test_a_confined_child_runs_as_its_user_with_its_address_space_limit(tmp_path):
+    child = children.spawn(["sh", "-c", "id -u; id -g; ulimit -v"], stdout=subprocess.PIPE,
+                           confine=children.Confinement(uid=NOBODY, gid=NOBODY, address_space=64 << 20))
+    out, _ = child.communicate(timeout=60)
+    assert out.decode().split() == [str(NOBODY), str(NOBODY), str(64 << 10)]   # ulimit -v counts KiB
+
+
+@as_root
+def test_a_confined_child_joins_its_cgroup_before_its_program_runs(tmp_path):
+    """A folder standing in for the cgroup: the chain's first shell writes its pid to cgroup.procs,
+    as the node's user, and the program that runs later (as another user) is that same process."""
+    (tmp_path / "cgroup.procs").write_text("")
+    child = children.spawn(["sh", "-c", "echo $$"], stdout=subprocess.PIPE,
+                           confine=children.Confinement(uid=NOBODY, gid=NOBODY, cgroup=str(tmp_path)))
+    out, _ = child.communicate(timeout=60)
+    assert int(out) == child.pid == int((tmp_path / "cgroup.procs").read_text())
+
+
+@as_root
+def test_a_child_run_as_another_user_still_dies_with_its_parent():
+    """Linux clears the death signal when a process's user changes: setpriv asks for it after."""
+    script = PARENT.replace('children.spawn(["sleep", "600"], death_signal=sig)',
+                            f'children.spawn(["sleep", "600"], death_signal=sig, '
+                            f'confine=children.Confinement(uid={NOBODY}, gid={NOBODY}))')
+    proc = subprocess.Popen([sys.executable, "-c", script, "SIGKILL"], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        wait_until(lambda: os.stat(f"/proc/{child}").st_uid == NOBODY, 10, "the child to run as nobody")
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not alive(child), 10, "the child to die with its parent")
+    finally:
+        proc.kill()
+        proc.wait()
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -101,7 +101,10 @@ def test_an_agent_runs_as_the_agent_user_and_cannot_read_the_nodes_token_or_key(
 
 
 def test_the_node_keeps_its_secrets_and_folders_to_itself(sandboxed):
-    _, home = sandboxed
+    cluster, home = sandboxed
+    agent = pwd.getpwnam("oneos-agent")
+    said = [line for line in cluster.node("n1").log().splitlines() if "agents run as" in line and "(uid" in line]
+    assert len(said) == 1 and f"agents run as oneos-agent (uid {agent.pw_uid}); resources.memory is limited" in said[0]
     data = home / "runtimes" / "n1"
     modes = {path: os.stat(path).st_mode & 0o777 for path in (home, home / "runtimes", data, data / "agents",
                                                            data / "agents" / "logs")}
