@@ -10,6 +10,12 @@ places the sensor stage on sensor-pi and the actuator stage on actuator-pi (wher
 pins are) and the controller anywhere; the demo toggles D4 and shows D7 following. It runs
 in a fresh temporary ONEOS_HOME on free ports, so it never disturbs a cluster already
 running here, and leaves no process and no file behind.
+
+Run as root, the nodes run their agents as the default agent user (oneos-agent), as any node
+does. The temporary folder is open for them to pass (0711, nothing listed), to reach their
+working directories and boards. Where that user cannot run this Python at all (a Python
+installed in a folder closed to other users, such as a pyenv in /root), the demo runs the
+agents as root instead, and says so: its pipeline is Python programs.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from oneos.broker import free_port
 from oneos.errors import OneOSError
 from oneos.gpio.sim import SimBoard
+from oneos.nodeagent.sandbox import AgentUser, closed_folder, python_home
 from oneos.paths import shared
 from oneos.secretfiles import read_secret
 
@@ -45,6 +52,14 @@ FOLLOW_S = 20.0
 
 class DemoError(Exception):
     pass
+
+
+def unreachable_python() -> Path | None:
+    """The folder that keeps a node's default agent user from this Python (root only; None: none does).
+    The user may not exist yet (the node makes it): a system account, only "others" bits apply to it."""
+    if os.geteuid() != 0:
+        return None
+    return closed_folder(python_home(), AgentUser("oneos-agent", -1, -1))
 
 
 def say(text: str) -> None:
@@ -74,6 +89,11 @@ class Demo:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, ONEOS_HOME=str(home / "dev"), ONEOS_NAMESERVER=self.url)
+        closed = unreachable_python()
+        if closed is not None:
+            say(f"(agents run as root here: the agent user cannot run this Python, {closed} is closed to other "
+                "users; see README, Sandboxed agents)")
+            self.env["ONEOS_AGENT_USER"] = "root"
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.logs = home / "logs"
         self.logs.mkdir()
@@ -155,6 +175,7 @@ class Demo:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="oneos-demo-") as tmp:
+        os.chmod(tmp, 0o711)     # agents pass through to their folders and boards; they list nothing
         demo = Demo(Path(tmp))
         status = 1
         try:
