@@ -300,11 +300,25 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if any(count for _, count in refused):
         lines.append("Refused frames (their MAC failed: forged, altered, or from another link):")
         lines += [f"  {name}: {count}" for name, count in refused if count]
+    limited = [(agent["name"], statuses.get(state.agent_id(meta["name"], agent["name"]), {}).get("limits"))
+               for agent in spec["agents"]]
+    if any(limits for _, limits in limited):
+        lines.append("Limits (from resources, as the node set them):")
+        lines += [f"  {name}: {limits_text(limits)}" for name, limits in limited if limits]
     links = spec.get("links", [])
     lines.append("Links:" + ("" if links else "        <none>"))
     lines += [f"  {link['from']} -> {link['to']}" for link in links]
     print("\n".join(lines))
     return 0
+
+
+def limits_text(limits: dict) -> str:
+    """What an agent's status says of its limits, in words: which mechanism, and what it does not limit."""
+    if limits["by"] == "cgroup":
+        parts = [f"memory {limits['memory']}" if "memory" in limits else "memory not limited",
+                 f"cpu {limits['cpu']:g}" if "cpu" in limits else "cpu not limited"]
+        return ", ".join(parts) + " (cgroup v2)"
+    return f"memory {limits['memory']} (address space {limits['addressSpace']}), cpu not limited (rlimit)"
 
 
 def _describe_invalid(ns: NameServer, name: str, why: str) -> int:

@@ -236,6 +236,9 @@ class Sandbox:
     def prepare(cls, agent_user: str, node_id: str, *, use_cgroups: bool = True) -> "Sandbox":
         """Resolve (or create) the agent user and find the limit mechanism; says both once in the log."""
         user = resolve_user(agent_user)
+        if user is not None and children.SETPRIV is None:
+            raise SandboxError(f"cannot run agents as {user.name}: setpriv (util-linux) is missing; install "
+                               "util-linux, or set agentUser to root to run agents unsandboxed")
         cgroups, why = None, "no cgroup v2"
         if use_cgroups:
             cgroups, why = cls._cgroups(node_id)
@@ -245,6 +248,8 @@ class Sandbox:
                                                                ": only a node run as root can run them as another user"))
         if cgroups is not None:
             how = f"resources.memory and cpu are limited by cgroup v2 under {cgroups.root}"
+        elif children.PRLIMIT is None:
+            how = f"resources.memory and cpu are not limited ({why}, and prlimit of util-linux is missing)"
         else:
             how = (f"resources.memory is limited by RLIMIT_AS (memory + {format_memory(ADDRESS_SPACE_HEADROOM)}), "
                    f"resources.cpu is not limited ({why})")
@@ -275,11 +280,11 @@ class Sandbox:
             cgroup = str(self.cgroups.make(key, memory, cpu))
             applied = {"by": "cgroup", **({"memory": format_memory(memory)} if memory else {}),
                        **({"cpu": cpu} if cpu else {})}
-        elif memory:
+        elif memory and children.PRLIMIT is not None:
             applied = {"by": "rlimit", "memory": format_memory(memory),
                        "addressSpace": format_memory(address_space_limit(memory))}
         confine = children.Confinement(uid=user.uid if user else None, gid=user.gid if user else None,
-                                       address_space=address_space_limit(memory) if memory and cgroup is None
+                                       address_space=address_space_limit(memory) if applied.get("by") == "rlimit"
                                        else None, cgroup=cgroup)
         return confine, applied
 

@@ -131,5 +131,7 @@ def test_an_agent_that_allocates_past_its_memory_is_stopped(sandboxed, tmp_path)
             assert done["big"]["exitCode"] != 0 and "out of memory" in logs, logs
         else:                                                         # the kernel's OOM killer ends it
             assert done["big"]["exitCode"] == 128 + 9
+        described = cluster.ctl("describe", "pipeline", "hog").stdout
+        assert "  big: memory 16Mi" in described and "  small: memory 16Mi" in described, described
     finally:
         cluster.ctl("delete", "pipeline", "hog")
