@@ -17,7 +17,7 @@ import requests
 from oneos import state
 from oneos.nameserver.client import NameServer
 from oneos.secretfiles import read_secret
-from tests.cluster import Changes
+from tests.cluster import TEST_USER, Changes
 from tests.procs import ANY_EXIT, cli, descendants, free_port, process_alive, run_cli, venv_bin, wait_until
 
 
@@ -29,7 +29,8 @@ class Dev:
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = tmp_path / "home"
         self.data = tmp_path / "data"
-        self.env = dict(os.environ, ONEOS_HOME=str(self.home), ONEOS_NAMESERVER=self.url)
+        # Its agents run Python (this one, perhaps where other users cannot reach it): as the test's user.
+        self.env = dict(os.environ, ONEOS_HOME=str(self.home), ONEOS_NAMESERVER=self.url, ONEOS_AGENT_USER=TEST_USER)
         self.node_id = node_id
         self.proc = None
         self.ready = ""

@@ -267,7 +267,7 @@ class Sandbox:
         try:
             return Cgroups.prepare(base, node_id), ""
         except OSError as exc:
-            return None, f"cgroup v2 at {base} cannot be used: {exc.strerror or exc}"
+            return None, f"no cgroup v2 for agents at {base}: {exc.strerror or exc}"
 
     def confinement(self, key: str, spec: dict[str, Any], *, as_node: bool) -> tuple[children.Confinement, dict]:
         """How to start the agent `key`: its Confinement, and the limits it got (for its status).
