@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from oneos import children
+from oneos.errors import UsageError
 from oneos.nodeagent import sandbox
 from oneos.nodeagent.sandbox import AgentUser, Cgroups, Sandbox, SandboxError
 
@@ -148,3 +149,22 @@ def test_private_folders_are_made_with_their_mode_and_set_to_it(tmp_path):
     made.chmod(0o755)
     sandbox.private_folder(made, 0o711)
     assert made.stat().st_mode & 0o777 == 0o711
+
+
+def test_the_agent_user_comes_from_the_config_and_oneos_agent_user_overrides_it(tmp_path, monkeypatch):
+    from oneos.nodeagent import config as runtime_config
+    monkeypatch.setenv("ONEOS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ONEOS_AGENT_USER", raising=False)
+    conf = tmp_path / "node.yaml"
+    conf.write_text("id: n1\n")
+
+    def load() -> str:
+        return runtime_config.load(runtime_config.Overrides(config_file=conf), interactive=False).agent_user
+    assert load() == "oneos-agent"
+    conf.write_text("id: n1\nagentUser: pi\n")
+    assert load() == "pi"
+    monkeypatch.setenv("ONEOS_AGENT_USER", "nobody")
+    assert load() == "nobody"
+    conf.write_text("id: n1\nagentUser: 'no spaces'\n")
+    with pytest.raises(UsageError, match="agentUser"):
+        load()

@@ -57,6 +57,19 @@ spec:
 """
 
 
+BOARD_WRITER = """\
+apiVersion: oneos/v1
+kind: Pipeline
+metadata: {name: pins}
+spec:
+  agents:
+    - name: writer
+      run: [sh, -c, 'echo 1 > "$ONEOS_GPIO_SIM/D9" && echo wrote']
+      requires: {labels: {gpio: "true"}}
+      restart: "no"
+"""
+
+
 @pytest.fixture(scope="module")
 def sandboxed():
     root = Path(tempfile.mkdtemp(prefix="oneos-sandbox-"))
@@ -66,6 +79,8 @@ def sandboxed():
         write_secret(home / name, secret)
     try:
         with running_cluster(root, {"n1": ["--kernel"]}, agent_user=None) as cluster:
+            # A node with a simulated board, which its agents use as a board's pins.
+            cluster.start("n2", "--no-kernel", env={"ONEOS_GPIO_SIM": str(root / "board")})
             yield cluster, home
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -74,7 +89,7 @@ def sandboxed():
 def probe(cluster, home: Path, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "probe.sh").write_text(PROBE)
     paths = " ".join(str(home / name) for name in SECRETS)
-    code, out, err = cluster.run(f"sh probe.sh {home} {paths}", cwd=tmp_path)
+    code, out, err = cluster.run(f"sh probe.sh {home} {paths} @ n1", cwd=tmp_path)
     assert code == 0, err
     lines = out.decode().splitlines()
     return {line.split(" ", 1)[1].split(":")[0] if line.startswith(("read", "refused", "listed")) else
@@ -135,3 +150,20 @@ def test_an_agent_that_allocates_past_its_memory_is_stopped(sandboxed, tmp_path)
         assert "  big: memory 16Mi" in described and "  small: memory 16Mi" in described, described
     finally:
         cluster.ctl("delete", "pipeline", "hog")
+
+
+def test_an_agent_writes_the_simulated_board_the_node_gave_it(sandboxed, tmp_path):
+    """The node makes its board's folder and gives it to the agent user: its pins are files there."""
+    cluster, home = sandboxed
+    board = home.parent / "board"
+    manifest = tmp_path / "pins.yaml"
+    manifest.write_text(BOARD_WRITER)
+    assert cluster.ctl("apply", "-f", str(manifest)).returncode == 0
+    try:
+        done = cluster.wait_for(lambda: cluster.statuses("pins").get("writer", {}).get("state") in ("Exited", "Failed")
+                                and cluster.statuses("pins")["writer"], 60, "the writer to end")
+        assert (done["node"], done["exitCode"]) == ("n2", 0), cluster.ctl("logs", "pins/writer").stdout
+        assert (board / "D9").read_text() == "1\n"
+        assert pwd.getpwuid((board / "D9").stat().st_uid).pw_name == "oneos-agent"
+    finally:
+        cluster.ctl("delete", "pipeline", "pins")
