@@ -243,9 +243,12 @@ class Sandbox:
         if use_cgroups:
             cgroups, why = cls._cgroups(node_id)
         sandbox = cls(user, cgroups)
-        who = (f"as {user.name} (uid {user.uid})" if user else
-               f"as this node's user (uid {os.geteuid()})" + ("" if os.geteuid() == 0 else
-                                                               ": only a node run as root can run them as another user"))
+        if user is not None:
+            who = f"as {user.name} (uid {user.uid})"
+        else:
+            who = f"as this node's user (uid {os.geteuid()})"
+            if os.geteuid() != 0:
+                who += ": only a node run as root can run them as another user"
         if cgroups is not None:
             how = f"resources.memory and cpu are limited by cgroup v2 under {cgroups.root}"
         elif children.PRLIMIT is None:

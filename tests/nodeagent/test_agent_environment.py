@@ -26,7 +26,8 @@ SECRETS = ("ONEOS_TOKEN", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL
            "ONEOS_DATA_DIR")     # the node's own folder: only a kernel agent keeps data there (the broker)
 
 
-def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None, kernel_node: bool = True, user=None) -> dict[str, str]:
+def environment(tmp_path, monkeypatch, *, kernel: bool, agent_env=None, kernel_node: bool = True,
+                user=None) -> dict[str, str]:
     monkeypatch.setattr("os.environ", dict(NODE_ENV))
     sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env=agent_env or {},
                                 kernel_node=kernel_node, sandbox=Sandbox(user),
@@ -54,7 +55,8 @@ def test_an_agent_run_as_the_agent_user_has_its_working_directory_for_home(tmp_p
     """The node's HOME is not the agent user's, nor open to it: the agent's own folder is."""
     user = AgentUser("oneos-agent", 999, 998)
     env = environment(tmp_path, monkeypatch, kernel=False, user=user)
-    assert (env["HOME"], env["USER"], env["LOGNAME"]) == (str(tmp_path / "agents" / "p.a"), "oneos-agent", "oneos-agent")
+    assert env["HOME"] == str(tmp_path / "agents" / "p.a")
+    assert (env["USER"], env["LOGNAME"]) == ("oneos-agent", "oneos-agent")
     kernel = environment(tmp_path, monkeypatch, kernel=True, user=user)   # runs as the node's user
     assert kernel["HOME"] == NODE_ENV["HOME"]
 

@@ -20,6 +20,8 @@ import pytest
 
 from oneos.secretfiles import write_secret
 from tests.conftest import running_cluster
+from tests.procs import cli
+from tests.test_dev import Dev
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a node run as root runs its agents as another user")
 
@@ -27,16 +29,15 @@ SECRETS = {"token": "5ec7e7-home-token", "runtimes/n1/token": "5ec7e7-node-token
            "runtimes/n1/node.key": "5ec7e7-node-key"}
 
 PROBE = """\
-h=$1; shift
+# sh probe.sh FILE... -- FOLDER...: who it is, its folder, and what it can read (cat) and list (ls).
 echo "uid $(id -u)"
 echo "workdir $(stat -c '%a %U' .)"
 echo "shipped $(stat -c '%U' probe.sh)"
 echo "home $HOME"
+look=cat
 for f in "$@"; do
-    if out=$(cat "$f" 2>&1); then echo "read $f: $out"; else echo "refused $f: $out"; fi
-done
-for d in "$h" "$h/runtimes/n1" "$h/runtimes/n1/agents" "$h/runtimes/n1/agents/logs"; do
-    if out=$(ls "$d" 2>&1); then echo "listed $d: $out"; else echo "refused $d: $out"; fi
+    if [ "$f" = -- ]; then look=ls; continue; fi
+    if out=$($look "$f" 2>&1); then echo "read $f: $out"; else echo "refused $f: $out"; fi
 done
 """
 
@@ -70,6 +71,10 @@ spec:
 """
 
 
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
 @pytest.fixture(scope="module")
 def sandboxed():
     root = Path(tempfile.mkdtemp(prefix="oneos-sandbox-"))
@@ -86,47 +91,53 @@ def sandboxed():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def probe(cluster, home: Path, tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "probe.sh").write_text(PROBE)
-    paths = " ".join(str(home / name) for name in SECRETS)
-    code, out, err = cluster.run(f"sh probe.sh {home} {paths} @ n1", cwd=tmp_path)
-    assert code == 0, err
-    lines = out.decode().splitlines()
-    return {line.split(" ", 1)[1].split(":")[0] if line.startswith(("read", "refused", "listed")) else
-            line.split(" ", 1)[0]: line for line in lines}
+def seen(out: bytes) -> dict[str, str]:
+    """The probe's lines by what they are about: uid, workdir, shipped, home, or the path tried."""
+    return {line.split(" ", 1)[1].split(":")[0] if line.startswith(("read", "refused")) else line.split(" ", 1)[0]:
+            line for line in out.decode().splitlines()}
+
+
+def refused(line: str, secret: str = "") -> bool:
+    return line.startswith("refused") and "Permission denied" in line and (not secret or secret not in line)
+
+
+def node_folders(home: Path, node: str) -> list[Path]:
+    data = home / "runtimes" / node
+    return [home, home / "runtimes", data, data / "agents", data / "agents" / "logs"]
 
 
 def test_an_agent_runs_as_the_agent_user_and_cannot_read_the_nodes_token_or_key(sandboxed, tmp_path):
     cluster, home = sandboxed
-    seen = probe(cluster, home, tmp_path)
+    (tmp_path / "probe.sh").write_text(PROBE)
+    words = [*(str(home / name) for name in SECRETS), "--", *map(str, node_folders(home, "n1"))]
+    code, out, err = cluster.run(f"sh probe.sh {' '.join(words)} @ n1", cwd=tmp_path)
+    assert code == 0, err
+    said = seen(out)
     agent = pwd.getpwnam("oneos-agent")
-    assert seen["uid"] == f"uid {agent.pw_uid}"
-    assert seen["workdir"] == "workdir 700 oneos-agent"      # its own, closed to others
-    assert seen["shipped"] == "shipped oneos-agent"          # what was shipped with it is its own
-    assert seen["home"].startswith(f"home {home}/runtimes/n1/agents/")   # its working directory
+    assert said["uid"] == f"uid {agent.pw_uid}"
+    assert said["workdir"] == "workdir 700 oneos-agent"      # its own, closed to others
+    assert said["shipped"] == "shipped oneos-agent"          # what was shipped with it is its own
+    assert said["home"].startswith(f"home {home}/runtimes/n1/agents/")   # its working directory
     for name, secret in SECRETS.items():
-        line = seen[str(home / name)]
-        assert line.startswith("refused") and "Permission denied" in line, line
-        assert secret not in line
+        assert refused(said[str(home / name)], secret), said[str(home / name)]
     # It can pass through the node's folders to its own, but list nothing in them.
-    for folder in (home, home / "runtimes" / "n1", home / "runtimes" / "n1" / "agents",
-                   home / "runtimes" / "n1" / "agents" / "logs"):
-        line = seen[str(folder)]
-        assert line.startswith("refused") and "Permission denied" in line, line
+    for folder in node_folders(home, "n1"):
+        assert refused(said[str(folder)]), said[str(folder)]
 
 
 def test_the_node_keeps_its_secrets_and_folders_to_itself(sandboxed):
     cluster, home = sandboxed
     agent = pwd.getpwnam("oneos-agent")
-    said = [line for line in cluster.node("n1").log().splitlines() if "agents run as" in line and "(uid" in line]
-    assert len(said) == 1 and f"agents run as oneos-agent (uid {agent.pw_uid}); resources.memory is limited" in said[0]
+    start = [line for line in cluster.node("n1").log().splitlines() if "agents run as" in line and "(uid" in line]
+    assert len(start) == 1, start
+    assert f"agents run as oneos-agent (uid {agent.pw_uid}); resources.memory is limited" in start[0]
     data = home / "runtimes" / "n1"
-    modes = {path: os.stat(path).st_mode & 0o777 for path in (home, home / "runtimes", data, data / "agents",
+    modes = {path: stat_mode(path) for path in (home, home / "runtimes", data, data / "agents",
                                                            data / "agents" / "logs")}
     assert modes == {home: 0o711, home / "runtimes": 0o711, data: 0o711, data / "agents": 0o711,
                      data / "agents" / "logs": 0o700}
     for name in SECRETS:
-        assert os.stat(home / name).st_mode & 0o777 == 0o600
+        assert stat_mode(home / name) == 0o600
 
 
 def test_an_agent_that_allocates_past_its_memory_is_stopped(sandboxed, tmp_path):
@@ -167,3 +178,32 @@ def test_an_agent_writes_the_simulated_board_the_node_gave_it(sandboxed, tmp_pat
         assert pwd.getpwuid((board / "D9").stat().st_uid).pw_name == "oneos-agent"
     finally:
         cluster.ctl("delete", "pipeline", "pins")
+
+
+@pytest.fixture
+def dev_as_root():
+    """`oneosd --dev` as a user starts it (as root here): agents run as the default agent user."""
+    root = Path(tempfile.mkdtemp(prefix="oneos-sandbox-dev-"))
+    os.chmod(root, 0o711)
+    dev = Dev(root)
+    del dev.env["ONEOS_AGENT_USER"]
+    try:
+        yield dev.start()
+    finally:
+        dev.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_agent_of_oneosd_dev_cannot_read_its_management_token_or_its_data(dev_as_root, tmp_path):
+    dev = dev_as_root
+    (tmp_path / "probe.sh").write_text(PROBE)
+    secrets = [dev.data / "management-token", dev.home / "token"]
+    folders = [dev.data, dev.data / "nameserver", *node_folders(dev.home, dev.node_id)]
+    done = cli("oneosctl", "run", f"sh probe.sh {' '.join(map(str, [*secrets, '--', *folders]))}", cwd=tmp_path,
+               env={"ONEOS_NAMESERVER": dev.url, "ONEOS_HOME": str(dev.home)}, text=False)
+    said = seen(done.stdout)
+    assert said["uid"] == f"uid {pwd.getpwnam('oneos-agent').pw_uid}"
+    token = dev.token()
+    for path in [*secrets, *folders]:
+        assert refused(said[str(path)], token), said[str(path)]
+    assert stat_mode(dev.data) == 0o700 and stat_mode(dev.data / "management-token") == 0o600
