@@ -25,8 +25,10 @@ from tests.test_dev import Dev
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a node run as root runs its agents as another user")
 
-SECRETS = {"token": "5ec7e7-home-token", "runtimes/n1/token": "5ec7e7-node-token",
-           "runtimes/n1/node.key": "5ec7e7-node-key"}
+#: The node's secrets: its tokens (written here as an operator or its enrollment writes them) and
+#: its private keys (made by the runtime's identity, oneos/identity.py), each 0600.
+TOKENS = {"token": "5ec7e7-home-token", "runtimes/n1/token": "5ec7e7-node-token"}
+KEY = "runtimes/n1/node.key"
 
 PROBE = """\
 # sh probe.sh FILE... -- FOLDER...: who it is, its folder, and what it can read (cat) and list (ls).
@@ -80,12 +82,13 @@ def sandboxed():
     root = Path(tempfile.mkdtemp(prefix="oneos-sandbox-"))
     os.chmod(root, 0o711)
     home = root / "home-n1"
-    for name, secret in SECRETS.items():
+    for name, secret in TOKENS.items():
         write_secret(home / name, secret)
     try:
         with running_cluster(root, {"n1": ["--kernel"]}, agent_user=None) as cluster:
             # A node with a simulated board, which its agents use as a board's pins.
             cluster.start("n2", "--no-kernel", env={"ONEOS_GPIO_SIM": str(root / "board")})
+            assert (home / KEY).exists()          # made for n1 when it was enrolled
             yield cluster, home
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -109,7 +112,8 @@ def node_folders(home: Path, node: str) -> list[Path]:
 def test_an_agent_runs_as_the_agent_user_and_cannot_read_the_nodes_token_or_key(sandboxed, tmp_path):
     cluster, home = sandboxed
     (tmp_path / "probe.sh").write_text(PROBE)
-    words = [*(str(home / name) for name in SECRETS), "--", *map(str, node_folders(home, "n1"))]
+    secrets = {**TOKENS, KEY: (home / KEY).read_text().strip()}
+    words = [*(str(home / name) for name in secrets), "--", *map(str, node_folders(home, "n1"))]
     code, out, err = cluster.run(f"sh probe.sh {' '.join(words)} @ n1", cwd=tmp_path)
     assert code == 0, err
     said = seen(out)
@@ -118,7 +122,7 @@ def test_an_agent_runs_as_the_agent_user_and_cannot_read_the_nodes_token_or_key(
     assert said["workdir"] == "workdir 700 oneos-agent"      # its own, closed to others
     assert said["shipped"] == "shipped oneos-agent"          # what was shipped with it is its own
     assert said["home"].startswith(f"home {home}/runtimes/n1/agents/")   # its working directory
-    for name, secret in SECRETS.items():
+    for name, secret in secrets.items():
         assert refused(said[str(home / name)], secret), said[str(home / name)]
     # It can pass through the node's folders to its own, but list nothing in them.
     for folder in node_folders(home, "n1"):
@@ -136,7 +140,7 @@ def test_the_node_keeps_its_secrets_and_folders_to_itself(sandboxed):
                                                            data / "agents" / "logs")}
     assert modes == {home: 0o711, home / "runtimes": 0o711, data: 0o711, data / "agents": 0o711,
                      data / "agents" / "logs": 0o700}
-    for name in SECRETS:
+    for name in [*TOKENS, KEY]:
         assert stat_mode(home / name) == 0o600
 
 
