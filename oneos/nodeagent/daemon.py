@@ -127,6 +127,7 @@ class Runtime(Service):
 
     def _launch(self) -> None:
         """Join the cluster (start() calls it); raises OneOSError with a message for people when it cannot."""
+        sandbox = self._sandbox()     # first: a node that cannot confine its agents does not join
         self.boot = self._read_boot()
         ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
@@ -138,7 +139,6 @@ class Runtime(Service):
         devices.register(self.ns, self.cfg.id, self.cfg.devices)
         log.info("joined cluster %r at %s as %s runtime (session TTL %ss)", self.boot["cluster"],
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
-        sandbox = self._sandbox()
         membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
                                      bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),

@@ -39,6 +39,7 @@ from typing import Any
 
 from oneos import children
 from oneos.errors import OneOSError
+from oneos.paths import PathEscape
 from oneos.quantities import format_memory, parse_cpu, parse_memory
 
 log = logging.getLogger("oneos.nodeagent")
@@ -318,14 +319,20 @@ def open_folder(root: Path, parts: tuple[str, ...] | list[str], own: Any = None)
     agent's, which may have replaced one by a link to the node's files. Close it when done."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        for part in parts:
+        for n, part in enumerate(parts):
             made = False
             try:
                 os.mkdir(part, 0o755, dir_fd=fd)
                 made = True
             except FileExistsError:
                 pass
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise PathEscape(f"{'/'.join(parts[:n + 1])} in {root} is a symbolic link or not a folder: "
+                                 "not followed") from None
             os.close(fd)
             fd = child
             if made and own is not None:

@@ -228,7 +228,8 @@ class AgentRunner(Service):
         argv = list(self.spec["run"])
         env = self._environment(incarnation)
         started = time.monotonic()
-        served = DeviceServer(self.workdir, self.sup.devices, env, owner=None if self.kernel else self.sup.sandbox.own)
+        served = DeviceServer(self.workdir, self.sup.devices, env,
+                              owner=None if self.kernel else self.sup.sandbox.own)
         terminal: int | None = None      # the master side of the process's stdout, when it is a pseudo-terminal
         try:
             required = self.spec.get("requires", {}).get("devices", [])
