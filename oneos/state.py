@@ -326,7 +326,9 @@ def utcnow() -> str:
 def new_boot_record(*, cluster: str, pulsar_url: str, namespace: str = "public/default",
                     kernel_nodes: list[str] | None = None, session_ttl: str = "10s",
                     lock_delay: str = "15s", pulsar_admin_url: str | None = None,
-                    blob_grace: str | None = None) -> dict[str, Any]:
+                    blob_grace: str | None = None, pulsar_tls_trust_certs: str | None = None,
+                    pulsar_tls_hostname_verification: bool = True,
+                    pulsar_authentication: str | None = None) -> dict[str, Any]:
     """A boot record (validated when written); the optional fields only when given."""
     boot = {
         "schemaVersion": 1,
@@ -340,6 +342,12 @@ def new_boot_record(*, cluster: str, pulsar_url: str, namespace: str = "public/d
     }
     if pulsar_admin_url:
         boot["pulsar"]["adminUrl"] = pulsar_admin_url.rstrip("/")
+    if pulsar_tls_trust_certs:
+        boot["pulsar"]["tlsTrustCertsFile"] = pulsar_tls_trust_certs
+    if not pulsar_tls_hostname_verification:
+        boot["pulsar"]["tlsHostnameVerification"] = False
+    if pulsar_authentication and pulsar_authentication != "none":
+        boot["pulsar"]["authentication"] = pulsar_authentication
     if blob_grace:
         boot["blobGracePeriod"] = blob_grace
     return boot

@@ -87,7 +87,7 @@ def copy_log(client: pulsar.Client, topic: str, sink: Sink, *, follow: bool,
 def _connect(ns: NameServer) -> tuple[pulsar.Client, str]:
     """A client of the cluster's broker, and the namespace of its topics, as the boot record says."""
     boot = state.read_boot(ns)
-    return bus_client.connect(boot["pulsar"]["url"]), boot["pulsar"]["namespace"]
+    return bus_client.connect(bus_client.access(boot["pulsar"])), boot["pulsar"]["namespace"]
 
 
 def _has_run(status: dict[str, Any]) -> bool:

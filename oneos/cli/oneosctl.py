@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oneos import __version__, diff, manifests, state
+from oneos.bus.client import TOKEN_FILE_ENV
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
@@ -114,13 +115,22 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
         "bootstrap", help="write the boot record and the init manifest of a new cluster",
         description="Write the boot record (oneos/boot) and the init manifest where they are absent, by "
                     "compare-and-set: running it twice changes nothing. --force replaces them.")
-    p.add_argument("--pulsar-url", required=True, metavar="URL", help="the Pulsar broker, pulsar://HOST:PORT")
+    p.add_argument("--pulsar-url", required=True, metavar="URL",
+                   help="the Pulsar broker, pulsar://HOST:PORT (pulsar+ssl://HOST:PORT for TLS)")
     p.add_argument("--cluster", default="oneos", help="the cluster's name (default oneos)")
     p.add_argument("--namespace", default="public/default", metavar="TENANT/NAMESPACE",
                    help="Pulsar namespace for the pipes' topics (default public/default)")
     p.add_argument("--pulsar-admin-url", metavar="URL",
                    help="the Pulsar cluster's admin API, http://HOST:8080: deleted pipelines' topics are deleted "
                         "through it (leave it out for pulsar-lite, which has none)")
+    p.add_argument("--pulsar-tls-trust-certs", metavar="FILE",
+                   help="for a pulsar+ssl:// URL: the CA certificates (PEM) that sign the brokers' certificates, "
+                        "at this absolute path on every machine (default: certifi's CA bundle)")
+    p.add_argument("--no-pulsar-tls-hostname-verification", dest="pulsar_tls_hostname_verification",
+                   action="store_false", help="accept a broker certificate that does not name the URL's host")
+    p.add_argument("--pulsar-auth", choices=["none", "token"], default="none",
+                   help="token: the Pulsar cluster wants a token from every client, each from its own file "
+                        "(a node's pulsar.tokenFile, or ONEOS_PULSAR_TOKEN_FILE); none (default) for pulsar-lite")
     p.add_argument("--blob-grace", metavar="DURATION",
                    help="how long a shipped file no manifest references is kept before it is deleted (default 60s)")
     p.add_argument("--session-ttl", default="10s", metavar="DURATION",
@@ -136,10 +146,15 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Write what a new cluster needs, where absent."""
+    if args.pulsar_tls_trust_certs and not args.pulsar_url.startswith("pulsar+ssl://"):
+        raise UsageError(f"--pulsar-tls-trust-certs is for TLS, and --pulsar-url {args.pulsar_url} is not "
+                         "pulsar+ssl://; give the broker's TLS URL, pulsar+ssl://HOST:6651")
     boot = state.new_boot_record(cluster=args.cluster, pulsar_url=args.pulsar_url, namespace=args.namespace,
                                  kernel_nodes=args.kernel_node, session_ttl=args.session_ttl,
                                  lock_delay=args.lock_delay, pulsar_admin_url=args.pulsar_admin_url,
-                                 blob_grace=args.blob_grace)
+                                 blob_grace=args.blob_grace, pulsar_tls_trust_certs=args.pulsar_tls_trust_certs,
+                                 pulsar_tls_hostname_verification=args.pulsar_tls_hostname_verification,
+                                 pulsar_authentication=args.pulsar_auth)
     check("boot", boot, "the boot record from these options")
     ns = _client(args)
     wrote_boot, wrote_init = state.bootstrap(ns, boot, state.default_init(args.init), force=args.force)
@@ -778,6 +793,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pulsar = sys.modules.get("pulsar")   # loaded only by the commands that use the bus
         if pulsar is None or not isinstance(err, pulsar.PulsarException):
             raise
+        if isinstance(err, (pulsar.AuthenticationError, pulsar.AuthorizationError)):
+            print(f"{PROG}: the Pulsar broker refused this client ({type(err).__name__}); check the token in "
+                  f"${TOKEN_FILE_ENV} and what the cluster lets it do", file=sys.stderr)
+            return 1
         print(f"{PROG}: the Pulsar broker refused or failed ({type(err).__name__}: {err}); "
               "check it is running at the boot record's pulsar.url (`oneosctl get boot`)", file=sys.stderr)
         return 1

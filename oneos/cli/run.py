@@ -188,6 +188,8 @@ class Run:
     def execute(self) -> int:
         boot = state.read_boot(self.ns)
         self.namespace = boot["pulsar"]["namespace"]
+        # Before the apply: a token or a certificate that does not fit leaves nothing behind.
+        self.client = bus_client.connect(bus_client.access(boot["pulsar"]), logger=self.pulsar_log)
         # From here on the cleanup deletes the pipeline, even if a signal cuts the apply short.
         self.applied = True
         done = manifests.apply_pipeline(self.ns, self.manifest, self.cwd, attached=True)
@@ -196,7 +198,6 @@ class Run:
         agents = done.manifest["spec"]["agents"]
         self._follow(Watch.key(self.ns, state.pipeline_key(self.name), retry=False), self._pipeline_event)
         self._follow(Watch.tree(self.ns, f"{state.STATUS}{self.name}.", retry=False), lambda entries: ("statuses", entries))
-        self.client = bus_client.connect(boot["pulsar"]["url"], logger=self.pulsar_log)
         self._serve_stdout(agents)
         self._serve_stdin(agents)
         last = next(a["name"] for a in agents if "stdout" in a)

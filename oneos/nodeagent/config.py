@@ -39,6 +39,8 @@ class RuntimeConfig:
     logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
     token: str | None = None    # the Name Server ACL token to send, as find_token finds it (None: anonymous)
     agent_user: str = DEFAULT_AGENT_USER   # the user agents run as, when the node runs as root
+    pulsar_token_file: Path | None = None        # this node's Pulsar token (a file of mode 0600)
+    pulsar_trust_certs_file: Path | None = None  # CA certificates of the brokers, where this node keeps them
 
     @property
     def data_dir(self) -> Path:
@@ -222,7 +224,17 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         logs=logs,
         token=find_token(configured=saved.get("token")),
         agent_user=given.agent_user or saved.get("agentUser") or DEFAULT_AGENT_USER,
+        pulsar_token_file=_config_path(saved, "pulsar", "tokenFile", path),
+        pulsar_trust_certs_file=_config_path(saved, "pulsar", "tlsTrustCertsFile", path),
     )
+
+
+def _config_path(saved: dict[str, Any], section: str, name: str, path: Path) -> Path | None:
+    """A file the config names in `section.name`, absolute (relative to the config file)."""
+    configured = (saved.get(section) or {}).get(name)
+    if not configured:
+        return None
+    return Path(os.path.abspath(path.parent / Path(configured).expanduser()))
 
 
 def gpio_simulate(saved: dict[str, Any], path: Path) -> Path | None:

@@ -132,6 +132,9 @@ class Runtime(Service):
         ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
         self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
+        # Checked before joining: a node that cannot reach the broker must not take agents.
+        pulsar = bus_client.access(self.boot["pulsar"], token_file=self.cfg.pulsar_token_file,
+                                   trust_certs_file=self.cfg.pulsar_trust_certs_file)
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
         log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
         self.membership.join()
@@ -141,7 +144,7 @@ class Runtime(Service):
                  self.cfg.nameserver, "a kernel" if self.kernel else "a", ttl)
         membership = self.membership
         self.supervisor = Supervisor(self.ns, self.cfg.id, self.boot, self.cfg.data_dir / "agents",
-                                     bus_factory=lambda: bus_client.connect(self.boot["pulsar"]["url"]),
+                                     bus_factory=lambda: bus_client.connect(pulsar),
                                      lease=lambda: membership.session, devices=self.cfg.devices,
                                      agent_env=self.agent_env(), log_limits=self.cfg.logs, kernel_node=self.kernel,
                                      sandbox=sandbox)

@@ -50,3 +50,23 @@ def test_bootstrap_records_the_pulsar_admin_url_and_the_blob_grace_period(builti
     assert done.returncode == 0, done.stderr
     boot = state.read_boot(NameServer(url))
     assert (boot["pulsar"]["adminUrl"], boot["blobGracePeriod"]) == ("http://broker:8080", "5m")
+
+
+def test_bootstrap_records_pulsar_tls_and_token_authentication(builtin_nameserver):
+    url = builtin_nameserver.url
+    done = bootstrap(url, "--pulsar-url", "pulsar+ssl://broker:6651", "--pulsar-tls-trust-certs", "/etc/oneos/ca.pem",
+                     "--no-pulsar-tls-hostname-verification", "--pulsar-auth", "token")
+    assert done.returncode == 0, done.stderr
+    assert state.read_boot(NameServer(url))["pulsar"] == {
+        "url": "pulsar+ssl://broker:6651", "namespace": "public/default", "tlsTrustCertsFile": "/etc/oneos/ca.pem",
+        "tlsHostnameVerification": False, "authentication": "token"}
+
+
+def test_bootstrap_refuses_tls_certificates_for_a_plain_url_and_a_relative_path(builtin_nameserver):
+    url = builtin_nameserver.url
+    plain = bootstrap(url, "--pulsar-url", "pulsar://broker:6650", "--pulsar-tls-trust-certs", "/etc/oneos/ca.pem")
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1
+    assert "is not pulsar+ssl://; give the broker's TLS URL" in plain.stderr
+    relative = bootstrap(url, "--pulsar-url", "pulsar+ssl://broker:6651", "--pulsar-tls-trust-certs", "ca.pem")
+    assert relative.returncode == 2 and relative.stderr.count("\n") == 1
+    assert "pulsar.tlsTrustCertsFile" in relative.stderr, relative.stderr
