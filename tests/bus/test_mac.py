@@ -115,3 +115,12 @@ def test_a_forged_frame_dropped_before_the_link_leaves_the_stream_exact():
 def test_a_short_key_is_refused():
     with pytest.raises(ValueError):
         Seal(b"short", A_TO_B)
+
+
+def test_a_reader_checks_frames_of_many_writers_and_keeps_few_of_their_keys():
+    # A topic's writers are the incarnations of one agent; forged frames may claim any writer id.
+    reader = seal()
+    writers = [seal() for _ in range(200)]
+    for n, writer in enumerate(writers * 2):
+        assert bytes(frames.decode(frames.encode(1, n, b"x", seal=writer), reader).data) == b"x"
+    assert len(reader._keys) <= Seal._KEPT
