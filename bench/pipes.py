@@ -10,7 +10,9 @@ BrokerProc, as the tests start theirs) and prints:
   -> consumer moving the same 64 KiB chunks;
 - latency (p50/p99) of single short lines sent one at a time through the same chains;
 - the cost of frame MACs: each chain's throughput with MACs (as pipelines run) and without
-  (a baseline only this bench makes: OneOS always sends MACs), runs taken in turn.
+  (a baseline only this bench makes: OneOS always sends MACs), in rounds that measure both in
+  alternating order; the median of the rounds' ratios, with their range (see `mac_report`),
+  and the MACs' CPU cost per frame. `--only-macs` runs just that part.
 Bus chains carry MACs under a random pipeline key, as a pipeline's pipes do.
 Ratios are of figures measured in the same run. Targets: throughput of a 0-hop pipe at least
 0.5 of raw pulsar-client; at most 2 ms of p50 latency added per link; with MACs at least 0.90
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import os
 import queue
+import resource
 import secrets
 import statistics
 import subprocess
@@ -296,6 +299,10 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2000, help="latency samples per chain (default 2000)")
     parser.add_argument("--hops", default="0,1,3,5", help="chain lengths, comma-separated (default 0,1,3,5)")
     parser.add_argument("--runs", type=int, default=3, help="throughput runs per figure, the median is shown (default 3)")
+    parser.add_argument("--mac-rounds", type=int, default=MAC_ROUNDS,
+                        help=f"rounds of the MAC comparison, each with and without MACs (default {MAC_ROUNDS})")
+    parser.add_argument("--only-macs", action="store_true",
+                        help="only the MAC comparison (with --hops, --megabytes, --mac-rounds)")
     args = parser.parse_args()
     hops_list = [int(h) for h in args.hops.split(",")]
 
@@ -304,7 +311,12 @@ def main() -> int:
         try:
             client = bus_client.connect(broker.url)
             try:
-                report(client, hops_list, args.megabytes, args.samples, args.runs)
+                if args.only_macs:
+                    data, _ = make_lines(args.megabytes)
+                    mac_report(client, [(f"bus, {h} hop{'s' * (h != 1)}", h, False) for h in hops_list],
+                               data, args.mac_rounds, broker.pid)
+                else:
+                    report(client, hops_list, args.megabytes, args.samples, args.runs, args.mac_rounds, broker.pid)
             finally:
                 bus_client.close(client)
         finally:
@@ -312,11 +324,92 @@ def main() -> int:
     return 0
 
 
+MAC_ROUNDS = 7
+
+
+def mac_report(client: pulsar.Client, rows: list[tuple[str, int, bool]], data: bytes, rounds: int,
+               broker_pid: int | None = None) -> None:
+    """Throughput with MACs over throughput without, as pairs measured side by side.
+
+    A round measures both variants, in turn, in an order that alternates (with-without, then
+    without-with) so that a drift of the machine (another process, the broker's storage
+    growing) weighs on both alike; each round gives one ratio, and the median of the rounds'
+    ratios is the figure, with their quartiles to show how much one run can be trusted. On a
+    shared machine the wall clock swings with what else runs; the CPU time the pipe took
+    (this process, where every reader and writer runs, and the broker) swings much less, and
+    a pipe that has the machine to itself is bound by it: its ratio is shown beside. The
+    MACs' CPU cost alone, per 64 KiB frame, does not depend on the broker at all.
+    """
+    mb = len(data) / 1e6
+    seal_us, open_us = mac_cpu_cost()
+    print(f"\nframe MACs ({frames.Seal.ALGORITHM}): {seal_us:.1f} us to seal and {open_us:.1f} us to check "
+          f"a 64 KiB frame (one core: {CHUNK / (seal_us + open_us):.0f} MB/s per link)")
+    print(f"                                MB/s with  MB/s without  with/without: median (quartiles)"
+          f"   CPU: median (quartiles)")
+    for label, hops, batching in rows:
+        ratios, cpu_ratios, with_s, without_s = [], [], [], []
+        for i in range(rounds):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            took, cpu = {}, {}
+            for mac in order:
+                before = cpu_seconds(broker_pid)
+                took[mac] = bus_throughput(client, hops, data, batching, mac=mac)
+                cpu[mac] = cpu_seconds(broker_pid) - before
+            with_s.append(took[True])
+            without_s.append(took[False])
+            ratios.append(took[False] / took[True])
+            cpu_ratios.append(cpu[False] / cpu[True])
+        on, off = statistics.median(with_s), statistics.median(without_s)
+        print(f"  {label:30s}{mb / on:9.1f}   {mb / off:11.1f}   {spread(ratios):>27s}   {spread(cpu_ratios):>20s}")
+    print(f"  ({rounds} rounds, each with and without MACs in turn; CPU: of this process and the broker)"
+          f"\n  target: with/without >= 0.90 (issue 12)")
+
+
+def spread(values: list[float]) -> str:
+    """The median, and the quartiles: half of the rounds gave a figure between them."""
+    low, median, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{median:.3f} ({low:.3f}-{high:.3f})"
+
+
+def cpu_seconds(broker_pid: int | None) -> float:
+    """CPU time (user and system) of this process so far, and of the broker's process if given."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    if broker_pid is not None:
+        with open(f"/proc/{broker_pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+    return total
+
+
+def mac_cpu_cost(frames_n: int = 5000) -> tuple[float, float]:
+    """Microseconds to seal (encode with a MAC) and to check (decode) one full frame, beyond a frame without."""
+    key, data = secrets.token_bytes(frames.KEY_SIZE), os.urandom(CHUNK)
+    seal = frames.Seal(key, topic("cpu", 0))
+    sealed = frames.encode(1, 0, data, seal=seal)
+    plain = frames.encode(1, 0, data)
+
+    def per_frame(work) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(frames_n):
+                work()
+            best = min(best, (time.perf_counter() - start) / frames_n)
+        return best * 1e6
+
+    encode_plain = per_frame(lambda: frames.encode(1, 0, data))
+    decode_plain = per_frame(lambda: frames.decode(plain))
+    return (per_frame(lambda: frames.encode(1, 0, data, seal=seal)) - encode_plain,
+            per_frame(lambda: frames.decode(sealed, seal)) - decode_plain)
+
+
 def median_of(runs: int, measure) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
-def report(client: pulsar.Client, hops_list: list[int], megabytes: int, samples: int, runs: int) -> None:
+def report(client: pulsar.Client, hops_list: list[int], megabytes: int, samples: int, runs: int,
+           mac_rounds: int = MAC_ROUNDS, broker_pid: int | None = None) -> None:
     data, lines = make_lines(megabytes)
     mb = len(data) / 1e6
     print(f"pulsar-lite on this machine, pulsar-client {pulsar.__version__}, {os.cpu_count()} CPUs, one client; "
@@ -347,14 +440,7 @@ def report(client: pulsar.Client, hops_list: list[int], megabytes: int, samples:
         links = hops + 1
         print(f"  {label:30s}{p50:6.2f}  {p99:6.2f}    {u50:6.3f}    {u99:6.3f}    {(p50 - u50) / links:6.2f}"
               f"  ({links} link{'s' * (links > 1)})")
-    print("\nframe MACs (Poly1305)              MB/s with   MB/s without   with/without   (runs in turn)")
-    for label, hops, batching in rows:
-        with_s, without_s = [], []
-        for _ in range(runs):
-            with_s.append(bus_throughput(client, hops, data, batching, mac=True))
-            without_s.append(bus_throughput(client, hops, data, batching, mac=False))
-        on, off = statistics.median(with_s), statistics.median(without_s)
-        print(f"  {label:30s}{mb / on:9.1f}   {mb / off:12.1f}   {off / on:12.3f}")
+    mac_report(client, rows, data, mac_rounds, broker_pid)
     print(f"\nhops are `StreamReader -> cat -> StreamWriter`; a chain of N hops has N+1 links through the broker,"
           f"\nso link-MB/s (MB/s x links) is what the broker moved. Targets: 0-hop throughput >= 0.5 x raw"
           f"\npulsar-client; added p50 latency <= 2 ms per link. Readers that subscribed again (pulsar-lite"
