@@ -367,7 +367,7 @@ def mac_report(client: pulsar.Client, rows: list[tuple[str, int, bool]], data: b
 
 def spread(values: list[float]) -> str:
     """The median, and the quartiles: half of the rounds gave a figure between them."""
-    low, median, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    low, median, high = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
     return f"{median:.3f} ({low:.3f}-{high:.3f})"
 
 
