@@ -10,10 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeAdmin:
     """Pulsar's admin API for topics: GET lists a namespace, DELETE ?force=true deletes one."""
 
-    def __init__(self, topic_names: list[str]) -> None:
+    def __init__(self, topic_names: list[str], token: str | None = None) -> None:
+        """With `token`, a request without it as its bearer token is answered 401, as Pulsar's."""
         self.topics = set(topic_names)
         self.deleted: list[tuple[str, str]] = []
         self.down = False
+        self.token = token
+        self.refused = 0
         admin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,14 +30,25 @@ class FakeAdmin:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _refused(self) -> bool:
+                if admin.token is None or self.headers.get("Authorization") == f"Bearer {admin.token}":
+                    return False
+                admin.refused += 1
+                self._reply(401, {"reason": "Authentication required"})
+                return True
+
             def do_GET(self):
                 if admin.down:
                     return self._reply(503, {"reason": "down"})
+                if self._refused():
+                    return None
                 tenant, namespace = self.path.split("/")[4:6]
                 prefix = f"persistent://{tenant}/{namespace}/"
                 self._reply(200, sorted(t for t in admin.topics if t.startswith(prefix)))
 
             def do_DELETE(self):
+                if self._refused():
+                    return
                 path, _, query = self.path.partition("?")
                 tenant, namespace, topic = path.split("/")[4:7]
                 name = f"persistent://{tenant}/{namespace}/{topic}"

@@ -25,10 +25,17 @@ class PulsarAdminError(OneOSError):
 class PulsarAdmin:
     """A client of one Pulsar cluster's admin API (http(s)://HOST:8080)."""
 
-    def __init__(self, url: str, *, timeout: float = TIMEOUT_S, session: Any = None) -> None:
+    def __init__(self, url: str, *, timeout: float = TIMEOUT_S, session: Any = None, token: str | None = None,
+                 trust_certs_file: str | None = None) -> None:
+        """`token` goes with every request (a cluster with authentication: the role must be allowed
+        to list and delete the namespace's topics); `trust_certs_file` is the CA of an https:// URL."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        if trust_certs_file:
+            self.session.verify = trust_certs_file
 
     def close(self) -> None:
         self.session.close()
@@ -49,6 +56,10 @@ class PulsarAdmin:
     def topics(self, namespace: str) -> list[str]:
         """The persistent topics of `namespace` (TENANT/NAMESPACE), as full names."""
         reply = self._request("GET", self._path(namespace))
+        if reply.status_code in (401, 403):
+            raise PulsarAdminError(f"the Pulsar admin API at {self.url} refused this node (HTTP {reply.status_code}): "
+                                   "the leader's Pulsar token (pulsar.tokenFile) must be allowed to list and delete "
+                                   f"the topics of {namespace}")
         if reply.status_code != 200:
             raise PulsarAdminError(f"listing the topics of {namespace} at {self.url}: HTTP {reply.status_code} "
                                    f"{reply.text.strip()[:200]}")

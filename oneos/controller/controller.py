@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from oneos import state
+from oneos.bus.admin import PulsarAdmin
 from oneos.controller.janitor import Janitor
 from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
@@ -28,8 +29,10 @@ RESYNC_S = 5.0
 class Controller(Service):
     """Reconciliation loop with its watches; start() when elected, stop() when deposed."""
 
-    def __init__(self, ns: NameServer, leader_session: Callable[[], str | None] | None = None) -> None:
+    def __init__(self, ns: NameServer, leader_session: Callable[[], str | None] | None = None,
+                 pulsar_admin: Callable[[str], PulsarAdmin] = PulsarAdmin) -> None:
         """`leader_session` gives the session holding the leader lock: every write checks it still does.
+        `pulsar_admin` opens the Pulsar admin client of a URL (with the node's token, if it has one).
 
         Without it (tools, tests) writes are not fenced."""
         super().__init__("controller")
@@ -40,7 +43,8 @@ class Controller(Service):
         self._watches = [Watch.keys(ns, prefix) for prefix in (state.MANIFESTS, state.NODES)]
         # The janitor's rounds have a client of their own too (one client per thread).
         self._janitor_ns = ns.clone()
-        self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()))
+        self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()),
+                               admin=pulsar_admin)
 
     def _session(self) -> str | None:
         """The leader session every write checks (None without one); NotLeader once it is gone."""

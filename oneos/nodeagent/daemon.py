@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from oneos import __version__, state
 from oneos.bus import client as bus_client
+from oneos.bus.admin import PulsarAdmin
 from oneos.controller.controller import Controller
 from oneos.controller.election import Election
 from oneos.durations import parse_seconds
@@ -68,6 +69,7 @@ class Runtime(Service):
         self.identity = Identity.load_or_create(cfg.key_file)
         self.wait_s = wait_s
         self.boot: dict[str, Any] = {}
+        self.pulsar: bus_client.Access | None = None   # how this node reaches the broker (from the boot record)
         self.kernel = cfg.kernel
         self.started_at = state.utcnow()
         self.address = local_address(cfg.nameserver)
@@ -133,8 +135,8 @@ class Runtime(Service):
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
         self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
         # Checked before joining: a node that cannot reach the broker must not take agents.
-        pulsar = bus_client.access(self.boot["pulsar"], token_file=self.cfg.pulsar_token_file,
-                                   trust_certs_file=self.cfg.pulsar_trust_certs_file)
+        self.pulsar = pulsar = bus_client.access(self.boot["pulsar"], token_file=self.cfg.pulsar_token_file,
+                                                 trust_certs_file=self.cfg.pulsar_trust_certs_file)
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
         log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
         self.membership.join()
@@ -183,7 +185,10 @@ class Runtime(Service):
 
     def _lead(self) -> None:
         election = self.election
-        self.controller = Controller(self.ns, leader_session=lambda: election.session if election else None)
+        pulsar = self.pulsar
+        self.controller = Controller(self.ns, leader_session=lambda: election.session if election else None,
+                                     pulsar_admin=lambda url: PulsarAdmin(url, token=pulsar.token,
+                                                                          trust_certs_file=pulsar.trust_certs_file))
         self.controller.start()
 
     def _step_down(self) -> None:

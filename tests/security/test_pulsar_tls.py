@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import pytest
 
+from oneos import state
+from oneos.bus import topics
 from oneos.secretfiles import write_secret
 from tests.cluster import Cluster
 from tests.conftest import REAL_CONSUL
 from tests.procs import BrokerProc, NameServerProc, run_cli
+from tests.pulsar_admin import FakeAdmin
 from tests.pulsar_tls import TLSProxy
 from tests.tlsfiles import make_tls
 
@@ -30,11 +33,12 @@ def tls_cluster(tmp_path):
     nameserver = NameServerProc(tmp_path / "ns-data").start()
     broker = BrokerProc(tmp_path / "pulsar")
     proxy = None
+    admin = FakeAdmin([], token=NODE_TOKENS["n1"])   # n1 is the only kernel node: the leader
     cluster = Cluster(nameserver, tmp_path)
     try:
         broker.start()
         proxy = TLSProxy(broker.port, tls).start()
-        cluster.bootstrap(proxy.url, pulsar={"url": proxy.url, "namespace": "public/default",
+        cluster.bootstrap(proxy.url, pulsar={"url": proxy.url, "namespace": "public/default", "adminUrl": admin.url,
                                              "tlsTrustCertsFile": str(tls.ca), "authentication": "token"})
         for node_id, flags in (("n1", ["--kernel"]), ("n2", ["--no-kernel"])):
             home = tmp_path / f"home-{node_id}"
@@ -42,10 +46,11 @@ def tls_cluster(tmp_path):
             (home / "config.yaml").write_text("pulsar: {tokenFile: pulsar-token}\n")
             cluster.start(node_id, *flags, home=home)
         cluster.wait_for(cluster.leader, 20, "a leader")
-        cluster.proxy, cluster.tls = proxy, tls
+        cluster.proxy, cluster.tls, cluster.admin = proxy, tls, admin
         yield cluster
     finally:
         cluster.stop()
+        admin.close()
         if proxy is not None:
             proxy.stop()
         broker.stop()
@@ -100,3 +105,20 @@ def test_a_node_whose_token_file_others_may_read_does_not_join(tls_cluster, tmp_
     assert node.popen.returncode != 0
     assert "may be read by others (mode 0644); run `chmod 600" in node.log()
     assert "n3" not in tls_cluster.node_ids()
+
+
+def test_the_leader_deletes_a_deleted_pipelines_topics_through_the_admin_api_with_its_token(tls_cluster, tmp_path):
+    """pulsar-lite has no admin API: a stand-in answers for it, refusing requests without n1's token."""
+    manifest = tmp_path / "idle.yaml"
+    manifest.write_text("apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {name: idle}\nspec:\n  agents:\n"
+                        "    - {name: a, run: [sleep, '1000']}\n")
+    assert tls_cluster.ctl("apply", "-f", str(manifest)).returncode == 0
+    tls_cluster.wait_for(lambda: tls_cluster.statuses("idle").get("a", {}).get("state") == "Running", 30, "Running")
+    uid = state.decode_pipeline(tls_cluster.ns.get(state.pipeline_key("idle"))[1])["metadata"]["uid"]
+    made = {topics.link_topic("public/default", uid, "a", "b"), topics.output_topic("public/default", uid, "a")}
+    admin = tls_cluster.admin
+    admin.topics |= made | {"persistent://public/default/someone-elses"}
+    assert tls_cluster.ctl("delete", "pipeline", "idle").returncode == 0
+    tls_cluster.wait_for(lambda: admin.topics == {"persistent://public/default/someone-elses"}, 30,
+                         "the leader to delete the pipeline's topics")
+    assert admin.refused == 0 and sorted(t for t, _ in admin.deleted) == sorted(made)
