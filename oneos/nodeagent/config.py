@@ -21,6 +21,7 @@ from oneos.nameserver.client import find_token, nameserver_url
 from oneos.paths import inside, oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
+from oneos.secretfiles import read_secret
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 
@@ -37,6 +38,7 @@ class RuntimeConfig:
     gpio_simulate: Path | None = None   # a simulated GPIO board's directory, for this node's agents
     logs: LogLimits = field(default_factory=LogLimits)   # how much of each agent's log is kept here
     token: str | None = None    # the Name Server ACL token to send, as find_token finds it (None: anonymous)
+    join_token: str | None = None   # ID.SECRET from `oneosctl token create`: asks to join with it (enrollment.py)
 
     @property
     def data_dir(self) -> Path:
@@ -59,6 +61,7 @@ class Overrides:
     memory: str | None = None
     labels: dict[str, str] | None = None
     config_file: Path | None = None
+    join_token: str | None = None
 
 
 def parse_labels(text: str, where: str) -> dict[str, str]:
@@ -82,6 +85,17 @@ def from_environment() -> Overrides:
         memory=os.environ.get("ONEOS_MEMORY") or None,
         labels=None if labels is None else parse_labels(labels, "ONEOS_LABELS"),
     )
+
+
+def join_token(given: str | None) -> str | None:
+    """The join token: --join-token, else ONEOS_JOIN_TOKEN, else the file ONEOS_JOIN_TOKEN_FILE names (0600)."""
+    if given:
+        return given.strip()
+    if os.environ.get("ONEOS_JOIN_TOKEN"):
+        return os.environ["ONEOS_JOIN_TOKEN"].strip()
+    if os.environ.get("ONEOS_JOIN_TOKEN_FILE"):
+        return read_secret(os.environ["ONEOS_JOIN_TOKEN_FILE"], "the join token file (ONEOS_JOIN_TOKEN_FILE)")
+    return None
 
 
 def _merge(flags: Overrides, env: Overrides) -> Overrides:
@@ -217,6 +231,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         gpio_simulate=gpio_simulate(saved, path),
         logs=logs,
         token=find_token(configured=saved.get("token")),
+        join_token=join_token(flags.join_token),
     )
 
 
