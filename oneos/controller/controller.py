@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from oneos import state
+from oneos.controller.enroller import Enroller
 from oneos.controller.janitor import Janitor
 from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
@@ -41,6 +42,7 @@ class Controller(Service):
         # The janitor's rounds have a client of their own too (one client per thread).
         self._janitor_ns = ns.clone()
         self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()))
+        self.enroller = Enroller(ns)
 
     def _session(self) -> str | None:
         """The leader session every write checks (None without one); NotLeader once it is gone."""
@@ -55,6 +57,7 @@ class Controller(Service):
         self.spawn(self._sweep, "janitor")
         for watch in self._watches:
             self.spawn(lambda watch=watch: self._follow(watch), f"watch {watch.what}")
+        self.enroller.start()
 
     def _interrupt(self) -> None:
         self._dirty.set()
@@ -64,6 +67,7 @@ class Controller(Service):
         self._janitor_ns.close()
 
     def _release(self) -> None:
+        self.enroller.stop()
         self.janitor.close()
 
     def _follow(self, watch: Watch) -> None:
