@@ -4,7 +4,9 @@ Starts the built-in Name Server as a child, with ACLs on (deny by default) and a
 token of its own: made once, kept in the data folder (mode 0600), given to the Name Server as
 its initial management token (which counts as its ACL bootstrap) and copied to
 $ONEOS_HOME/token, where `oneosctl` on this machine finds it. Writes the boot record and the init manifest
-where absent, and runs one local kernel runtime in this process. The broker (pulsar-lite)
+where absent, and OneOS's ACL policies, and runs one local kernel runtime in this process, which enrolls
+as any runtime does: with a kernel join token --dev makes and redeems itself. Another join token, for more
+local nodes, is left in $ONEOS_HOME/join-token. The broker (pulsar-lite)
 is a kernel agent of the init manifest: the runtime's controller places it on this node
 and its supervisor keeps it running (restart: always), as systemd keeps a unit. One
 ready line says where everything listens, once the broker answers. Ctrl-C or SIGTERM (while

@@ -4,7 +4,8 @@ Watches (blocking queries) only say *that* something changed under manifests/ or
 each wake-up runs one reconciliation pass over every pipeline, and a periodic pass
 catches anything a watch missed. A deposed leader stops at once; one that has not heard
 yet cannot write either, as every write checks that it still holds the lock. On a timer
-of its own, the janitor (janitor.py) deletes what deleted pipelines leave behind.
+of its own, the janitor (janitor.py) deletes what deleted pipelines leave behind; and the enroller
+(enroller.py) lets in the runtimes that ask to join with a valid join token.
 """
 
 from __future__ import annotations
