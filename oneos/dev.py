@@ -146,8 +146,13 @@ def _enroll_own_node(ns: NameServer, cfg: runtime_config.RuntimeConfig) -> Enrol
     one for it, and redeems it itself (no controller runs before the first kernel node is in). The redeemer
     to stop once the node has started; None when the node is enrolled already."""
     registered = state.read_key(ns, cfg.id)
-    if registered and registered["signingKey"] == Identity.load_or_create(cfg.key_file).signing_key:
+    identity = Identity.load_or_create(cfg.key_file)
+    if registered and registered["signingKey"] == identity.signing_key:
         return None
+    if registered:    # its key file was made again (a new $ONEOS_HOME, the same --data-dir): --dev is its operator
+        log.info("the node %s has a new key (%s, was %s): enrolling it again", cfg.id, identity.fingerprint,
+                 registered["fingerprint"])
+        enrollment.revoke(ns, cfg.id)
     cfg.join_token = enrollment.create_join_token(ns, OWN_TOKEN_TTL_S, kernel=True,
                                                   description=f"oneosd --dev: its own node {cfg.id}")
     enroller = Enroller(ns)

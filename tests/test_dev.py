@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -117,6 +118,12 @@ def test_dev_node_comes_up_enrolled_with_a_token_of_its_own(dev):
     dev.start()
     assert state.read_key(ns, "devnode")["tokenAccessor"] == key["tokenAccessor"]
     assert len(enrollment.read_join_tokens(ns)) == 1
+    # With a new key (its home made again, its data kept), --dev, its operator, enrolls it again.
+    dev.stop()
+    shutil.rmtree(dev.home / "runtimes" / "devnode")
+    dev.start()
+    again = state.read_key(ns, "devnode")
+    assert again["fingerprint"] != key["fingerprint"] and again["tokenAccessor"] != key["tokenAccessor"]
 
 
 def test_dev_runs_with_acls_and_oneosctl_here_needs_no_token_flag(dev):

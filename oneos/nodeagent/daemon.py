@@ -186,7 +186,7 @@ class Runtime(Service):
                           f"runtime's key is {self.identity.fingerprint}): run `oneosctl node revoke {self.cfg.id}` "
                           "if that node is gone for good, or start this one with another id")
 
-    def _registered(self, index: int | None = None) -> dict[str, Any] | None:
+    def _registered(self) -> dict[str, Any] | None:
         """This runtime's key record (None while absent); OneOSError when it registers another key."""
         record = state.read_key(self.ns, self.cfg.id)
         if record is not None and record["signingKey"] != self.identity.signing_key:
