@@ -12,7 +12,7 @@ from pathlib import Path
 from oneos import __version__, dev
 from oneos.errors import OneOSError, UsageError
 from oneos.nodeagent import config as runtime_config
-from oneos.nodeagent.daemon import Runtime, setup_logging
+from oneos.nodeagent.daemon import Runtime, StoppedWaiting, setup_logging
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -66,6 +66,10 @@ def run_until_signalled(runtime: Runtime) -> int:
     try:
         runtime.start()
         runtime.wait()
+    except StoppedWaiting as exc:
+        log.info("%s", exc)
+        runtime.stop()
+        return 0
     except OneOSError as exc:
         log.error("%s", exc)
         runtime.stop()

@@ -59,6 +59,10 @@ def local_address(nameserver: str) -> str:
         return "127.0.0.1"
 
 
+class StoppedWaiting(OneOSError):
+    """Asked to stop (SIGTERM, Ctrl-C) while waiting for approval: nothing went wrong."""
+
+
 class Runtime(Service):
     """One OneOS runtime: membership, heartbeat and (on kernel runtimes) the election."""
 
@@ -227,7 +231,7 @@ class Runtime(Service):
                 said = time.monotonic()
                 log.info("still waiting for approval (%.0fs): `oneosctl node approve %s` (key %s)",
                          said - started, self.cfg.id, self.identity.fingerprint)
-        raise OneOSError("stopped while waiting for approval")
+        raise StoppedWaiting("stopped while waiting for approval")
 
     def _own_token(self) -> str | None:
         """The token sealed to this runtime at its approval (saved, mode 0600, in its data folder), else the

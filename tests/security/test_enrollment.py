@@ -110,8 +110,14 @@ def test_a_runtime_asks_to_join_and_runs_work_once_an_operator_approves_its_key(
         own = c.root / "home-k1" / "runtimes" / "k1" / "token"
         assert own.stat().st_mode & 0o777 == 0o600 and node_token(c, "k1") != MANAGEMENT
         assert c.ns.get(state.joinrequest_key("k1"))[1] is None     # the request is done with
-        code, out, err = c.run("seq 3 | tr 1 x", timeout=60)
-        assert (code, out) == (0, b"x\n2\n3\n"), err
+        # A plain node let in by a join token (redeemed by k1's controller, with k1's own token) runs
+        # its stages under its own token: frame keys, shipped files and statuses all read or written.
+        token = c.ctl("token", "create").stdout.strip()
+        stranger(c, "n2", "--join-token", token)
+        c.wait_for(lambda: "n2" in c.node_ids(), 30, "n2 to be let in by its join token")
+        (tmp_path / "upper.py").write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n")
+        code, out, err = c.run("seq 3 @ n2 | tr 1 x @ k1 | python3 upper.py @ n2", timeout=60)
+        assert (code, out) == (0, b"X\n2\n3\n"), err
 
 
 def test_a_runtime_whose_id_is_registered_to_another_key_refuses_to_start(cluster):
@@ -164,6 +170,9 @@ def test_join_tokens_let_runtimes_in_once_until_they_expire_and_as_they_say(tmp_
         stranger(c, "late", "--join-token", expired)
         in_log(k1, rf"join request of late .* left pending: join token {tid} does not exist")
         assert state.read_key(c.ns, "late") is None and tid not in enrollment.read_join_tokens(c.ns)
+        # Stopped while it waits, a runtime says so and exits 0: nothing went wrong.
+        assert c.node("late").terminate() == 0
+        assert "stopped while waiting for approval" in c.node("late").log()
 
         # A proof made with a wrong secret is no proof.
         good = c.ctl("token", "create").stdout.strip()
@@ -173,7 +182,14 @@ def test_join_tokens_let_runtimes_in_once_until_they_expire_and_as_they_say(tmp_
 
         pending = {n["id"] for n in json.loads(c.ctl("get", "nodes", "-o", "json").stdout)["items"]
                    if n["state"] == "Pending approval"}
-        assert pending == {"b", "late", "forger"}
+        assert pending == {"b", "late", "forger"}      # late's request stays while no one decides
+
+        # Listed without their secrets; deleted, a token lets no one in.
+        listed = c.ctl("token", "list").stdout
+        assert listed.splitlines()[0].split()[:4] == ["ID", "USES", "LEFT", "KERNEL"]
+        assert good.split(".")[0] in listed and good.split(".")[1] not in listed
+        assert c.ctl("token", "delete", good.split(".")[0]).stdout == f"join token {good.split('.')[0]} deleted\n"
+        assert good.split(".")[0] not in enrollment.read_join_tokens(c.ns)
 
 
 # ------------------------------------------------------- least privilege
@@ -267,6 +283,20 @@ def test_a_stranger_is_placed_on_never_and_shown_pending(tmp_path):
         assert {node for node, _ in state.read_assignments(c.ns).values()} == {"k1"}
         nodes = {n["id"]: n["state"] for n in json.loads(c.ctl("get", "nodes", "-o", "json").stdout)["items"]}
         assert nodes == {"k1": "Ready", "rogue": "Pending approval"}
+
+
+def test_a_node_record_with_no_registered_key_is_shown_not_approved(cluster):
+    """Without ACLs anyone may write a node record (item 3's signatures are what keep it from being
+    placed on); `get nodes` says it was never approved."""
+    cluster.start("n1")
+    record = dict(next(n for n in cluster.get_nodes() if n["id"] == "n1"), id="rogue")
+    record.pop("leader")
+    session = cluster.ns.session_create(name="oneos-node rogue", ttl=10, behavior="delete", checks=[])
+    assert state.put_document(cluster.ns, state.node_key("rogue"), "node", record, acquire=session)
+    done = cluster.ctl("get", "nodes")
+    row = next(line for line in done.stdout.splitlines() if line.startswith("rogue "))
+    assert re.split(r"\s{2,}", row)[1] == "NotApproved"
+    assert "node rogue has no registered key" in done.stderr
 
 
 def test_a_revoked_nodes_agents_move_and_its_token_writes_nothing_more(tmp_path):
