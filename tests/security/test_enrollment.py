@@ -266,7 +266,7 @@ def test_without_a_token_one_may_only_ask_to_join(tmp_path):
 
 
 def test_a_stranger_is_placed_on_never_and_shown_pending(tmp_path):
-    with acl_cluster(tmp_path) as c:
+    with acl_cluster(tmp_path, broker=True) as c:
         enrolled(c, "k1", "--label", "role=worker", kernel=True)
         rogue = stranger(c, "rogue", "--label", "role=worker")
         in_log(rogue, "waiting for approval")
