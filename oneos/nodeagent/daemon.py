@@ -1,8 +1,8 @@
 """`oneosd`: the OneOS runtime on one machine.
 
 It reads the boot record, makes sure its key is registered (enroll(): asks to join and waits
-for approval when it is not, then uses the token sealed to it), joins the cluster under its runtime id (a TTL session holding
-its node record and its heartbeat), renews that session every TTL/2 and writes the time
+for approval when it is not, then uses the token sealed to it), joins the cluster under its
+runtime id (a TTL session holding its node record and its heartbeat), renews that session every TTL/2 and writes the time
 of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
 than the TTL), and, on a kernel runtime, contends for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
 disappears from `oneosctl get nodes` immediately.
@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, Mapping
 
 from oneos import __version__, enrollment, state
@@ -168,7 +169,7 @@ class Runtime(Service):
     # -- enrollment (see oneos/enrollment.py) ------------------------------
 
     @property
-    def token_file(self):
+    def token_file(self) -> Path:
         """This runtime's own Name Server token, as its approval sealed it to it (mode 0600)."""
         return self.cfg.data_dir / "token"
 
@@ -306,8 +307,7 @@ class Runtime(Service):
         self._failed = OneOSError(f"this node's Name Server token was deleted: node {self.cfg.id} was revoked "
                                   f"(`oneosctl node revoke`); it stops (started again, it asks to join again)")
         self.token_file.unlink(missing_ok=True)
-        log.error("%s", self._failed)
-        self.cancel()
+        self.cancel()        # wait() raises _failed: oneosd says it in one line
         return True
 
     def _heartbeat(self) -> None:
