@@ -184,10 +184,10 @@ def read_requests(ns: NameServer) -> dict[str, dict[str, Any]]:
             if doc["id"] == key[len(state.JOINREQUESTS):]}
 
 
-def pending(ns: NameServer) -> dict[str, dict[str, Any]]:
+def pending(ns: NameServer, keys: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The join requests of runtimes whose key is not registered (or registered as another key: a re-keyed
-    node, or someone trying an enrolled node's id)."""
-    keys = state.read_keys(ns)
+    node, or someone trying an enrolled node's id); `keys` as read_keys gives them, if read already."""
+    keys = state.read_keys(ns) if keys is None else keys
     return {node_id: req for node_id, req in read_requests(ns).items()
             if keys.get(node_id, {}).get("signingKey") != req["signingKey"]}
 

@@ -547,29 +547,35 @@ def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
     keys = state.read_keys(ns)
-    asking = enrollment.pending(ns)
     joined = [_node_item(n, keys) for n in nodes]
-    items = _select("node", joined + [_pending_item(r) for i, r in sorted(asking.items()) if i not in
-                                      {n["id"] for n in joined}], names, lambda r, n: r["id"] == n)
+    asking = [_pending_item(r) for i, r in sorted(enrollment.pending(ns, keys).items())
+              if i not in {n["id"] for n in joined}]
+    items = _select("node", joined + asking, names, lambda r, n: r["id"] == n)
     for node in nodes:
         if node.silent is not None and (not names or node.record["id"] in names):
             print(f"{PROG}: {node.not_ready_reason()}; its agents are Unknown until it renews, and placed "
                   "elsewhere if its session ends", file=sys.stderr)
     for item in items:
         if item["state"] == NOT_APPROVED:
-            print(f"{PROG}: node {item['id']} has no registered key: nothing is placed on it; "
+            print(f"{PROG}: node {item['id']} has no registered key: it was never approved, or was revoked; "
                   f"`oneosctl node revoke {item['id']}` ends its session", file=sys.stderr)
-    headers = ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"]
-    if any(item["state"] == PENDING for item in items):
-        headers.append("KEY")
+    with_keys = any(item["state"] == PENDING for item in asking)
+    headers = ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"] + (["KEY"] if with_keys else [])
+    return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.", headers,
+                 lambda: [_node_row(r, keys, with_keys) for r in items])
 
-    def rows() -> list[list[Any]]:
-        return [[r["id"], r["state"], "yes" if r.get("leader") else "no",
-                 ("asks" if r["wantsKernel"] else "no") if r["state"] == PENDING else "yes" if r["kernel"] else "no",
-                 _pairs(r.get("labels") or {}), output.age(r.get("startedAt") or r["requestedAt"])]
-                + ([r.get("fingerprint") or keys.get(r["id"], {}).get("fingerprint", "<none>")]
-                   if len(headers) > 6 else []) for r in items]
-    return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.", headers, rows)
+
+def _node_row(item: dict[str, Any], keys: dict[str, dict[str, Any]], with_key: bool) -> list[Any]:
+    """A node's row in `get nodes`; a pending one's KERNEL says whether it asks to be one."""
+    if item["state"] == PENDING:
+        kernel, since = "asks" if item["wantsKernel"] else "no", item["requestedAt"]
+    else:
+        kernel, since = "yes" if item["kernel"] else "no", item["startedAt"]
+    row = [item["id"], item["state"], "yes" if item.get("leader") else "no", kernel, _pairs(item["labels"]),
+           output.age(since)]
+    if with_key:
+        row.append(item.get("fingerprint") or keys.get(item["id"], {}).get("fingerprint", "<none>"))
+    return row
 
 
 def _pending_item(request: dict[str, Any]) -> dict[str, Any]:

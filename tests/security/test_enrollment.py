@@ -296,7 +296,7 @@ def test_a_node_record_with_no_registered_key_is_shown_not_approved(cluster):
     done = cluster.ctl("get", "nodes")
     row = next(line for line in done.stdout.splitlines() if line.startswith("rogue "))
     assert re.split(r"\s{2,}", row)[1] == "NotApproved"
-    assert "node rogue has no registered key" in done.stderr
+    assert "node rogue has no registered key: it was never approved" in done.stderr
 
 
 def test_a_revoked_nodes_agents_move_and_its_token_writes_nothing_more(tmp_path):
