@@ -110,7 +110,8 @@ def test_dev_node_comes_up_enrolled_with_a_token_of_its_own(dev):
     own = dev.home / "runtimes" / "devnode" / "token"
     assert own.stat().st_mode & 0o777 == 0o600 and read_secret(own, "own") != dev.token()
     # The join token it came in with is used up; the one left for other local nodes is 0600.
-    assert [t["description"] for _, t in enrollment.read_join_tokens(ns).values()] == ["oneosd --dev: other local nodes"]
+    tokens = enrollment.read_join_tokens(ns).values()
+    assert [t["description"] for _, t in tokens] == ["oneosd --dev: other local nodes"]
     assert (dev.home / "join-token").stat().st_mode & 0o777 == 0o600
     assert "join token for more local nodes in" in dev.ready
     # Started again, it is enrolled already: no new token for it.

@@ -713,8 +713,9 @@ def cmd_node_approve(args: argparse.Namespace) -> int:
     if args.fingerprint and args.fingerprint != request["fingerprint"]:
         raise OneOSError(f"the join request of {args.id} has key {request['fingerprint']}, not {args.fingerprint}: "
                          "refused (is someone else asking under this id?)")
+    who = os.environ.get("USER") or "an operator"
     record = enrollment.approve(ns, args.id, request["signingKey"], request["boxKey"], kernel=args.kernel,
-                                labels=_labels(args.label), approved_by=f"oneosctl node approve ({os.environ.get('USER', 'an operator')})")
+                                labels=_labels(args.label), approved_by=f"oneosctl node approve ({who})")
     token = "with a token of its own" if record.get("tokenAccessor") else "(the Name Server has no ACLs: no token)"
     print(f"node {args.id} approved{' as a kernel node' if record['kernel'] else ''}, key {record['fingerprint']}, "
           f"{token}")

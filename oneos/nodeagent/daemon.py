@@ -2,8 +2,8 @@
 
 It reads the boot record, makes sure its key is registered (enroll(): asks to join and waits
 for approval when it is not, then uses the token sealed to it), joins the cluster under its
-runtime id (a TTL session holding its node record and its heartbeat), renews that session every TTL/2 and writes the time
-of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
+runtime id (a TTL session holding its node record and its heartbeat), renews that session
+every TTL/2 and writes the time of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
 than the TTL), and, on a kernel runtime, contends for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
 disappears from `oneosctl get nodes` immediately.
 
