@@ -278,6 +278,8 @@ class Runtime(Service):
                 else:
                     # The cluster has written this node off: what ran here may run elsewhere now.
                     self.supervisor.suspend("the membership session ended (the cluster took this node for dead)")
+                    if self._revoked():
+                        return
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
                     self._renewed()
@@ -295,20 +297,32 @@ class Runtime(Service):
                 self.cancel()
                 return
             except NameServerError as exc:
-                if exc.status == 403 and exc.body.strip() == "ACL not found" and self._token_revoked():
+                if exc.status == 403 and exc.body.strip() == "ACL not found" and self._own_token_deleted():
                     return
                 log.warning("heartbeat: %s; retrying", exc)
 
-    def _token_revoked(self) -> bool:
+    def _own_token_deleted(self) -> bool:
         """When the Name Server no longer knows this node's own token, the node was revoked: it stops
         (its agents with it) rather than knock for ever. True when it does."""
         if not self.token_file.exists() or self.ns.token != read_secret(self.token_file, "the node's token"):
             return False
-        self._failed = OneOSError(f"this node's Name Server token was deleted: node {self.cfg.id} was revoked "
-                                  f"(`oneosctl node revoke`); it stops (started again, it asks to join again)")
         self.token_file.unlink(missing_ok=True)
-        self.cancel()        # wait() raises _failed: oneosd says it in one line
+        self._stop_revoked("its Name Server token was deleted")
         return True
+
+    def _revoked(self) -> bool:
+        """Before joining again after its session ended: whether its key is still registered (a Name Server
+        without ACLs has no token to refuse). True when it was revoked, and it stops."""
+        record = state.read_key(self.ns, self.cfg.id)      # a refusal goes to _beat's handlers
+        revoked = record is None or record["signingKey"] != self.identity.signing_key
+        if revoked:
+            self._stop_revoked("its key is no longer registered")
+        return revoked
+
+    def _stop_revoked(self, why: str) -> None:
+        self._failed = OneOSError(f"node {self.cfg.id} was revoked (`oneosctl node revoke`): {why}; it stops "
+                                  "(started again, it asks to join again)")
+        self.cancel()        # wait() raises _failed: oneosd says it in one line
 
     def _heartbeat(self) -> None:
         """Write the heartbeat after a renewal (see Membership.beat); a failure only leaves it older."""

@@ -323,3 +323,13 @@ def test_a_revoked_nodes_agents_move_and_its_token_writes_nothing_more(tmp_path)
         proc = workers[first]
         wait_until(lambda: not proc.alive(), 30, f"oneosd {first} to stop")
         assert [line for line in proc.log().splitlines() if "was revoked" in line]
+
+
+def test_without_acls_a_revoked_runtime_stops_instead_of_joining_again(cluster):
+    proc = cluster.start("n1")
+    done = cluster.ctl("node", "revoke", "n1")
+    assert done.stdout == "node n1 revoked: removed its registered key, its sessions (its agents are placed " \
+                          "elsewhere)\n", done.stderr
+    wait_until(lambda: not proc.alive(), 30, "oneosd n1 to stop")
+    assert "n1" not in cluster.node_ids()
+    assert [line for line in proc.log().splitlines() if "n1 was revoked" in line and "no longer registered" in line]
