@@ -37,7 +37,6 @@ from oneos.errors import OneOSError
 from oneos.gpio.sim import SimBoard
 from oneos.nodeagent.sandbox import AgentUser, closed_folder, python_home
 from oneos.paths import shared
-from oneos.secretfiles import read_secret
 
 BIN = Path(sys.executable).parent
 CONTROLLER = "manifests/examples/controller.py"   # shipped with OneOS: oneos.paths.shared finds it
@@ -121,10 +120,11 @@ class Demo:
         for node, (board, device) in DEVICE_NODES.items():
             config = self.home / f"{node}.yaml"
             config.write_text(f"kernel: false\ndevices:\n  {device}\n")
-            # The nodes have homes of their own: they are given the dev cluster's token, as a node is given one.
+            # The nodes have homes of their own: they enroll with the join token --dev left for local nodes,
+            # and get a token of their own (oneos/enrollment.py), not the cluster's management token.
             env = dict(self.env, ONEOS_HOME=str(self.home / node), ONEOS_GPIO_SIM=str(self.home / board),
-                       ONEOS_TOKEN=read_secret(self.home / "dev" / "token", "the dev cluster's token"))
-            say(f"$ ONEOS_TOKEN=$(cat dev/token) ONEOS_GPIO_SIM={board} oneosd {node} --config {config.name} &"
+                       ONEOS_JOIN_TOKEN_FILE=str(self.home / "dev" / "join-token"))
+            say(f"$ ONEOS_JOIN_TOKEN_FILE=dev/join-token ONEOS_GPIO_SIM={board} oneosd {node} --config {config.name} &"
                 f"   # {device}")
             self.spawn(node, ["oneosd", node, "--config", str(config)], env)
         wait_for("every node to join", lambda: len(self.nodes()) == 3)

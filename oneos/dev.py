@@ -4,7 +4,9 @@ Starts the built-in Name Server as a child, with ACLs on (deny by default) and a
 token of its own: made once, kept in the data folder (mode 0600), given to the Name Server as
 its initial management token (which counts as its ACL bootstrap) and copied to
 $ONEOS_HOME/token, where `oneosctl` on this machine finds it. Writes the boot record and the init manifest
-where absent, and runs one local kernel runtime in this process. The broker (pulsar-lite)
+where absent, and OneOS's ACL policies, and runs one local kernel runtime in this process, which enrolls
+as any runtime does: with a kernel join token --dev makes and redeems itself. Another join token, for more
+local nodes, is left in $ONEOS_HOME/join-token. The broker (pulsar-lite)
 is a kernel agent of the init manifest: the runtime's controller places it on this node
 and its supervisor keeps it running (restart: always), as systemd keeps a unit. One
 ready line says where everything listens, once the broker answers. Ctrl-C or SIGTERM (while
@@ -28,7 +30,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from oneos import broker, children, state
+from oneos import broker, children, enrollment, state
+from oneos.controller.enroller import Enroller
+from oneos.identity import Identity
 from oneos.errors import OneOSError, UsageError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, token_file
 from oneos.secretfiles import read_secret, write_secret
@@ -132,6 +136,44 @@ def _write_boot(ns: NameServer, pulsar_url: str, node_id: str) -> None:
 
 
 BROKER_WAIT_S = 30.0
+OWN_TOKEN_TTL_S = 600.0          # the join token --dev makes for its own node (one use)
+LOCAL_TOKEN_TTL_S = 24 * 3600.0  # the one it leaves in $ONEOS_HOME/join-token for other local nodes
+LOCAL_TOKEN_USES = 100
+JOIN_TOKEN_FILE = "join-token"
+
+
+def _enroll_own_node(ns: NameServer, cfg: runtime_config.RuntimeConfig) -> Enroller | None:
+    """Let this machine's own node in as a kernel node, the way any node comes in with a join token: --dev makes
+    one for it, and redeems it itself (no controller runs before the first kernel node is in). The redeemer
+    to stop once the node has started; None when the node is enrolled already."""
+    registered = state.read_key(ns, cfg.id)
+    identity = Identity.load_or_create(cfg.key_file)
+    if registered and registered["signingKey"] == identity.signing_key:
+        return None
+    if registered:    # its key file was made again (a new $ONEOS_HOME, the same --data-dir): --dev is its operator
+        log.info("the node %s has a new key (%s, was %s): enrolling it again", cfg.id, identity.fingerprint,
+                 registered["fingerprint"])
+        enrollment.revoke(ns, cfg.id)
+    cfg.join_token = enrollment.create_join_token(ns, OWN_TOKEN_TTL_S, kernel=True,
+                                                  description=f"oneosd --dev: its own node {cfg.id}")
+    enroller = Enroller(ns)
+    enroller.start()
+    return enroller
+
+
+def _local_join_token(ns: NameServer) -> Path:
+    """A join token for the other nodes of this machine (`make demo`'s device nodes), in $ONEOS_HOME/join-token
+    (mode 0600): made anew at each start, the previous one deleted."""
+    path = runtime_config.oneos_home() / JOIN_TOKEN_FILE
+    if path.exists():
+        try:
+            old, _ = enrollment.parse_join_token(read_secret(path, "the dev join token"))
+            ns.delete(state.jointoken_key(old))
+        except OneOSError:
+            pass
+    write_secret(path, enrollment.create_join_token(ns, LOCAL_TOKEN_TTL_S, uses=LOCAL_TOKEN_USES,
+                                                    description="oneosd --dev: other local nodes"))
+    return path
 
 
 def _management_token(data: Path) -> tuple[Path, str]:
@@ -197,14 +239,21 @@ def run(flags: runtime_config.Overrides, *, data_dir: str | None, listen: str | 
         pulsar_url = f"pulsar://127.0.0.1:{port}"
         metrics = f"127.0.0.1:{broker.free_port()}"
         _write_boot(ns, pulsar_url, cfg.id)
+        enrollment.install_policies(ns)
+        join_file = _local_join_token(ns)
+        enroller = _enroll_own_node(ns, cfg)
         # The broker kernel agent finds its data folder and metrics address in its environment (oneos/broker.py).
         runtime = Runtime(cfg, wait_s=10, agent_env={"ONEOS_BROKER_DATA": str(data / "pulsar"),
                                                      "ONEOS_BROKER_METRICS": metrics})
-        runtime.start()
+        try:
+            runtime.start()
+        finally:
+            if enroller is not None:
+                enroller.stop()
         _wait_for_broker(ns, port, cfg.data_dir / "agents" / "logs", stop)
         print(f"oneosd --dev: ready. Name Server {url}, Pulsar {pulsar_url} (metrics http://{metrics}/metrics), "
-              f"kernel node {cfg.id}; data in {data}; ACLs on, management token in {token_file()}; "
-              "Ctrl-C stops", flush=True)
+              f"kernel node {cfg.id}; data in {data}; ACLs on, management token in {token_file()}, "
+              f"join token for more local nodes in {join_file}; Ctrl-C stops", flush=True)
         while not stop.wait(0.5):
             for child in children:
                 if not child.alive():

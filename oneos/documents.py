@@ -53,8 +53,8 @@ __all__ = [
 KINDS: dict[str, str] = {"Init": "init", "Pipeline": "pipeline"}
 
 #: Documents that `check` knows, by schema name (schemas/<name>.schema.json).
-DOCUMENTS = ("agent", "assignment", "boot", "config", "device", "heartbeat", "init", "invalid", "key", "leader", "node",
-             "pipeline", "status")
+DOCUMENTS = ("agent", "assignment", "boot", "config", "device", "heartbeat", "init", "invalid", "joinrequest",
+             "jointoken", "key", "leader", "node", "pipeline", "status")
 
 # Consul accepts session TTLs from 10s to 86400s.
 SESSION_TTL_RANGE = (10.0, 86400.0)

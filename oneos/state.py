@@ -44,6 +44,12 @@ HEARTBEATS = PREFIX + "heartbeats/"
 PIPEKEYS = PREFIX + "pipekeys/"
 #: Each enrolled node's public keys (key.schema.json): oneos/keys/<id>. Only what they sign counts.
 KEYS = PREFIX + "keys/"
+#: What a runtime that is not enrolled asks (joinrequest.schema.json): oneos/joinrequests/<id>.
+JOINREQUESTS = PREFIX + "joinrequests/"
+#: An approved node's own Name Server token, sealed to its box key: oneos/enroll/<id> (see enrollment.py).
+ENROLL = PREFIX + "enroll/"
+#: Join tokens (jointoken.schema.json): oneos/jointokens/<token id>, secret included.
+JOINTOKENS = PREFIX + "jointokens/"
 #: The metadata OneOS sets when a pipeline is applied: a stored manifest without one is unusable.
 SERVER_SET = ("uid", "generation", "createdAt")
 
@@ -93,6 +99,18 @@ def new_key_record(node_id: str, signing_key: str, box_key: str, *, kernel: bool
     if token_accessor:
         record["tokenAccessor"] = token_accessor
     return record
+
+
+def joinrequest_key(node_id: str) -> str:
+    return JOINREQUESTS + node_id
+
+
+def enroll_key(node_id: str) -> str:
+    return ENROLL + node_id
+
+
+def jointoken_key(token_id: str) -> str:
+    return JOINTOKENS + token_id
 
 
 def read_keys(ns: NameServer) -> dict[str, dict[str, Any]]:

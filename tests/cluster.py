@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from oneos import state
+from oneos import enrollment, state
 from oneos.identity import Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nameserver.tls import ClientTLS
@@ -101,6 +101,13 @@ class Cluster:
                                       approved_by="the test's operator")
         state.put_document(self.ns, state.key_key(node_id), "key", record, cas=0)
 
+    def approve(self, node_id: str, *, kernel: bool = False, timeout: float = 20) -> dict:
+        """Wait for a runtime's join request, then approve it in-process as `oneosctl node approve` does."""
+        request = self.wait_for(lambda: enrollment.read_requests(self.ns).get(node_id), timeout,
+                                f"runtime {node_id} to ask to join")
+        return enrollment.approve(self.ns, node_id, request["signingKey"], request["boxKey"], kernel=kernel,
+                                  approved_by="the test's operator")
+
     def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
               env: dict[str, str] | None = None, register: bool = True) -> OneosdProc:
         """Start `oneosd NODE_ID EXTRA...`, enrolled first (register=False: not, as a stranger would be)."""
@@ -109,7 +116,8 @@ class Cluster:
                 "ONEOS_AGENT_USER": self.agent_user or ""}
         home = home or self.root / f"home-{node_id}"
         if node_id and register:
-            self.register(node_id, home, kernel="--kernel" in extra)
+            wished = "--kernel" in extra or (env or {}).get("ONEOS_KERNEL") == "true"
+            self.register(node_id, home, kernel=wished)
         proc = OneosdProc(node_id, home, self.env.get("ONEOS_NAMESERVER"),
                           list(extra), env={**self.env, **bare, **(env or {})})
         self.nodes.append(proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import pulsar
 import pytest
 import requests
 
-from oneos import state
+from oneos import enrollment, state
 from oneos.nameserver.client import NameServer
 from oneos.secretfiles import read_secret
 from tests.cluster import TEST_USER, Changes
@@ -101,6 +102,32 @@ def test_dev_starts_everything_and_prints_one_ready_line(dev):
     assert 'addr = "127.0.0.1:' in (dev.data / "pulsar" / "pulsar-lite.toml").read_text()
 
 
+def test_dev_node_comes_up_enrolled_with_a_token_of_its_own(dev):
+    dev.start()
+    ns = NameServer(dev.url, token=dev.token())
+    key = state.read_key(ns, "devnode")
+    assert key["kernel"] and key["approvedBy"].startswith("join token ") and key["tokenAccessor"]
+    # Its own token, sealed to it at approval, saved 0600 beside its key: not the management token.
+    own = dev.home / "runtimes" / "devnode" / "token"
+    assert own.stat().st_mode & 0o777 == 0o600 and read_secret(own, "own") != dev.token()
+    # The join token it came in with is used up; the one left for other local nodes is 0600.
+    tokens = enrollment.read_join_tokens(ns).values()
+    assert [t["description"] for _, t in tokens] == ["oneosd --dev: other local nodes"]
+    assert (dev.home / "join-token").stat().st_mode & 0o777 == 0o600
+    assert "join token for more local nodes in" in dev.ready
+    # Started again, it is enrolled already: no new token for it.
+    dev.stop()
+    dev.start()
+    assert state.read_key(ns, "devnode")["tokenAccessor"] == key["tokenAccessor"]
+    assert len(enrollment.read_join_tokens(ns)) == 1
+    # With a new key (its home made again, its data kept), --dev, its operator, enrolls it again.
+    dev.stop()
+    shutil.rmtree(dev.home / "runtimes" / "devnode")
+    dev.start()
+    again = state.read_key(ns, "devnode")
+    assert again["fingerprint"] != key["fingerprint"] and again["tokenAccessor"] != key["tokenAccessor"]
+
+
 def test_dev_runs_with_acls_and_oneosctl_here_needs_no_token_flag(dev):
     dev.start()
     assert "ACLs on" in dev.ready
@@ -112,7 +139,9 @@ def test_dev_runs_with_acls_and_oneosctl_here_needs_no_token_flag(dev):
     # Without a token, the Name Server refuses, as Consul does with ACLs on (deny by default).
     refused = requests.put(f"{dev.url}/v1/kv/oneos/boot", data=b"{}", timeout=5)
     assert refused.status_code == 403 and refused.text.startswith("Permission denied: anonymous token")
-    assert requests.get(f"{dev.url}/v1/kv/oneos/boot", timeout=5).status_code == 403
+    # Anyone may read the boot record (a runtime that is not enrolled reads it to ask to join), nothing else.
+    assert requests.get(f"{dev.url}/v1/kv/oneos/boot", timeout=5).status_code == 200
+    assert requests.get(f"{dev.url}/v1/kv/oneos/init", timeout=5).status_code == 403
     # oneosctl with another home (so no token) gets one line saying what to do.
     other = run_cli(["oneosctl", "get", "nodes"], env={"ONEOS_NAMESERVER": dev.url,
                                                        "ONEOS_HOME": str(dev.home.parent / "elsewhere")})

@@ -509,8 +509,8 @@ def test_check_counts_further_problems():
 
 
 def test_check_knows_every_document_and_no_other():
-    assert set(DOCUMENTS) == {"agent", "assignment", "boot", "config", "device", "heartbeat", "init", "invalid", "key",
-                              "leader", "node", "pipeline", "status"}
+    assert set(DOCUMENTS) == {"agent", "assignment", "boot", "config", "device", "heartbeat", "init", "invalid",
+                              "joinrequest", "jointoken", "key", "leader", "node", "pipeline", "status"}
     with pytest.raises(KeyError):
         check("common", {}, "x")
     assert schema("boot")["$id"].endswith("/boot.schema.json")

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "oneos.children", "oneos.secretfiles", "oneos.identity")),
     ("documents", ("oneos.selectors", "oneos.documents")),
     ("name server", ("oneos.nameserver",)),
-    ("cluster state", ("oneos.state",)),
+    ("cluster state", ("oneos.state", "oneos.enrollment")),
     ("parts", ("oneos.bus", "oneos.gpio", "oneos.compiler", "oneos.manifests", "oneos.diff", "oneos.broker")),
     ("controller", ("oneos.controller",)),
     ("node agent", ("oneos.nodeagent",)),

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from oneos import __version__, diff, manifests, state
+from oneos import __version__, diff, enrollment, manifests, state
 from oneos.bus.client import TOKEN_FILE_ENV
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
 from oneos.errors import OneOSError, UsageError
+from oneos.durations import parse_seconds
 from oneos.nameserver.client import NameServer
 from oneos.secretfiles import read_secret
 
@@ -161,6 +162,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     for wrote, what, key in ((wrote_boot, "boot record", state.BOOT), (wrote_init, "init manifest", boot["initManifest"])):
         print(f"{what} written to {key}" if wrote else
               f"{what} already at {key}: left as it is (--force replaces it)")
+    if enrollment.install_policies(ns):
+        print(f"policies written: {enrollment.ANONYMOUS_POLICY} (given to the anonymous token: runtimes may ask to "
+              f"join), {enrollment.KERNEL_POLICY}, {enrollment.OPERATOR_POLICY}")
     return 0
 
 
@@ -563,25 +567,57 @@ def _pairs(mapping: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "<none>"
 
 
+PENDING = "Pending approval"
+NOT_APPROVED = "NotApproved"
+
+
 def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
     nodes, problems = state.read_nodes(ns, now=datetime.now(timezone.utc))
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
-    items = _select("node", [_node_item(n) for n in nodes], names, lambda r, n: r["id"] == n)
+    keys = state.read_keys(ns)
+    joined = [_node_item(n, keys) for n in nodes]
+    asking = [_pending_item(r) for i, r in sorted(enrollment.pending(ns, keys).items())
+              if i not in {n["id"] for n in joined}]
+    items = _select("node", joined + asking, names, lambda r, n: r["id"] == n)
     for node in nodes:
         if node.silent is not None and (not names or node.record["id"] in names):
             print(f"{PROG}: {node.not_ready_reason()}; its agents are Unknown until it renews, and placed "
                   "elsewhere if its session ends", file=sys.stderr)
-    return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.",
-                 ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"],
-                 lambda: [[r["id"], r["state"], "yes" if r["leader"] else "no", "yes" if r["kernel"] else "no",
-                           _pairs(r["labels"]), output.age(r["startedAt"])] for r in items])
+    for item in items:
+        if item["state"] == NOT_APPROVED:
+            print(f"{PROG}: node {item['id']} has no registered key: it was never approved, or was revoked; "
+                  f"`oneosctl node revoke {item['id']}` ends its session", file=sys.stderr)
+    with_keys = any(item["state"] == PENDING for item in asking)
+    headers = ["ID", "STATE", "LEADER", "KERNEL", "LABELS", "AGE"] + (["KEY"] if with_keys else [])
+    return _show("NodeList", items, names, fmt, f"No nodes have joined the cluster at {ns.url}.", headers,
+                 lambda: [_node_row(r, keys, with_keys) for r in items])
 
 
-def _node_item(node: state.NodeView) -> dict[str, Any]:
+def _node_row(item: dict[str, Any], keys: dict[str, dict[str, Any]], with_key: bool) -> list[Any]:
+    """A node's row in `get nodes`; a pending one's KERNEL says whether it asks to be one."""
+    if item["state"] == PENDING:
+        kernel, since = "asks" if item["wantsKernel"] else "no", item["requestedAt"]
+    else:
+        kernel, since = "yes" if item["kernel"] else "no", item["startedAt"]
+    row = [item["id"], item["state"], "yes" if item.get("leader") else "no", kernel, _pairs(item["labels"]),
+           output.age(since)]
+    if with_key:
+        row.append(item.get("fingerprint") or keys.get(item["id"], {}).get("fingerprint", "<none>"))
+    return row
+
+
+def _pending_item(request: dict[str, Any]) -> dict[str, Any]:
+    """A runtime that asked to join, as `get nodes` shows it: what it says of itself, and its key's fingerprint."""
+    item = {k: v for k, v in request.items() if k not in ("signature", "proof", "signingKey", "boxKey")}
+    return dict(item, state=PENDING, labels=request.get("labels") or {})
+
+
+def _node_item(node: state.NodeView, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A node as `get nodes -o json` prints it: its record, whether it leads, and its state now (NotReady
-    once its renewals are overdue)."""
-    return dict(node.record, leader=node.leader, state=node.state)
+    once its renewals are overdue; NotApproved when no key is registered for its id)."""
+    return dict(node.record, leader=node.leader,
+                state=node.state if node.record["id"] in keys else NOT_APPROVED)
 
 
 def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:
@@ -660,6 +696,123 @@ GETTERS: dict[str, Callable[[NameServer, str, list[str]], int]] = {
 }
 
 
+# ---------------------------------------------------------- node, token
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="approve or revoke a node",
+                       description="Let a runtime that asked to join in (`get nodes` lists it as Pending approval, "
+                                   "with its key's fingerprint), or remove a node for good.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    approve = verbs.add_parser("approve", help="register the key a runtime asked to join with",
+                               description="Register the key of the runtime that asked to join under this id, and "
+                                           "(when the Name Server has ACLs) give it a token of its own, sealed to "
+                                           "its key. Compare the fingerprint with the one the runtime logs.")
+    approve.add_argument("id", metavar="ID")
+    approve.add_argument("--kernel", action="store_true", help="as a kernel node (runs kernel agents, may lead)")
+    approve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                         help="a label the approval gives it (repeatable)")
+    approve.add_argument("--fingerprint", metavar="SHA256:...", help="refuse unless the request's key has this one")
+    approve.set_defaults(run=cmd_node_approve)
+    revoke = verbs.add_parser("revoke", help="remove a node for good",
+                              description="Delete the node's registered key, its token and policy, and its "
+                                          "sessions: its record goes, its agents are placed elsewhere, and it can "
+                                          "write nothing more.")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(run=cmd_node_revoke)
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    from oneos.nodeagent.config import parse_labels
+    labels: dict[str, str] = {}
+    for item in items:
+        labels.update(parse_labels(item, "--label"))
+    return labels
+
+
+def cmd_node_approve(args: argparse.Namespace) -> int:
+    ns = _client(args)
+    request = enrollment.read_requests(ns).get(args.id)
+    if request is None:
+        raise OneOSError(f"node {args.id} has not asked to join (no valid request at "
+                         f"{state.joinrequest_key(args.id)}); start it (`oneosd {args.id}`), then approve it")
+    problem = enrollment.request_problem(request)
+    if problem:
+        raise OneOSError(f"the join request of {args.id} is not to be trusted: {problem}; refused")
+    if args.fingerprint and args.fingerprint != request["fingerprint"]:
+        raise OneOSError(f"the join request of {args.id} has key {request['fingerprint']}, not {args.fingerprint}: "
+                         "refused (is someone else asking under this id?)")
+    who = os.environ.get("USER") or "an operator"
+    record = enrollment.approve(ns, args.id, request["signingKey"], request["boxKey"], kernel=args.kernel,
+                                labels=_labels(args.label), approved_by=f"oneosctl node approve ({who})")
+    token = "with a token of its own" if record.get("tokenAccessor") else "(the Name Server has no ACLs: no token)"
+    print(f"node {args.id} approved{' as a kernel node' if record['kernel'] else ''}, key {record['fingerprint']}, "
+          f"{token}")
+    return 0
+
+
+def cmd_node_revoke(args: argparse.Namespace) -> int:
+    done = enrollment.revoke(_client(args), args.id)
+    print(f"node {args.id} revoked: removed {', '.join(done)}")
+    return 0
+
+
+def _add_token(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="make, list or delete join tokens",
+                       description="A join token lets runtimes in without an operator's approval: "
+                                   "`oneosd ID --join-token ID.SECRET`. The controller approves each one that "
+                                   "proves it holds the token, while the token has uses left and has not expired.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    create = verbs.add_parser("create", help="make a join token (printed once)")
+    create.add_argument("--ttl", default="1h", metavar="DURATION", help="how long it is valid (default 1h)")
+    create.add_argument("--uses", type=int, default=1, metavar="N", help="how many runtimes it lets in (default 1)")
+    create.add_argument("--kernel", action="store_true", help="the runtimes it lets in are kernel nodes")
+    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a label given to the runtimes it lets in (repeatable)")
+    create.add_argument("--description", default="", help="what it is for")
+    create.set_defaults(run=cmd_token_create)
+    listing = verbs.add_parser("list", help="list join tokens (never their secrets)")
+    listing.set_defaults(run=cmd_token_list)
+    delete = verbs.add_parser("delete", help="delete a join token")
+    delete.add_argument("id", metavar="ID")
+    delete.set_defaults(run=cmd_token_delete)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    try:
+        ttl = parse_seconds(args.ttl)
+    except ValueError as exc:
+        raise UsageError(f"--ttl {args.ttl!r}: {exc}") from None
+    token = enrollment.create_join_token(_client(args), ttl, kernel=args.kernel, labels=_labels(args.label),
+                                         uses=args.uses, description=args.description)
+    print(token)
+    print(f"{PROG}: join token made (valid {args.ttl}, {args.uses} use{'s' if args.uses != 1 else ''}"
+          f"{', kernel nodes' if args.kernel else ''}); start a runtime with `oneosd ID --join-token {token}`; "
+          "it is not shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    tokens = enrollment.read_join_tokens(_client(args))
+    if not tokens:
+        print("No join tokens.", file=sys.stderr)
+        return 0
+    sys.stdout.write(output.table(["ID", "USES LEFT", "KERNEL", "LABELS", "EXPIRES", "DESCRIPTION"], [
+        [t["id"], t["usesLeft"], "yes" if t["kernel"] else "no", _pairs(t.get("labels") or {}),
+         "expired" if enrollment.expired(t) else t["expiresAt"], t.get("description", "")]
+        for _, t in (tokens[k] for k in sorted(tokens))]))
+    return 0
+
+
+def cmd_token_delete(args: argparse.Namespace) -> int:
+    ns = _client(args)
+    if ns.get(state.jointoken_key(args.id))[1] is None:
+        raise OneOSError(f"join token {args.id} not found; `oneosctl token list` lists them")
+    ns.delete(state.jointoken_key(args.id))
+    print(f"join token {args.id} deleted")
+    return 0
+
+
 # ------------------------------------------------------------------- compile
 
 
@@ -710,6 +863,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_delete,
     _add_run,
     _add_logs,
+    _add_node,
+    _add_token,
 ]
 
 

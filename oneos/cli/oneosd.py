@@ -12,7 +12,7 @@ from pathlib import Path
 from oneos import __version__, dev
 from oneos.errors import OneOSError, UsageError
 from oneos.nodeagent import config as runtime_config
-from oneos.nodeagent.daemon import Runtime, setup_logging
+from oneos.nodeagent.daemon import Runtime, StoppedWaiting, setup_logging
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", metavar="SIZE", help="memory agents may use here (e.g. 512Mi)")
     parser.add_argument("--label", action="append", default=None, metavar="KEY=VALUE",
                         help="a label for placement (repeatable)")
+    parser.add_argument("--join-token", metavar="ID.SECRET",
+                        help="a join token from `oneosctl token create`: enrolls this runtime without an operator's "
+                             "approval (default $ONEOS_JOIN_TOKEN, else the file $ONEOS_JOIN_TOKEN_FILE names)")
     parser.add_argument("--config", metavar="FILE", help="config file (default $ONEOS_HOME/config.yaml)")
     parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to keep retrying an unreachable Name Server at start (default 60)")
@@ -52,7 +55,7 @@ def overrides_from(args: argparse.Namespace) -> runtime_config.Overrides:
         for item in args.label:
             labels.update(runtime_config.parse_labels(item, "--label"))
     return runtime_config.Overrides(id=args.runtime_id, nameserver=args.nameserver, kernel=args.kernel,
-                                    memory=args.memory, labels=labels,
+                                    memory=args.memory, labels=labels, join_token=args.join_token,
                                     config_file=Path(args.config) if args.config else None)
 
 
@@ -63,6 +66,10 @@ def run_until_signalled(runtime: Runtime) -> int:
     try:
         runtime.start()
         runtime.wait()
+    except StoppedWaiting as exc:
+        log.info("%s", exc)
+        runtime.stop()
+        return 0
     except OneOSError as exc:
         log.error("%s", exc)
         runtime.stop()

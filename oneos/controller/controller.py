@@ -4,7 +4,8 @@ Watches (blocking queries) only say *that* something changed under manifests/ or
 each wake-up runs one reconciliation pass over every pipeline, and a periodic pass
 catches anything a watch missed. A deposed leader stops at once; one that has not heard
 yet cannot write either, as every write checks that it still holds the lock. On a timer
-of its own, the janitor (janitor.py) deletes what deleted pipelines leave behind.
+of its own, the janitor (janitor.py) deletes what deleted pipelines leave behind; and the enroller
+(enroller.py) lets in the runtimes that ask to join with a valid join token.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 
 from oneos import state
 from oneos.bus.admin import PulsarAdmin
+from oneos.controller.enroller import Enroller
 from oneos.controller.janitor import Janitor
 from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
@@ -45,6 +47,7 @@ class Controller(Service):
         self._janitor_ns = ns.clone()
         self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()),
                                admin=pulsar_admin)
+        self.enroller = Enroller(ns)
 
     def _session(self) -> str | None:
         """The leader session every write checks (None without one); NotLeader once it is gone."""
@@ -59,6 +62,7 @@ class Controller(Service):
         self.spawn(self._sweep, "janitor")
         for watch in self._watches:
             self.spawn(lambda watch=watch: self._follow(watch), f"watch {watch.what}")
+        self.enroller.start()
 
     def _interrupt(self) -> None:
         self._dirty.set()
@@ -68,6 +72,7 @@ class Controller(Service):
         self._janitor_ns.close()
 
     def _release(self) -> None:
+        self.enroller.stop()
         self.janitor.close()
 
     def _follow(self, watch: Watch) -> None:

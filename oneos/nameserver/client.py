@@ -461,6 +461,58 @@ class NameServer:
         idx, raw = self._call("session list", self._api().session.list, **self._blocking(index, wait))
         return int(idx), list(raw or [])
 
+    # -- ACL ------------------------------------------------------------------
+
+    def acl_enabled(self) -> bool:
+        """Whether the Name Server checks ACLs: it answers /v1/acl/* with 401 "ACL support disabled" when not,
+        as Consul does (whatever the token)."""
+        resp = self._raw("get", "/v1/acl/token/self")
+        body = resp.body.decode("utf-8", "replace") if isinstance(resp.body, bytes) else (resp.body or "")
+        return not (resp.code == 401 and "ACL support disabled" in body)
+
+    def _acl_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        resp = self._raw(method, path, data=json.dumps(body).encode("utf-8") if body is not None else "")
+        if resp.code == 404 and method == "get":
+            return None
+        self._check(resp, f"{method.upper()} {path}")
+        return json.loads(resp.body) if resp.body else None
+
+    def acl_policy_upsert(self, name: str, rules: str, description: str = "") -> dict[str, Any]:
+        """Create the policy `name`, or give the one of that name these rules."""
+        found = self._acl_call("get", f"/v1/acl/policy/name/{name}")
+        body = {"Name": name, "Description": description, "Rules": rules}
+        if found:
+            return self._acl_call("put", f"/v1/acl/policy/{found['ID']}", body)
+        return self._acl_call("put", "/v1/acl/policy", body)
+
+    def acl_policy_delete(self, name: str) -> bool:
+        """Delete the policy `name`; False when there is none."""
+        found = self._acl_call("get", f"/v1/acl/policy/name/{name}")
+        if not found:
+            return False
+        return bool(self._acl_call("delete", f"/v1/acl/policy/{found['ID']}"))
+
+    def acl_token_create(self, description: str, policies: list[str]) -> dict[str, Any]:
+        """A new token linked to the policies named; its AccessorID and SecretID."""
+        return self._acl_call("put", "/v1/acl/token",
+                              {"Description": description, "Policies": [{"Name": p} for p in policies]})
+
+    def acl_token_read(self, accessor: str) -> dict[str, Any] | None:
+        return self._acl_call("get", f"/v1/acl/token/{accessor}")
+
+    def acl_token_update(self, accessor: str, description: str, policies: list[str]) -> dict[str, Any]:
+        """Give an existing token (the anonymous one, too) these policies."""
+        return self._acl_call("put", f"/v1/acl/token/{accessor}",
+                              {"Description": description, "Policies": [{"Name": p} for p in policies]})
+
+    def acl_token_delete(self, accessor: str) -> bool:
+        """Delete a token; False when there is none."""
+        resp = self._raw("delete", f"/v1/acl/token/{accessor}")
+        if resp.code == 404:
+            return False
+        self._check(resp, f"DELETE /v1/acl/token/{accessor}")
+        return True
+
     # -- status -----------------------------------------------------------
 
     def leader(self) -> str:

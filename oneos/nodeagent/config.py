@@ -21,6 +21,7 @@ from oneos.nameserver.client import find_token, nameserver_url
 from oneos.paths import inside, oneos_home
 from oneos.nodeagent.logfiles import LogLimits
 from oneos.quantities import format_memory, parse_memory
+from oneos.secretfiles import read_secret
 
 DEFAULT_AGENT_USER = "oneos-agent"
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
@@ -41,6 +42,7 @@ class RuntimeConfig:
     agent_user: str = DEFAULT_AGENT_USER   # the user agents run as, when the node runs as root
     pulsar_token_file: Path | None = None        # this node's Pulsar token (a file of mode 0600)
     pulsar_trust_certs_file: Path | None = None  # CA certificates of the brokers, where this node keeps them
+    join_token: str | None = None   # ID.SECRET from `oneosctl token create`: asks to join with it (enrollment.py)
 
     @property
     def data_dir(self) -> Path:
@@ -64,6 +66,7 @@ class Overrides:
     labels: dict[str, str] | None = None
     config_file: Path | None = None
     agent_user: str | None = None
+    join_token: str | None = None
 
 
 def parse_labels(text: str, where: str) -> dict[str, str]:
@@ -88,6 +91,17 @@ def from_environment() -> Overrides:
         labels=None if labels is None else parse_labels(labels, "ONEOS_LABELS"),
         agent_user=os.environ.get("ONEOS_AGENT_USER") or None,
     )
+
+
+def join_token(given: str | None) -> str | None:
+    """The join token: --join-token, else ONEOS_JOIN_TOKEN, else the file ONEOS_JOIN_TOKEN_FILE names (0600)."""
+    if given:
+        return given.strip()
+    if os.environ.get("ONEOS_JOIN_TOKEN"):
+        return os.environ["ONEOS_JOIN_TOKEN"].strip()
+    if os.environ.get("ONEOS_JOIN_TOKEN_FILE"):
+        return read_secret(os.environ["ONEOS_JOIN_TOKEN_FILE"], "the join token file (ONEOS_JOIN_TOKEN_FILE)")
+    return None
 
 
 def _merge(flags: Overrides, env: Overrides) -> Overrides:
@@ -226,6 +240,7 @@ def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
         agent_user=given.agent_user or saved.get("agentUser") or DEFAULT_AGENT_USER,
         pulsar_token_file=_config_path(saved, "pulsar", "tokenFile", path),
         pulsar_trust_certs_file=_config_path(saved, "pulsar", "tlsTrustCertsFile", path),
+        join_token=join_token(flags.join_token),
     )
 
 

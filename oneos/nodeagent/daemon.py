@@ -1,8 +1,9 @@
 """`oneosd`: the OneOS runtime on one machine.
 
-It reads the boot record, joins the cluster under its runtime id (a TTL session holding
-its node record and its heartbeat), renews that session every TTL/2 and writes the time
-of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
+It reads the boot record, makes sure its key is registered (enroll(): asks to join and waits
+for approval when it is not, then uses the token sealed to it), joins the cluster under its
+runtime id (a TTL session holding its node record and its heartbeat), renews that session
+every TTL/2 and writes the time of each renewal in its heartbeat (`oneosctl get nodes` shows NotReady once it is older
 than the TTL), and, on a kernel runtime, contends for leadership. SIGTERM or Ctrl-C leaves at once: the session is destroyed, so the node
 disappears from `oneosctl get nodes` immediately.
 
@@ -21,9 +22,10 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, Mapping
 
-from oneos import __version__, state
+from oneos import __version__, enrollment, state
 from oneos.bus import client as bus_client
 from oneos.bus.admin import PulsarAdmin
 from oneos.controller.controller import Controller
@@ -31,7 +33,7 @@ from oneos.controller.election import Election
 from oneos.durations import parse_seconds
 from oneos.errors import OneOSError
 from oneos.gpio.pins import SIM_ENV
-from oneos.identity import Identity
+from oneos.identity import Identity, IdentityError
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent import devices, hardware
@@ -39,11 +41,14 @@ from oneos.nodeagent.lease import Lease
 from oneos.nodeagent.membership import DuplicateRuntime, Membership
 from oneos.nodeagent.sandbox import Sandbox, private_folder, python_home
 from oneos.nodeagent.supervisor import Supervisor
+from oneos.secretfiles import read_secret, write_secret
 from oneos.service import Service
 
 log = logging.getLogger("oneos.nodeagent")
 
 RECONNECT_MAX_S = 10.0
+APPROVAL_POLL_S = 2.0       # each blocking read of oneos/keys/<id> while waiting for approval
+APPROVAL_SAY_S = 10.0       # how often the wait says it is still waiting
 
 
 def local_address(nameserver: str) -> str:
@@ -55,6 +60,10 @@ def local_address(nameserver: str) -> str:
             return s.getsockname()[0]
     except OSError:
         return "127.0.0.1"
+
+
+class StoppedWaiting(OneOSError):
+    """Asked to stop (SIGTERM, Ctrl-C) while waiting for approval: nothing went wrong."""
 
 
 class Runtime(Service):
@@ -83,6 +92,7 @@ class Runtime(Service):
         self._failed: OneOSError | None = None
         self._lease: Lease | None = None     # the membership session's renewals (heartbeat and watchdog)
         self._lease_lock = threading.Lock()
+        self.key_record: dict[str, Any] = {}   # this runtime's registration at oneos/keys/<id>, once enrolled
 
     def record(self) -> dict[str, Any]:
         """This runtime's node record, as stored at oneos/nodes/<id>."""
@@ -133,10 +143,15 @@ class Runtime(Service):
         self.boot = self._read_boot()
         ttl = max(10, round(parse_seconds(self.boot["sessionTTL"])))
         lock_delay = round(parse_seconds(self.boot["lockDelay"]))
-        self.kernel = self.cfg.kernel or self.cfg.id in self.boot.get("kernelNodes", [])
         # Checked before joining: a node that cannot reach the broker must not take agents.
         self.pulsar = pulsar = bus_client.access(self.boot["pulsar"], token_file=self.cfg.pulsar_token_file,
                                                  trust_certs_file=self.cfg.pulsar_trust_certs_file)
+        self.enroll()
+        self.kernel = bool(self.key_record.get("kernel")) or self.cfg.id in self.boot.get("kernelNodes", [])
+        if self.cfg.kernel and not self.kernel:
+            log.warning("started as a kernel runtime, but approved as a plain one: it runs no kernel agents "
+                        "and never leads (approve it again with --kernel, or list it in the boot record's "
+                        "kernelNodes)")
         self.membership = Membership(self.ns, self.cfg.id, self.record, ttl)
         log.info("hardware: %s", ",".join(f"{k}={v}" for k, v in sorted(self.detected.items())) or "nothing detected")
         self.membership.join()
@@ -182,6 +197,92 @@ class Runtime(Service):
                 os.close(fd)
             sandbox.warn_unreachable("the simulated GPIO board", board)
         return sandbox
+    # -- enrollment (see oneos/enrollment.py) ------------------------------
+
+    @property
+    def token_file(self) -> Path:
+        """This runtime's own Name Server token, as its approval sealed it to it (mode 0600)."""
+        return self.cfg.data_dir / "token"
+
+    def enroll(self) -> None:
+        """Make sure this runtime's key is registered at oneos/keys/<id>: ask to join and wait for approval
+        when it is not; refuse to start when the id is registered to another key. Then use the node's own
+        token from its approval, when it has one (it takes precedence over a configured token)."""
+        record = self._registered()
+        if record is None:
+            self._ask_to_join()
+            record = self._wait_for_approval()
+        self.key_record = record
+        token = self._own_token()
+        if token and token != self.ns.token:
+            self.ns = NameServer(self.cfg.nameserver, token=token)
+
+    def _other_key(self, record: dict[str, Any]) -> OneOSError:
+        return OneOSError(f"runtime id {self.cfg.id!r} is registered to another key ({record['fingerprint']}; this "
+                          f"runtime's key is {self.identity.fingerprint}): run `oneosctl node revoke {self.cfg.id}` "
+                          "if that node is gone for good, or start this one with another id")
+
+    def _registered(self) -> dict[str, Any] | None:
+        """This runtime's key record (None while absent); OneOSError when it registers another key."""
+        record = state.read_key(self.ns, self.cfg.id)
+        if record is not None and record["signingKey"] != self.identity.signing_key:
+            raise self._other_key(record)
+        return record
+
+    def _ask_to_join(self) -> None:
+        request = enrollment.new_join_request(
+            self.identity, self.cfg.id, host=socket.gethostname(), address=self.address,
+            wants_kernel=self.cfg.kernel, labels=self.cfg.labels, join_token=self.cfg.join_token)
+        try:
+            state.put_document(self.ns, state.joinrequest_key(self.cfg.id), "joinrequest", request)
+        except NameServerError as exc:
+            raise OneOSError(f"cannot ask to join: {exc} (the cluster's policies are written by "
+                             "`oneosctl bootstrap`)") from None
+        how = (f"join token {request['joinToken']} is being checked by the controller" if self.cfg.join_token
+               else f"run `oneosctl node approve {self.cfg.id}`")
+        log.info("waiting for approval: %s (key %s)", how, self.identity.fingerprint)
+
+    def _wait_for_approval(self) -> dict[str, Any]:
+        """Block (on oneos/keys/<id>) until this runtime's key is registered; a line every APPROVAL_SAY_S."""
+        started = said = time.monotonic()
+        index = 0
+        while not self.stopping.is_set():
+            try:
+                index, entry = self.ns.get(state.key_key(self.cfg.id), index=index or None,
+                                           wait=f"{APPROVAL_POLL_S:g}s")
+            except NameServerUnreachable as exc:
+                log.warning("%s; still waiting for approval", exc)
+                self.stopping.wait(APPROVAL_POLL_S)
+                continue
+            if entry is not None:
+                record = self._registered()
+                if record is not None:
+                    log.info("approved by %s%s", record["approvedBy"], " as a kernel node" if record["kernel"] else "")
+                    return record
+            if time.monotonic() - said >= APPROVAL_SAY_S:
+                said = time.monotonic()
+                log.info("still waiting for approval (%.0fs): `oneosctl node approve %s` (key %s)",
+                         said - started, self.cfg.id, self.identity.fingerprint)
+        raise StoppedWaiting("stopped while waiting for approval")
+
+    def _own_token(self) -> str | None:
+        """The token sealed to this runtime at its approval (saved, mode 0600, in its data folder), else the
+        one saved from an earlier start; None when it has none (a Name Server without ACLs)."""
+        _, entry = self.ns.get(state.enroll_key(self.cfg.id))
+        if entry is not None and entry.value:
+            try:
+                token = self.identity.open(entry.value.decode("ascii", "replace"),
+                                           enrollment.token_context(self.cfg.id)).decode("utf-8")
+            except IdentityError as exc:
+                raise OneOSError(f"the token sealed to this runtime at {state.enroll_key(self.cfg.id)} cannot be "
+                                 f"opened ({exc}); approve it again (`oneosctl node revoke` then "
+                                 f"`approve {self.cfg.id}`)") from None
+            if not self.token_file.exists() or read_secret(self.token_file, "the node's token") != token:
+                write_secret(self.token_file, token)
+            return token
+        if self.token_file.exists():
+            return read_secret(self.token_file, "the node's token")
+        return None
 
     def _lead(self) -> None:
         election = self.election
@@ -211,6 +312,8 @@ class Runtime(Service):
                 else:
                     # The cluster has written this node off: what ran here may run elsewhere now.
                     self.supervisor.suspend("the membership session ended (the cluster took this node for dead)")
+                    if self._revoked():
+                        return
                     log.warning("the membership session was lost (expired or destroyed); joining again")
                     self.membership.join()
                     self._renewed()
@@ -228,7 +331,32 @@ class Runtime(Service):
                 self.cancel()
                 return
             except NameServerError as exc:
+                if exc.status == 403 and exc.body.strip() == "ACL not found" and self._own_token_deleted():
+                    return
                 log.warning("heartbeat: %s; retrying", exc)
+
+    def _own_token_deleted(self) -> bool:
+        """When the Name Server no longer knows this node's own token, the node was revoked: it stops
+        (its agents with it) rather than knock for ever. True when it does."""
+        if not self.token_file.exists() or self.ns.token != read_secret(self.token_file, "the node's token"):
+            return False
+        self.token_file.unlink(missing_ok=True)
+        self._stop_revoked("its Name Server token was deleted")
+        return True
+
+    def _revoked(self) -> bool:
+        """Before joining again after its session ended: whether its key is still registered (a Name Server
+        without ACLs has no token to refuse). True when it was revoked, and it stops."""
+        record = state.read_key(self.ns, self.cfg.id)      # a refusal goes to _beat's handlers
+        revoked = record is None or record["signingKey"] != self.identity.signing_key
+        if revoked:
+            self._stop_revoked("its key is no longer registered")
+        return revoked
+
+    def _stop_revoked(self, why: str) -> None:
+        self._failed = OneOSError(f"node {self.cfg.id} was revoked (`oneosctl node revoke`): {why}; it stops "
+                                  "(started again, it asks to join again)")
+        self.cancel()        # wait() raises _failed: oneosd says it in one line
 
     def _heartbeat(self) -> None:
         """Write the heartbeat after a renewal (see Membership.beat); a failure only leaves it older."""

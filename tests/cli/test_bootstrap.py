@@ -5,10 +5,17 @@ The test clusters write the same documents in-process (tests/cluster.py); this r
 
 from __future__ import annotations
 
-from oneos import state
+import pytest
+import requests
+
+from oneos import enrollment, state
 from oneos.nameserver.client import NameServer
+from oneos.secretfiles import write_secret
 from tests.cluster import EMPTY_INIT
-from tests.procs import run_cli
+from tests.conftest import REAL_CONSUL
+from tests.procs import NameServerProc, run_cli
+
+MANAGEMENT = "5b1d2c3e-0000-4000-8000-00000000b007"
 
 
 def bootstrap(url: str, *argv: str):
@@ -70,3 +77,30 @@ def test_bootstrap_refuses_tls_certificates_for_a_plain_url_and_a_relative_path(
     relative = bootstrap(url, "--pulsar-url", "pulsar+ssl://broker:6651", "--pulsar-tls-trust-certs", "ca.pem")
     assert relative.returncode == 2 and relative.stderr.count("\n") == 1
     assert "pulsar.tlsTrustCertsFile" in relative.stderr, relative.stderr
+
+
+@pytest.mark.skipif(REAL_CONSUL, reason="starts a Name Server of its own with ACLs")
+def test_bootstrap_on_a_name_server_with_acls_writes_the_policies_and_opens_only_asking_to_join(tmp_path):
+    write_secret(tmp_path / "management", MANAGEMENT)
+    nameserver = NameServerProc(tmp_path / "ns", extra=["--acl", "--acl-initial-management-token-file",
+                                                        str(tmp_path / "management")]).start()
+    try:
+        done = run_cli(["oneosctl", "bootstrap", "--pulsar-url", "pulsar://127.0.0.1:6651"],
+                       env={"ONEOS_NAMESERVER": nameserver.url, "ONEOS_TOKEN": MANAGEMENT})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == ("policies written: oneos-anonymous (given to the anonymous token: "
+                                                "runtimes may ask to join), oneos-kernel, oneos-operator")
+        # Without a token: the boot record reads, a join request writes, nothing else.
+        plain = requests.Session()
+        assert plain.get(f"{nameserver.url}/v1/kv/{state.BOOT}", timeout=5).status_code == 200
+        assert plain.put(f"{nameserver.url}/v1/kv/{state.joinrequest_key('x')}", data=b"{}", timeout=5).json()
+        assert plain.get(f"{nameserver.url}/v1/kv/{state.INIT}", timeout=5).status_code == 403
+        assert plain.put(f"{nameserver.url}/v1/kv/{state.key_key('x')}", data=b"{}", timeout=5).status_code == 403
+        # Run again, it changes nothing and says the same.
+        again = run_cli(["oneosctl", "bootstrap", "--pulsar-url", "pulsar://127.0.0.1:6651"],
+                        env={"ONEOS_NAMESERVER": nameserver.url, "ONEOS_TOKEN": MANAGEMENT})
+        assert again.stdout.splitlines()[-1] == done.stdout.splitlines()[-1]
+        anonymous = NameServer(nameserver.url, token=MANAGEMENT).acl_token_read(enrollment.ANONYMOUS_ACCESSOR)
+        assert [p["Name"] for p in anonymous["Policies"]] == ["oneos-anonymous"]
+    finally:
+        nameserver.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 
@@ -75,6 +76,10 @@ def test_kill9_node_disappears_within_two_ttl_and_another_kernel_node_leads(clus
 
 def test_a_second_runtime_with_a_live_id_refuses_to_start(cluster, tmp_path):
     first = cluster.start("twin")
+    # The same key on another machine (a cloned disk): it is enrolled, but the id is taken.
+    clone = tmp_path / "other-home" / "runtimes" / "twin"
+    clone.mkdir(parents=True)
+    shutil.copy2(cluster.node("twin").home / "runtimes" / "twin" / "node.key", clone / "node.key")
     second = cluster.start("twin", home=tmp_path / "other-home", wait=False)
     second.popen.wait(20)
     assert second.popen.returncode != 0

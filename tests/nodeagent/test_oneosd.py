@@ -31,6 +31,7 @@ def test_without_an_id_a_uuid4_is_generated_saved_and_reused(cluster, tmp_path):
     saved = wait_until(lambda: (home / "config.yaml").exists() and
                        yaml.safe_load((home / "config.yaml").read_text()).get("id"), 20, "the id to be saved")
     assert uuid.UUID(saved).version == 4
+    cluster.approve(saved)      # a runtime new to the cluster asks to join under the id it made
     cluster.wait_for(lambda: saved in cluster.node_ids(), 20, "the runtime to join under its saved id")
     assert first.terminate() == 0
 
@@ -49,6 +50,7 @@ def test_an_id_argument_lets_several_runtimes_share_one_home(cluster, tmp_path):
 
 def test_first_run_on_a_terminal_asks_and_saves_the_answers(cluster, tmp_path):
     home = tmp_path / "tty-home"
+    cluster.register("asker", home, kernel=True)   # kernel: the wish answered on the terminal, approved
     master, slave = pty.openpty()
     proc = subprocess.Popen([venv_bin("oneosd"), "asker"], stdin=slave, stdout=slave, stderr=slave,
                             env=dict(os.environ, ONEOS_HOME=str(home)), start_new_session=True)

@@ -52,6 +52,10 @@ def runtime(builtin_nameserver, tmp_path, monkeypatch):
         cfg = runtime_config.load(runtime_config.Overrides(id="envy", nameserver=builtin_nameserver.url,
                                                            config_file=conf), interactive=False)
         made.append(Runtime(cfg, wait_s=10, **options))
+        # Enrolled, as an operator's approval would (tests/cluster.py, Cluster.register).
+        state.put_document(ns, state.key_key("envy"), "key", state.new_key_record(
+            "envy", made[-1].identity.signing_key, made[-1].identity.box_key, kernel=False,
+            approved_by="the test"), cas=0)
         return made[-1]
 
     yield make
