@@ -196,7 +196,7 @@ def test_connections_per_client_are_capped_at_200(server):
     try:
         for _ in range(200):
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-        wait_for(lambda: threads(server.pid) >= base + 200, 10, "a thread for each of 200 connections")
+        wait_for(lambda: threads(server.pid) >= base + 200, 60, "a thread for each of 200 connections")
         status, body = exchange(server.port, request("GET", "/v1/status/leader"))
         assert status == 429 and "too many concurrent connections" in body
         assert threads(server.pid) <= base + 200
@@ -206,7 +206,7 @@ def test_connections_per_client_are_capped_at_200(server):
     finally:
         for sock in idle:
             sock.close()
-    wait_for(lambda: threads(server.pid) <= base, 10, "the threads of closed connections to end")
+    wait_for(lambda: threads(server.pid) <= base, 60, "the threads of closed connections to end")
     assert exchange(server.port, request("GET", "/v1/status/leader"))[0] == 200
 
 
