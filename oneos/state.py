@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oneos.documents import DocumentError, check, load_file
-from oneos.identity import fingerprint
+from oneos.identity import SIGNATURE, IdentityError, canonical, fingerprint, seal, signer, verify
 from oneos.errors import OneOSError
 from oneos.nameserver.client import Entry, NameServer, kv_op
 from oneos.paths import shared
@@ -38,9 +38,10 @@ INVALID = PREFIX + "invalid/"
 #: Each node's last session renewal, held by its session: not under a prefix the controller watches.
 HEARTBEATS = PREFIX + "heartbeats/"
 #: Each pipeline's frame key (32 random bytes, raw), one per uid: oneos/pipekeys/<pipeline>/<uid>.
-#: Written by apply, removed with the pipeline; read by the nodes that run its agents and by
-#: `oneosctl run`. Until nodes hold tokens of their own (issue 12, item 2) anyone holding the
-#: Name Server's token can read it.
+#: Written by apply, removed with the pipeline; read by the leader, which seals it into each
+#: assignment for the node's key (`frameKey`: nodes never read it here), and by `oneosctl run`
+#: and `logs`. Until nodes hold tokens of their own (issue 12, item 2) anyone holding the Name
+#: Server's token can read it.
 PIPEKEYS = PREFIX + "pipekeys/"
 #: Each enrolled node's public keys (key.schema.json): oneos/keys/<id>. Only what they sign counts.
 KEYS = PREFIX + "keys/"
@@ -131,6 +132,76 @@ def read_key(ns: NameServer, node_id: str) -> dict[str, Any] | None:
     return doc if doc["id"] == node_id else None
 
 
+def kernel_keys(keys: dict[str, dict[str, Any]], boot: dict[str, Any] | None) -> set[str]:
+    """The kernel nodes among the enrolled: those their approval or the boot record says are. Never what a
+    node says of itself (its record's `kernel`): a node may claim anything, only these are trusted."""
+    named = set((boot or {}).get("kernelNodes", []))
+    return {node_id for node_id, key in keys.items() if key["kernel"] or node_id in named}
+
+
+def signed_by(doc: dict[str, Any], keys: dict[str, dict[str, Any]], trusted: set[str] | None = None) -> str | None:
+    """Why `doc` does not carry a valid signature by a registered key (of one of `trusted`, if given); None when
+    it does."""
+    by = signer(doc)
+    if by is None:
+        return "it is not signed"
+    key = keys.get(by)
+    if key is None:
+        return f"it is signed by {by}, whose key is not registered"
+    if trusted is not None and by not in trusted:
+        return f"it is signed by {by}, which is not a kernel node"
+    if not verified(doc, key["signingKey"]):
+        return f"its signature by {by} does not verify against {by}'s registered key (altered, or forged)"
+    return None
+
+
+def verified(doc: dict[str, Any], signing_key: str) -> bool:
+    """identity.verify, remembered: the controller's pass and a node's watch see the same signed documents
+    again and again, and checking a signature costs fifteen times what the canonical JSON does."""
+    sig = doc.get(SIGNATURE)
+    value = sig.get("value") if isinstance(sig, dict) else None
+    if not isinstance(value, str):
+        return False
+    seen = (signing_key, canonical(doc) + b"\0" + value.encode("ascii", "replace"))
+    if seen in _VERIFIED:
+        return True
+    if not verify(doc, signing_key):
+        return False
+    _VERIFIED.add(*seen)
+    return True
+
+
+#: A node record the controller does not trust, as `oneosctl get nodes` shows its state.
+NOT_APPROVED, SIGNATURE_INVALID = "NotApproved", "SignatureInvalid"
+
+
+def node_distrust(record: dict[str, Any], keys: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """(state, why) when a node record cannot be trusted: its node is not enrolled, or the record is not
+    signed by the node's own registered key; None when it can. Nothing is placed on such a node."""
+    node_id = record["id"]
+    if node_id not in keys:
+        return NOT_APPROVED, (f"node {node_id} is not approved (no key registered at {key_key(node_id)}): nothing is "
+                              f"placed on it; approve it with `oneosctl node approve {node_id}` if it is yours")
+    by = signer(record)
+    why = signed_by(record, keys) if by in (node_id, None) else f"it is signed by {by}, not by the node itself"
+    if why is not None:
+        return SIGNATURE_INVALID, f"the record of node {node_id} cannot be trusted: {why}; nothing is placed on it"
+    return None
+
+
+def frame_key_context(pipeline: str, uid: str) -> str:
+    """What a pipeline's frame key is sealed for, in an assignment: it opens for nothing else."""
+    return f"frame key {pipeline} {uid}"
+
+
+def seal_frame_key(key: bytes, box_key: str, pipeline: str, uid: str) -> str | None:
+    """The frame key sealed to a node's registered box key (None when that key is unusable)."""
+    try:
+        return seal(box_key, key, frame_key_context(pipeline, uid))
+    except IdentityError:
+        return None
+
+
 def heartbeat_key(node_id: str) -> str:
     return HEARTBEATS + node_id
 
@@ -161,7 +232,8 @@ def status_key(agent_key: str) -> str:
 
 #: Agent states after which nothing runs until something changes (the spec, the pipeline).
 FINAL_STATES = ("Exited", "Failed")
-#: The fields of an assignment that say what runs: a change in any of them restarts the agent.
+#: The fields of an assignment that say what runs: a change in any of them restarts the agent. Not its
+#: `frameKey` (sealed anew, the same key reads differently) nor its `signature`.
 WORK_FIELDS = ("uid", "agent", "inputs", "outputs", "attached", "kernel", "files")
 
 
@@ -266,6 +338,7 @@ class _Checked:
 
 
 _CHECKED = _Checked()
+_VERIFIED = _Checked()      # (signing key, signed bytes) that verified
 
 
 def decode(entry: Entry, schema: str) -> Any:
@@ -425,10 +498,15 @@ class NodeView:
     leader: bool
     heartbeat: dict[str, Any] | None = None
     silent: float | None = None           # seconds since its last renewal, once that is overdue (NotReady)
+    distrust: tuple[str, str] | None = None   # (state, why) when its record cannot be trusted (node_distrust)
+    kernel: bool | None = None            # whether it is a kernel node, as its approval or the boot record says
 
     @property
     def state(self) -> str:
-        """Ready (or Stopping) as the node says, or NotReady once its renewals are overdue."""
+        """NotApproved or SignatureInvalid when its record cannot be trusted; else Ready (or Stopping) as the
+        node says, or NotReady once its renewals are overdue."""
+        if self.distrust is not None:
+            return self.distrust[0]
         return "NotReady" if self.silent is not None else self.record["state"]
 
     def not_ready_reason(self) -> str:
@@ -441,13 +519,22 @@ def read_nodes(ns: NameServer, now: datetime | None = None) -> tuple[list[NodeVi
     """Live nodes sorted by id, and one line per node record that failed validation.
 
     With `now` (the commands), each node's heartbeat is read too and the node is NotReady
-    once its last renewal is older than its session TTL; without (the controller's pass),
-    heartbeats are not read: the controller goes by the sessions alone.
+    once its last renewal is older than its session TTL; and the registered keys, so that a
+    node whose record cannot be trusted says so (NodeView.distrust) and each node's `kernel`
+    is what its approval or the boot record says. Without (the controller's pass), neither is
+    read here: the controller goes by the sessions alone, and reads the keys once itself.
     """
     _, entries = ns.get_tree(NODES)
     leader = read_leader(ns)
     leader_id = leader["node"] if leader else None
     beats = read_heartbeats(ns) if now is not None else {}
+    keys = read_keys(ns) if now is not None else None
+    kernels: set[str] = set()
+    if keys is not None:
+        try:
+            kernels = kernel_keys(keys, read_boot(ns))
+        except BootError:
+            kernels = kernel_keys(keys, None)
     nodes, problems = [], []
     for entry in entries:
         try:
@@ -456,7 +543,11 @@ def read_nodes(ns: NameServer, now: datetime | None = None) -> tuple[list[NodeVi
             problems.append(str(exc))
             continue
         beat = beats.get(record["id"])
-        nodes.append(NodeView(record, record["id"] == leader_id, beat, overdue(beat, now) if now else None))
+        view = NodeView(record, record["id"] == leader_id, beat, overdue(beat, now) if now else None)
+        if keys is not None:
+            view.distrust = node_distrust(record, keys)
+            view.kernel = view.distrust is None and record["id"] in kernels
+        nodes.append(view)
     return nodes, problems
 
 
