@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from oneos import manifests, state  # noqa: E402
 from oneos.documents import load_file  # noqa: E402
+from oneos.identity import Identity  # noqa: E402
 from oneos.durations import parse_seconds  # noqa: E402
 from oneos.nameserver.client import NameServer  # noqa: E402
 from tests.procs import (BrokerProc, NameServerProc, OneosdProc, Proc, children_by_parent,  # noqa: E402
@@ -174,6 +175,10 @@ class Cluster:
 
     def start_node(self, node_id: str, wait: bool = True) -> OneosdProc:
         role = "--kernel" if node_id == self.kernel else "--no-kernel"
+        # Enrolled before it starts, as an operator's approval would: only registered nodes are placed on.
+        identity = Identity.load_or_create(self.root / f"home-{node_id}" / "runtimes" / node_id / "node.key")
+        state.put_document(self.ns, state.key_key(node_id), "key", state.new_key_record(
+            node_id, identity.signing_key, identity.box_key, kernel=node_id == self.kernel, approved_by="bench"))
         proc = self.procs.start(f"oneosd {node_id}",
                                 OneosdProc(node_id, self.root / f"home-{node_id}", self.url, [role]))
         self.nodes[node_id] = proc
