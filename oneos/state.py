@@ -515,7 +515,8 @@ class NodeView:
                 f"(session TTL {self.heartbeat['ttl']:g}s)" if self.heartbeat and self.silent is not None else "")
 
 
-def read_nodes(ns: NameServer, now: datetime | None = None) -> tuple[list[NodeView], list[str]]:
+def read_nodes(ns: NameServer, now: datetime | None = None, keys: dict[str, dict[str, Any]] | None = None
+               ) -> tuple[list[NodeView], list[str]]:
     """Live nodes sorted by id, and one line per node record that failed validation.
 
     With `now` (the commands), each node's heartbeat is read too and the node is NotReady
@@ -523,12 +524,14 @@ def read_nodes(ns: NameServer, now: datetime | None = None) -> tuple[list[NodeVi
     node whose record cannot be trusted says so (NodeView.distrust) and each node's `kernel`
     is what its approval or the boot record says. Without (the controller's pass), neither is
     read here: the controller goes by the sessions alone, and reads the keys once itself.
+    `keys`: the registered keys when the caller has read them already.
     """
     _, entries = ns.get_tree(NODES)
     leader = read_leader(ns)
     leader_id = leader["node"] if leader else None
     beats = read_heartbeats(ns) if now is not None else {}
-    keys = read_keys(ns) if now is not None else None
+    if now is not None and keys is None:
+        keys = read_keys(ns)
     kernels: set[str] = set()
     if keys is not None:
         try:

@@ -73,6 +73,7 @@ class Cluster:
         self.env = env if env is not None else {"ONEOS_NAMESERVER": self.url}
         self.ns = NameServer(self.url, tls=ClientTLS.from_env(self.env))
         self.nodes: list[OneosdProc] = []
+        self._leader_key: tuple[str, Identity] | None = None
 
     def bootstrap(self, pulsar_url: str | None = None, init: str = EMPTY_INIT, **boot_fields: object) -> None:
         """Write the boot record; without a broker, its Pulsar URL names a port nothing listens on.
@@ -107,6 +108,26 @@ class Cluster:
                                 f"runtime {node_id} to ask to join")
         return enrollment.approve(self.ns, node_id, request["signingKey"], request["boxKey"], kernel=kernel,
                                   approved_by="the test's operator")
+
+    def leader_key(self) -> tuple[str, Identity]:
+        """A kernel node's key, registered (at oneos/keys/test-leader) without a runtime: tests that write
+        assignments by hand sign them with it, as the leader signs what it writes."""
+        if self._leader_key is None:
+            identity = Identity.generate()
+            state.put_document(self.ns, state.key_key("test-leader"), "key", state.new_key_record(
+                "test-leader", identity.signing_key, identity.box_key, kernel=True, approved_by="the test"))
+            self._leader_key = ("test-leader", identity)
+        return self._leader_key
+
+    def signed(self, node_id: str, doc: dict) -> dict:
+        """An assignment for `node_id` as the leader writes it: its pipeline's frame key (if there is one)
+        sealed to the node's registered key, then signed by a kernel node's key (leader_key)."""
+        key = self.ns.get_raw(state.pipekey_key(doc["pipeline"], doc["uid"]))
+        node = state.read_key(self.ns, node_id)
+        if key and node and not doc.get("kernel"):
+            doc = dict(doc, frameKey=state.seal_frame_key(key, node["boxKey"], doc["pipeline"], doc["uid"]))
+        by, identity = self.leader_key()
+        return identity.sign(doc, by=by)
 
     def start(self, node_id: str | None, *extra: str, home: Path | None = None, wait: bool = True,
               env: dict[str, str] | None = None, register: bool = True) -> OneosdProc:

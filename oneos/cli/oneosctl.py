@@ -572,16 +572,21 @@ NOT_APPROVED = "NotApproved"
 
 
 def _get_nodes(ns: NameServer, fmt: str, names: list[str]) -> int:
-    nodes, problems = state.read_nodes(ns, now=datetime.now(timezone.utc))
+    keys = state.read_keys(ns)
+    nodes, problems = state.read_nodes(ns, now=datetime.now(timezone.utc), keys=keys)
     for problem in problems:
         print(f"{PROG}: warning: skipped an invalid node record: {problem}", file=sys.stderr)
-    keys = state.read_keys(ns)
-    joined = [_node_item(n, keys) for n in nodes]
+    joined = [_node_item(n) for n in nodes]
     asking = [_pending_item(r) for i, r in sorted(enrollment.pending(ns, keys).items())
               if i not in {n["id"] for n in joined}]
     items = _select("node", joined + asking, names, lambda r, n: r["id"] == n)
     for node in nodes:
-        if node.silent is not None and (not names or node.record["id"] in names):
+        if names and node.record["id"] not in names:
+            continue
+        if node.distrust is not None:
+            if node.distrust[0] != NOT_APPROVED:     # said below, with the pending requests
+                print(f"{PROG}: {node.distrust[1]}", file=sys.stderr)
+        elif node.silent is not None:
             print(f"{PROG}: {node.not_ready_reason()}; its agents are Unknown until it renews, and placed "
                   "elsewhere if its session ends", file=sys.stderr)
     for item in items:
@@ -613,11 +618,14 @@ def _pending_item(request: dict[str, Any]) -> dict[str, Any]:
     return dict(item, state=PENDING, labels=request.get("labels") or {})
 
 
-def _node_item(node: state.NodeView, keys: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _node_item(node: state.NodeView) -> dict[str, Any]:
     """A node as `get nodes -o json` prints it: its record, whether it leads, and its state now (NotReady
-    once its renewals are overdue; NotApproved when no key is registered for its id)."""
-    return dict(node.record, leader=node.leader,
-                state=node.state if node.record["id"] in keys else NOT_APPROVED)
+    once its renewals are overdue; NotApproved or SignatureInvalid when its record cannot be trusted), and
+    `kernel` as its approval or the boot record says, not as its record claims."""
+    item = dict(node.record, leader=node.leader, state=node.state)
+    if node.kernel is not None:
+        item["kernel"] = node.kernel
+    return item
 
 
 def _get_boot(ns: NameServer, fmt: str, names: list[str]) -> int:

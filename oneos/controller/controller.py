@@ -1,6 +1,6 @@
 """The controller: runs in the elected leader and reconciles whenever something changes.
 
-Watches (blocking queries) only say *that* something changed under manifests/ or nodes/;
+Watches (blocking queries) only say *that* something changed under manifests/, nodes/ or keys/;
 each wake-up runs one reconciliation pass over every pipeline, and a periodic pass
 catches anything a watch missed. A deposed leader stops at once; one that has not heard
 yet cannot write either, as every write checks that it still holds the lock. On a timer
@@ -19,6 +19,7 @@ from oneos.bus.admin import PulsarAdmin
 from oneos.controller.enroller import Enroller
 from oneos.controller.janitor import Janitor
 from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
+from oneos.identity import Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nameserver.watch import Watch
 from oneos.service import Service
@@ -32,17 +33,21 @@ class Controller(Service):
     """Reconciliation loop with its watches; start() when elected, stop() when deposed."""
 
     def __init__(self, ns: NameServer, leader_session: Callable[[], str | None] | None = None,
-                 pulsar_admin: Callable[[str], PulsarAdmin] = PulsarAdmin) -> None:
+                 pulsar_admin: Callable[[str], PulsarAdmin] = PulsarAdmin,
+                 signer: tuple[str, Identity] | None = None) -> None:
         """`leader_session` gives the session holding the leader lock: every write checks it still does.
         `pulsar_admin` opens the Pulsar admin client of a URL (with the node's token, if it has one).
+        `signer`, the leader's node id and identity: they sign every assignment.
 
-        Without it (tools, tests) writes are not fenced."""
+        Without them (tools, tests) writes are not fenced, and assignments are unsigned (nodes refuse them)."""
         super().__init__("controller")
+        self.signer = signer
+        self._untrusted: dict[str, str] = {}    # node id -> why, as last said (once per node, not per pass)
         # A client of its own: stop() cuts off a pass under way instead of waiting for it.
         self.ns = ns.clone()
         self.leader_session = leader_session
         self._dirty = threading.Event()
-        self._watches = [Watch.keys(ns, prefix) for prefix in (state.MANIFESTS, state.NODES)]
+        self._watches = [Watch.keys(ns, prefix) for prefix in (state.MANIFESTS, state.NODES, state.KEYS)]
         # The janitor's rounds have a client of their own too (one client per thread).
         self._janitor_ns = ns.clone()
         self.janitor = Janitor(self._janitor_ns, lambda: Writes(self._janitor_ns, self._session()),
@@ -93,9 +98,19 @@ class Controller(Service):
                 self._dirty.set()
 
     def _reconcile(self) -> None:
-        view = reconcile_all(self.ns, self._session())
+        view = reconcile_all(self.ns, self._session(), self.signer)
         if view is not None:
+            self._tell_untrusted(view.untrusted)
             self.janitor.observe(view)
+
+    def _tell_untrusted(self, untrusted: dict[str, str]) -> None:
+        """Say once per node (and again when the reason changes) that a live node is not placed on."""
+        for node_id, why in sorted(untrusted.items()):
+            if self._untrusted.get(node_id) != why:
+                log.warning("%s", why)
+        for node_id in sorted(set(self._untrusted) - set(untrusted)):
+            log.info("node %s is trusted again, or gone", node_id)
+        self._untrusted = dict(untrusted)
 
     def _sweep(self) -> None:
         """The janitor's rounds: one now, then every `janitor.interval()` seconds until the controller stops."""

@@ -38,6 +38,7 @@ from oneos.controller.scheduler import STATIC_CHECKS, Demand, NodeIndex, Usage
 from oneos.controller.view import ClusterView
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
+from oneos.identity import SIGNATURE, Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 
 log = logging.getLogger("oneos.controller")
@@ -56,9 +57,20 @@ class Writes:
     is left out.
     """
 
-    def __init__(self, ns: NameServer, leader_session: str | None = None) -> None:
+    def __init__(self, ns: NameServer, leader_session: str | None = None,
+                 signer: tuple[str, Identity] | None = None) -> None:
+        """`signer`: the leader's node id and identity, which sign each assignment (nodes run nothing
+        else); without (tools, tests) assignments are written unsigned, and nodes refuse them."""
         self.ns = ns
         self.leader_session = leader_session
+        self.signer = signer
+
+    def assignment_op(self, key: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """The /v1/txn operation that writes an assignment, signed by the leader."""
+        if self.signer is not None:
+            node_id, identity = self.signer
+            doc = identity.sign(doc, by=node_id)
+        return state.set_document_op(key, "assignment", doc)
 
     def commit(self, *ops: dict[str, Any]) -> None:
         """Run `ops` as one transaction, after the leader check; NotLeader if the lock is lost."""
@@ -243,11 +255,12 @@ def reconcile(view: ClusterView, name: str, manifest: dict[str, Any] | None) -> 
             else:
                 plan.keep.append(Keep(key, node_id, "unchanged"))
         else:
-            # Its node is gone (its session ended): the agent is Lost there and placed anew, with
-            # a higher epoch that fences off the copy, should that node come back.
-            reason = f"node {node_id} is gone (its session ended); placing the agent again"
+            # Its node is gone (its session ended), or no longer trusted: the agent is Lost there and
+            # placed anew, with a higher epoch that fences off the copy, should that node come back.
+            why = view.gone(node_id)
+            reason = f"{why}; placing the agent again"
             plan.lost.append(Lost(key, node_id, reason, _lost_status(key, view, node_id, placed, reason)))
-            _place(plan, view, manifest, key, doc, f"node {node_id} is gone (its session ended)", previous=placed,
+            _place(plan, view, manifest, key, doc, why, previous=placed,
                    node=node_id, unplaced=f"its node {node_id} was lost, and it fits nowhere else")
     return plan
 
@@ -331,11 +344,29 @@ class Placer:
         for entry in plan.place:
             result = index.place(entry.demand, self.usage)
             if result.node is None:
-                pending.append(Pending(entry.key, entry.pending_reason(result.reason), entry))
+                pending.append(Pending(entry.key, entry.pending_reason(result.reason) + self._uncounted(plan.kernel),
+                                       entry))
             else:
                 placed.append(dataclasses.replace(entry, node=result.node))
                 self.usage.add(result.node, entry.demand)
         return dataclasses.replace(plan, place=placed, pending=pending)
+
+    def _uncounted(self, kernel: bool) -> str:
+        """What a Pending reason adds about the live nodes placement did not count: those not trusted, and
+        for a kernel agent those that are not kernel nodes (whatever their records claim)."""
+        parts = []
+        if self.view.untrusted:
+            parts.append(f"{_some(sorted(self.view.untrusted))} (not approved, or its record not signed by its "
+                         "registered key: `oneosctl get nodes` says why)")
+        others = sorted(n.id for n in self.view.nodes if n.id not in self.view.kernel_ids) if kernel else []
+        if others:
+            parts.append(f"{_some(others)} (not a kernel node: neither its approval nor the boot record says so)")
+        return "; not counted: " + "; ".join(parts) if parts else ""
+
+
+def _some(ids: list[str]) -> str:
+    """A few node ids for people: the first three, and how many more."""
+    return ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
 
 
 # -------------------------------------------------------------------- 3. write
@@ -349,15 +380,18 @@ def write(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str] 
         writes.delete(state.status_key(forget.key))
     for change in [*plan.restart, *(keep for keep in plan.keep if keep.assignment is not None)]:
         log.info("%s: updating it on %s: %s", change.key, change.node, change.reason)
-        writes.put(state.assign_key(change.node, change.key), "assignment", dict(change.assignment, assignedAt=now()))
+        doc = _sealed(change.assignment, change.node, view, view.assignments.get(change.key))
+        writes.commit(writes.assignment_op(state.assign_key(change.node, change.key), dict(doc, assignedAt=now())))
+    if writes.signer is not None:
+        _resign(plan, view, writes, now)
     lost = {entry.key: entry for entry in plan.lost}
     for entry in plan.place:
         assert entry.node is not None, "write() takes a plan that went through Placer.place"
         if entry.key in lost:
-            log.warning("%s: node %s is gone; the agent is lost there, placing it again", entry.key, entry.previous)
+            log.warning("%s: %s; the agent is lost there, placing it again", entry.key, entry.reason)
         ops = _replacing(entry)
-        ops.append(state.set_document_op(state.assign_key(entry.node, entry.key), "assignment",
-                                         dict(entry.assignment, assignedAt=now())))
+        doc = _sealed(entry.assignment, entry.node, view)
+        ops.append(writes.assignment_op(state.assign_key(entry.node, entry.key), dict(doc, assignedAt=now())))
         if entry.key in lost:
             ops.append(state.set_document_op(state.status_key(entry.key), "status",
                                              dict(lost[entry.key].status, updatedAt=now())))
@@ -371,6 +405,42 @@ def write(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str] 
         log.info("%s: pending: %s", pending.key, pending.reason)
         writes.commit(*ops, state.set_document_op(state.status_key(pending.key), "status",
                                                   dict(pending_status(current, pending), updatedAt=now())))
+
+
+def _sealed(doc: dict[str, Any], node_id: str, view: ClusterView,
+            placed: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The assignment with its pipeline's frame key sealed to the node's registered box key (`frameKey`), so
+    that only the nodes its agents run on can read it. The key sealed for this node and uid before (`placed`)
+    is kept: a sealed value differs each time, and rewriting the same assignment must not change it.
+    Kernel agents do without the bus, so without a key; without a frame key or a box key in the view,
+    the assignment goes without (the node then says the key is missing)."""
+    if doc.get("kernel"):
+        return doc
+    if placed is not None and placed[0] == node_id and placed[1].get("uid") == doc["uid"] and "frameKey" in placed[1]:
+        return dict(doc, frameKey=placed[1]["frameKey"])
+    key = view.pipe_keys.get((doc["pipeline"], doc["uid"]))
+    box = view.keys.get(node_id, {}).get("boxKey")
+    sealed = state.seal_frame_key(key, box, doc["pipeline"], doc["uid"]) if key and box else None
+    return dict(doc, frameKey=sealed) if sealed else doc
+
+
+def _resign(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str]) -> None:
+    """Rewrite, signed, each kept assignment whose signature no longer counts (unsigned, altered, by a node
+    no longer a kernel node, or revoked: its node refuses it), or that has no frame key where one can be
+    sealed now. The work is the same: the node does not restart the agent."""
+    kernels = state.kernel_keys(view.keys, view.boot)
+    for keep in plan.keep:
+        if keep.assignment is not None or keep.key not in view.assignments:
+            continue
+        node_id, placed = view.assignments[keep.key]
+        why = state.signed_by(placed, view.keys, kernels)
+        if why is None and "frameKey" not in placed and not placed.get("kernel"):
+            why = "it has no frame key" if "frameKey" in _sealed(placed, node_id, view) else None
+        if why is None:
+            continue
+        log.info("%s: signing it again on %s: %s", keep.key, node_id, why)
+        doc = {k: v for k, v in placed.items() if k not in (SIGNATURE, "assignedAt")}
+        writes.commit(writes.assignment_op(state.assign_key(node_id, keep.key), dict(doc, assignedAt=now())))
 
 
 def _replacing(entry: Place) -> list[dict[str, Any]]:
@@ -449,9 +519,10 @@ def mark_invalid(view: ClusterView, name: str, writes: Writes, now: Callable[[],
                                                      "since": mark["since"] if mark else now()})
 
 
-def reconcile_all(ns: NameServer, leader_session: str | None = None) -> ClusterView:
-    """One pass over every pipeline: read the cluster once, then reconcile, place and write each;
-    the view the pass worked from."""
+def reconcile_all(ns: NameServer, leader_session: str | None = None,
+                  signer: tuple[str, Identity] | None = None) -> ClusterView:
+    """One pass over every pipeline: read the cluster once, then reconcile, place and write each (assignments
+    signed by `signer`); the view the pass worked from."""
     view = ClusterView.read(ns)
-    run_pass(view, Writes(ns, leader_session))
+    run_pass(view, Writes(ns, leader_session, signer))
     return view

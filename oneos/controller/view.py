@@ -2,7 +2,12 @@
 
 `ClusterView.read(ns)` is the pass's only read: live nodes, assignments, statuses, devices,
 the boot record, every Pipeline manifest (and why a stored one is invalid, with the records
-the controller keeps of that) and the init manifest as the pipeline of kernel agents. An
+the controller keeps of that), the init manifest as the pipeline of kernel agents, the
+registered keys and the pipelines' frame keys. A node counts as live only when its record
+verifies against its registered key (an unregistered node, or a record not signed by its
+key, is kept aside in `untrusted`, with why: nothing is placed there, and what was placed
+there is placed again, as for a node that is gone); it is a kernel node only when its
+approval or the boot record says so, never because its record claims it. An
 assignment or status that is not valid is kept aside by its key, with why, so that the pass
 can clean it up instead of tripping over it. Everything after it (reconcile, place, write)
 works from this object, so a pass decides from one picture of the cluster, and tests build
@@ -39,6 +44,9 @@ class ClusterView:
     init: dict[str, Any] | None = None        # the init manifest as a pipeline (see init_pipeline), if any
     init_error: str | None = None             # why there is no `init`, when it is not just absent
     boot: dict[str, Any] | None = None
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)           # node id -> its registered keys
+    pipe_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)   # (pipeline, uid) -> its frame key
+    untrusted: dict[str, str] = field(default_factory=dict)   # node id -> why its live record is not trusted
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_id", {n.id: n for n in self.nodes})
@@ -46,7 +54,8 @@ class ClusterView:
     @classmethod
     def read(cls, ns: NameServer) -> "ClusterView":
         """Read everything a pass needs, once (a few GETs; nothing is written)."""
-        nodes, _ = state.read_nodes(ns)
+        records, _ = state.read_nodes(ns)
+        keys = state.read_keys(ns)
         manifests, invalid = state.read_pipelines(ns)
         _, docs, broken = state.read_documents(ns, state.INVALID, "invalid")
         # A mark that is not valid is kept as None: the pass rewrites or removes it.
@@ -61,21 +70,32 @@ class ClusterView:
             init_error = str(exc)
         assignments, bad_assignments = state.read_assignments_and_problems(ns)
         statuses, bad_statuses = state.read_statuses_and_problems(ns)
-        return cls([NodeInfo.from_record(n.record) for n in nodes], assignments, statuses,
-                   frozenset(n.record["id"] for n in nodes if n.record["kernel"]),
+        nodes, untrusted = trusted_nodes([n.record for n in records], keys)
+        kernels = state.kernel_keys(keys, boot)
+        return cls(nodes, assignments, statuses, frozenset(n.id for n in nodes if n.id in kernels),
                    {name: doc["node"] for name, doc in state.read_devices(ns).items()},
-                   manifests, invalid, marks, bad_assignments, bad_statuses, init, init_error, boot)
+                   manifests, invalid, marks, bad_assignments, bad_statuses, init, init_error, boot,
+                   keys, read_pipe_keys(ns), untrusted)
 
     def alive(self, node_id: str) -> bool:
-        """Whether the node is live (in this view: see kernel_only)."""
+        """Whether the node is live and trusted (in this view: see kernel_only)."""
         return node_id in self._by_id    # type: ignore[attr-defined]
+
+    def gone(self, node_id: str) -> str:
+        """Why a node that is not alive in this view is not: untrusted (with why), or gone."""
+        if node_id in self.untrusted:
+            return self.untrusted[node_id]
+        return f"node {node_id} is gone (its session ended)"
 
     def node(self, node_id: str) -> NodeInfo:
         return self._by_id[node_id]      # type: ignore[attr-defined]
 
     def kernel_only(self) -> "ClusterView":
         """The same view where only kernel nodes exist: where kernel agents may run."""
-        return dataclasses.replace(self, nodes=[n for n in self.nodes if n.id in self.kernel_ids])
+        others = {n.id: f"node {n.id} is not a kernel node (neither its approval nor the boot record says so)"
+                  for n in self.nodes if n.id not in self.kernel_ids}
+        return dataclasses.replace(self, nodes=[n for n in self.nodes if n.id in self.kernel_ids],
+                                   untrusted={**self.untrusted, **others})
 
     def desired(self, name: str) -> dict[str, Any] | None:
         """What pipeline `name` should be: the init manifest's kernel agents under its name, else its
@@ -105,6 +125,31 @@ class ClusterView:
         for key, (node_id, doc) in self.assignments.items():
             usage.add(node_id, Demand.from_spec(key, doc["agent"]))
         return usage
+
+
+def trusted_nodes(records: list[dict[str, Any]], keys: dict[str, dict[str, Any]]
+                  ) -> tuple[list[NodeInfo], dict[str, str]]:
+    """The live nodes placement may use (their records verify against their registered keys), and
+    node id -> why, for each of the others."""
+    nodes, untrusted = [], {}
+    for record in records:
+        distrust = state.node_distrust(record, keys)
+        if distrust is None:
+            nodes.append(NodeInfo.from_record(record))
+        else:
+            untrusted[record["id"]] = distrust[1]
+    return nodes, untrusted
+
+
+def read_pipe_keys(ns: NameServer) -> dict[tuple[str, str], bytes]:
+    """(pipeline, uid) -> its frame key, for every well-formed one (32 bytes)."""
+    _, entries = ns.get_tree(state.PIPEKEYS)
+    found = {}
+    for entry in entries:
+        pipeline, _, uid = entry.key[len(state.PIPEKEYS):].partition("/")
+        if entry.value is not None and len(entry.value) == 32:
+            found[(pipeline, uid)] = entry.value
+    return found
 
 
 def init_pipeline(init: dict[str, Any], modify_index: int) -> dict[str, Any]:

@@ -95,7 +95,11 @@ class Runtime(Service):
         self.key_record: dict[str, Any] = {}   # this runtime's registration at oneos/keys/<id>, once enrolled
 
     def record(self) -> dict[str, Any]:
-        """This runtime's node record, as stored at oneos/nodes/<id>."""
+        """This runtime's node record, as stored at oneos/nodes/<id>: signed by its key, as the controller
+        places only on a node whose record its registered key signed."""
+        return self.identity.sign(self._record(), by=self.cfg.id)
+
+    def _record(self) -> dict[str, Any]:
         return {
             "id": self.cfg.id,
             "host": socket.gethostname(),
@@ -164,7 +168,7 @@ class Runtime(Service):
                                      bus_factory=lambda: bus_client.connect(pulsar),
                                      lease=lambda: membership.session, devices=self.cfg.devices,
                                      agent_env=self.agent_env(), log_limits=self.cfg.logs, kernel_node=self.kernel,
-                                     sandbox=sandbox)
+                                     sandbox=sandbox, identity=self.identity)
         self.supervisor.start()
         self._lease = Lease(ttl, renewed_at=time.monotonic())
         self.spawn(self._watch_lease, "lease watchdog")
@@ -289,7 +293,8 @@ class Runtime(Service):
         pulsar = self.pulsar
         self.controller = Controller(self.ns, leader_session=lambda: election.session if election else None,
                                      pulsar_admin=lambda url: PulsarAdmin(url, token=pulsar.token,
-                                                                          trust_certs_file=pulsar.trust_certs_file))
+                                                                          trust_certs_file=pulsar.trust_certs_file),
+                                     signer=(self.cfg.id, self.identity))
         self.controller.start()
 
     def _step_down(self) -> None:

@@ -19,6 +19,14 @@ can declare the node dead; `resume()` starts what is
 still assigned here once the node is back. The bytes of a written-off copy are fenced
 off downstream by the assignment's epoch (see oneos/bus/frames.py).
 
+Trust: a node runs only an assignment signed by a kernel node's registered key (oneos/keys/,
+watched and kept at hand; see `Supervisor.distrust`): one that is unsigned, signed by a node
+that is not a kernel node, by a key not registered, or altered after it was signed runs
+nothing; the node says so in one log line and in the agent's status (Failed, with why; not
+over another node's status), and removes that status once the assignment is gone. The
+pipeline's frame key comes sealed to this node's key in the assignment (`frameKey`): the
+node opens it with its identity, and never reads oneos/pipekeys/.
+
 Names that become paths: an assignment's key (PIPELINE.AGENT) names the agent's working
 directory and log files, and its shipped files' names files in that directory. Each goes
 through oneos.paths.inside before anything touches the disk: a key that is not an agent id
@@ -60,6 +68,7 @@ from oneos import children, state
 from oneos.bus import frames
 from oneos.documents import DocumentError
 from oneos.errors import OneOSError
+from oneos.identity import Identity, IdentityError, signer
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable, TxnConflict, kv_op
 from oneos.nameserver.watch import Watch
 from oneos.nodeagent import logfiles
@@ -80,6 +89,8 @@ WRITE_RETRY_S = 0.25       # the first wait before a status write is tried again
 WRITE_RETRY_MAX_S = 2.0    # ... doubling up to this
 #: An agent id, PIPELINE.AGENT, both names as common.schema.json's `name`: what may be swept.
 _AGENT_ID = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: How the status of an assignment this node refuses to run begins (it is no run of the agent).
+REFUSED = "refused: the assignment is not signed by a kernel node's registered key"
 #: What an agent that is not a kernel agent gets of the node's own environment: what programs
 #: expect to find (the locale: LC_* too; where the machine keeps its CA certificates), nothing
 #: that lets it act as the node. A proxy setting may hold a password: not passed.
@@ -176,7 +187,8 @@ class AgentRunner(Service):
         previous = self._previous_status()
         same = previous.get("uid") == self.assignment["uid"]
         if (same and previous.get("state") in state.FINAL_STATES and previous.get("node") == self.sup.node_id
-                and previous.get("epoch") == self.epoch and previous.get("generation") == self.assignment["generation"]):
+                and previous.get("epoch") == self.epoch and previous.get("generation") == self.assignment["generation"]
+                and not previous.get("reason", "").startswith(REFUSED)):
             log.info("%s: already %s here (exit status %s); not running it again", self.key,
                      previous["state"], previous.get("exitCode"))
             self.status = previous
@@ -185,9 +197,7 @@ class AgentRunner(Service):
         restarts = previous.get("restarts", 0) if same else 0
         try:
             if not self.kernel:
-                self.frame_key = self._read_frame_key()
-                if self.frame_key is None:
-                    return   # stopped while the Name Server was out of reach
+                self.frame_key = self._open_frame_key()
             self._prepare_workdir()
         except (OneOSError, OSError) as exc:
             why = str(exc) if isinstance(exc, OneOSError) else f"cannot prepare its working directory: {exc}"
@@ -275,18 +285,24 @@ class AgentRunner(Service):
         bridge.exited(final=not decision.restart and not self.stopping.is_set())
         return code, None, decision
 
-    def _read_frame_key(self) -> bytes | None:
-        """Its pipeline's frame key (DocumentError when it is missing). While the Name Server is out
-        of reach it keeps trying, as status writes do; None if it is stopped meanwhile."""
-        delay = WRITE_RETRY_S
-        while True:
-            try:
-                return state.read_pipe_key(self.sup.ns, self.assignment["pipeline"], self.assignment["uid"])
-            except NameServerUnreachable as exc:
-                log.warning("%s: cannot read its pipeline's frame key yet: %s", self.key, exc)
-            if self.stopping.wait(delay):
-                return None
-            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+    def _open_frame_key(self) -> bytes:
+        """Its pipeline's frame key, which the controller sealed to this node's key in the assignment: only
+        the nodes its agents run on can read it. OneOSError saying why when it cannot be had."""
+        pipeline, uid = self.assignment["pipeline"], self.assignment["uid"]
+        sealed = self.assignment.get("frameKey")
+        if sealed is None:
+            raise DocumentError(f"its assignment carries no frame key for this node (is the pipeline's key "
+                                f"{state.pipekey_key(pipeline, uid)} missing?); apply the pipeline again")
+        if self.sup.identity is None:
+            raise OneOSError("this node has no key to open its pipeline's frame key with")
+        try:
+            key = self.sup.identity.open(sealed, state.frame_key_context(pipeline, uid))
+        except IdentityError as exc:
+            raise OneOSError(f"its pipeline's frame key cannot be opened: {exc}; the controller seals it again "
+                             "when the agent is placed again") from None
+        if len(key) != 32:
+            raise OneOSError(f"its pipeline's frame key has {len(key)} bytes, not 32; apply the pipeline again")
+        return key
 
     def _wait(self, bridge: "Bridge") -> int:
         """Wait for the process to end; meanwhile put the count of refused input frames (failed MACs)
@@ -533,15 +549,22 @@ class Supervisor(Service):
                  bus_factory: Callable[[], Any], lease: Callable[[], str | None] = lambda: None,
                  devices: dict[str, dict[str, Any]] | None = None, agent_env: Mapping[str, str] | None = None,
                  log_limits: logfiles.LogLimits | None = None, kernel_node: bool = False,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, identity: Identity | None = None) -> None:
         """`lease` gives the membership session that holds this node's record (None: not a member now);
         `devices` are the node's, from its config (see devices.py); `agent_env`, what the node adds
         to its agents' environment; `log_limits`, how much of each agent's log file is kept;
         `kernel_node`, whether this is a kernel node (only there is an agent run as a kernel agent);
-        `sandbox`, how agents are confined (default: as this process's user, memory by rlimit)."""
+        `sandbox`, how agents are confined (default: as this process's user, memory by rlimit);
+        `identity`, the node's keys (its pipelines' frame keys are sealed to them)."""
         super().__init__("supervisor")
         self.kernel_node = kernel_node
         self.sandbox = sandbox or Sandbox(None)
+        self.identity = identity
+        self.boot = boot
+        self._keys: dict[str, dict[str, Any]] = {}   # node id -> registered keys, as the watch of keys/ says
+        self._entries: dict[str, Any] = {}            # this node's assignments, as last seen
+        self._distrusted: dict[str, int] = {}         # assignments refused for their signature: the version said
+        self._refusals: set[str] = set()              # ... and those whose status says so
         self.ns = ns
         self.devices = devices or {}
         self.agent_env = dict(agent_env or {})
@@ -562,6 +585,7 @@ class Supervisor(Service):
         self._prefix = f"{state.ASSIGN}{node_id}/"
         self._assignments = Watch.tree(ns, self._prefix)
         self._statuses = Watch.tree(ns, state.STATUS)
+        self._key_watch = Watch.tree(ns, state.KEYS)
 
     def bus(self) -> Any:
         """The node's one Pulsar client, opened on first use."""
@@ -576,10 +600,12 @@ class Supervisor(Service):
         private_folder(self.log_dir, 0o700)
         self.spawn(self._follow_assignments, "assignments")
         self.spawn(self._follow_readers, "readers")
+        self.spawn(self._follow_keys, "keys")
 
     def _interrupt(self) -> None:
         self._assignments.close()
         self._statuses.close()
+        self._key_watch.close()
 
     def _release(self) -> None:
         """Stop every agent (on oneosd shutdown), the kernel agents last: the broker among them
@@ -606,6 +632,80 @@ class Supervisor(Service):
                 # was deleted meanwhile): their working directories and log files.
                 first = False
                 self._sweep(set(assigned))
+
+    def _follow_keys(self) -> None:
+        """Keep the registered keys at hand (assignments are checked against them), and check this node's
+        assignments again when they change: one refused may be trusted now, one running may no longer be."""
+        for _, entries in self._key_watch:
+            keys = {}
+            for entry in entries:
+                try:
+                    doc = state.decode(entry, "key")
+                except DocumentError:
+                    continue
+                if entry.key == state.key_key(doc["id"]):
+                    keys[doc["id"]] = doc
+            with self._sync_lock:
+                self._keys = keys
+                if self._suspended is None and not self.stopping.is_set():
+                    self._sync_locked(self._entries)
+
+    def distrust(self, doc: dict[str, Any]) -> str | None:
+        """Why this node may not run an assignment (None: it may): only what a kernel node's registered key
+        signed counts, so that a forged assignment in the Name Server runs nothing. A signer the watch of
+        keys/ does not know (yet) is looked up once (NameServerUnreachable when it cannot be)."""
+        by = signer(doc)
+        if by is not None and by not in self._keys:
+            found = state.read_key(self.ns, by)
+            if found is not None:
+                self._keys = {**self._keys, by: found}
+        why = state.signed_by(doc, self._keys, state.kernel_keys(self._keys, self.boot))
+        return None if why is None else f"{REFUSED}: {why}"
+
+    def _refuse(self, key: str, doc: dict[str, Any], index: int, why: str) -> None:
+        """Run nothing of an assignment that is not trusted; say so once per version, in the log and in the
+        agent's status (Failed, with why), unless that status is another node's."""
+        if self._distrusted.get(key) == index:
+            return
+        self._distrusted[key] = index
+        log.error("%s: refusing to run it: %s", key, why)
+        pipeline, agent = state.split_agent_id(key)
+        status = {"pipeline": pipeline, "agent": agent, "uid": doc["uid"], "node": self.node_id, "state": "Failed",
+                  "generation": doc["generation"], "epoch": doc["epoch"], "reason": why, "updatedAt": state.utcnow()}
+        try:
+            entry = self._own_status(key, any_reason=True)
+            if entry is not False:
+                state.put_document(self.ns, state.status_key(key), "status", status,
+                                   cas=entry.modify_index if entry else 0)
+                self._refusals.add(key)
+        except (NameServerUnreachable, NameServerError) as exc:
+            log.warning("%s: the status saying it is refused was not written: %s", key, exc)
+
+    def _own_status(self, key: str, any_reason: bool = False) -> Any:
+        """The agent's status entry when it is this node's (and, unless `any_reason`, says it is refused);
+        None when there is none; False when it is someone else's (or not a refusal)."""
+        _, entry = self.ns.get(state.status_key(key))
+        if entry is None:
+            return None
+        try:
+            current = state.decode(entry, "status")
+        except DocumentError:
+            return entry if any_reason else False
+        if current.get("node") != self.node_id:
+            return False
+        if not any_reason and not current.get("reason", "").startswith(REFUSED):
+            return False
+        return entry
+
+    def _forget_refusal(self, key: str) -> None:
+        """The refused assignment is gone: so goes the status that said it was refused (if still so)."""
+        self._refusals.discard(key)
+        try:
+            entry = self._own_status(key)
+            if entry:
+                self.ns.delete(state.status_key(key), cas=entry.modify_index)
+        except (NameServerUnreachable, NameServerError) as exc:
+            log.warning("%s: its status (refused) was not removed: %s", key, exc)
 
     def refused(self, key: str) -> str | None:
         """Why an assignment key cannot name an agent's files on this node (None: it can)."""
@@ -672,6 +772,8 @@ class Supervisor(Service):
 
     def _sync_locked(self, entries: dict[str, Any]) -> None:
         wanted: dict[str, tuple[dict[str, Any], int]] = {}
+        distrusted: dict[str, tuple[dict[str, Any], int, str]] = {}
+        self._entries = entries
         self._refused &= set(entries)
         self._invalid = {k: v for k, v in self._invalid.items() if k in entries}
         for key, entry in entries.items():
@@ -684,11 +786,24 @@ class Supervisor(Service):
                     self._refused.add(key)
                 continue
             try:
-                wanted[key] = (state.decode(entry, "assignment"), entry.modify_index)
+                doc = state.decode(entry, "assignment")
             except DocumentError as exc:
                 if self._invalid.get(key) != entry.modify_index:    # once per version, not at every change
                     log.error("ignoring an invalid assignment: %s", exc)
                     self._invalid[key] = entry.modify_index
+                continue
+            try:
+                why = self.distrust(doc)
+            except (NameServerUnreachable, NameServerError) as exc:
+                # Its signer cannot be looked up now: nothing of it runs yet; the watch of keys/ checks
+                # again once the Name Server answers.
+                log.warning("%s: cannot check its signature yet: %s", key, exc)
+                continue
+            if why is None:
+                wanted[key] = (doc, entry.modify_index)
+            else:
+                distrusted[key] = (doc, entry.modify_index, why)
+        self._distrusted = {k: v for k, v in self._distrusted.items() if k in distrusted}
         for key in [k for k in self.runners
                     if k not in wanted or self.runners[k].fenced or not self.runners[k].same_work(wanted[k][0])]:
             runner = self.runners.pop(key)
@@ -697,6 +812,11 @@ class Supervisor(Service):
             runner.stop()
             if key not in wanted:
                 runner.remove()
+        for key, (doc, index, why) in distrusted.items():
+            self._refuse(key, doc, index, why)
+        for key in sorted(self._refusals - set(distrusted) - set(wanted)):
+            self._forget_refusal(key)
+        self._refusals &= set(distrusted) | set(wanted)
         for key, (doc, index) in wanted.items():
             if key in self.runners:
                 self.runners[key].index = index   # same work; the assignment was rewritten

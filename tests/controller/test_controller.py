@@ -36,15 +36,18 @@ def stop_within_deadline(controller: Controller) -> None:
 
 def test_stop_ends_every_thread_without_waiting_out_the_watches(ns, monkeypatch):
     passes = []
-    monkeypatch.setattr(controller_module, "reconcile_all", lambda ns, session: passes.append(session))
+    monkeypatch.setattr(controller_module, "reconcile_all", lambda ns, session, signer=None: passes.append(session))
     controller = Controller(ns)
     controller.start()
-    wait_until(lambda: len(threads_of(controller)) == 4 and passes, 30,
-               "the loop, its two watches, the janitor and a pass")
+    wait_until(lambda: len(threads_of(controller)) == 5 and passes, 30,
+               "the loop, its three watches (manifests, nodes, keys), the janitor and a pass")
     # A change under a watched prefix wakes the loop for one more pass.
     before = len(passes)
     ns.put("oneos/nodes/someone", b"{}")
     wait_until(lambda: len(passes) > before, 30, "a pass after the change")
+    before = len(passes)
+    ns.put("oneos/keys/someone", b"{}")      # a node approved: it may be placed on now
+    wait_until(lambda: len(passes) > before, 30, "a pass after a key is registered")
 
     stop_within_deadline(controller)
     assert threads_of(controller) == []

@@ -20,6 +20,7 @@ from oneos.controller.reconciler import (Forget, Keep, Lost, NotLeader, Placer, 
                                          reconcile_all, run_pass, write)
 from oneos.controller.scheduler import NodeInfo
 from oneos.controller.view import ClusterView, init_pipeline
+from oneos.identity import Identity, IdentityError, verify
 from oneos.nameserver.client import NameServer, TxnConflict, kv_op
 from tests.cluster import EMPTY_INIT
 
@@ -267,7 +268,8 @@ def test_a_kernel_agent_on_a_lost_kernel_node_moves_to_another_kernel_node_only(
     alone = view(workers, [assigned(init, "broker", "k1")], kernel_ids=frozenset(), init=init)
     plan = planned(alone, init, "oneos-init")
     assert plan.place == [] and [p.reason for p in plan.pending] == [
-        "its node k1 was lost, and it fits nowhere else: 0/0 nodes: no node has joined the cluster"]
+        "its node k1 was lost, and it fits nowhere else: 0/0 nodes: no node has joined the cluster; not counted: "
+        "w0, w1, w2 (not a kernel node: neither its approval nor the boot record says so)"]
 
 
 def test_a_kernel_agent_on_a_node_that_is_no_longer_kernel_is_moved():
@@ -482,13 +484,18 @@ def test_a_pass_reads_the_cluster_once_then_only_writes(builtin_nameserver, tmp_
     (tmp_path / "init.yaml").write_text(EMPTY_INIT)
     boot = state.new_boot_record(cluster="t", pulsar_url="pulsar://127.0.0.1:6650", kernel_nodes=["n1"])
     state.bootstrap(ns, boot, state.default_init(tmp_path / "init.yaml"))
-    for node_id in ("n1", "n2"):
-        state.put_document(ns, state.node_key(node_id), "node", {
+    ids = {node_id: Identity.generate() for node_id in ("n1", "n2")}
+    for node_id, identity in ids.items():
+        state.put_document(ns, state.key_key(node_id), "key", state.new_key_record(
+            node_id, identity.signing_key, identity.box_key, kernel=False, approved_by="test"))
+        state.put_document(ns, state.node_key(node_id), "node", identity.sign({
             "id": node_id, "host": "h", "address": "127.0.0.1", "pid": 1, "kernel": node_id == "n1",
             "state": "Ready", "labels": {}, "devices": {}, "capacity": {"cpu": 2, "memory": 4 * GI},
-            "arch": "x86_64", "os": "linux", "versions": {"oneos": "0", "python": "3.11"}, "startedAt": NOW})
+            "arch": "x86_64", "os": "linux", "versions": {"oneos": "0", "python": "3.11"}, "startedAt": NOW},
+            by=node_id))
     manifest = pipeline(agent("a"), agent("b"), links=[("a", "b")], uid=uuid.uuid4().hex)
     state.put_document(ns, state.pipeline_key("p"), "pipeline", manifest)
+    state.ensure_pipe_key(ns, "p", manifest["metadata"]["uid"])
     ns.put(state.pipeline_key("bad"), b'{"kind": "Pipeline"}')
 
     by_hand = dict(manifest, metadata={"name": "old", "generation": 1})            # as an older version wrote it
@@ -510,10 +517,20 @@ def test_a_pass_reads_the_cluster_once_then_only_writes(builtin_nameserver, tmp_
     assert cluster.kernel_ids == {"n1"} and cluster.init_error is None and cluster.init["kind"] == "Init"
 
     counting = Counting(ns)
-    reconcile_all(counting)
+    reconcile_all(counting, signer=("n1", ids["n1"]))
     first_write = counting.calls.index("txn")
     assert set(counting.calls[first_write:]) == {"txn"}, counting.calls
-    assert {key for key, _ in state.read_assignments(ns).items()} == {"p.a", "p.b"}
+    placed = state.read_assignments(ns)
+    assert set(placed) == {"p.a", "p.b"}
+    # Each signed by the leader, with the pipeline's frame key sealed to its node alone.
+    key = state.read_pipe_key(ns, "p", manifest["metadata"]["uid"])
+    for node_id, doc in placed.values():
+        assert doc["signature"]["by"] == "n1" and verify(doc, ids["n1"].signing_key)
+        context = state.frame_key_context("p", manifest["metadata"]["uid"])
+        assert ids[node_id].open(doc["frameKey"], context) == key
+        other = ids["n2" if node_id == "n1" else "n1"]
+        with pytest.raises(IdentityError):
+            other.open(doc["frameKey"], context)
     assert ns.get(state.status_key("p.y"))[1] is None and ns.get(state.assign_key("n2", "p.x"))[1] is None
     assert sorted(ns.keys(state.INVALID)[1]) == ["oneos/invalid/bad", "oneos/invalid/old", "oneos/invalid/other"]
 

@@ -88,28 +88,31 @@ def test_a_kernel_mark_on_a_node_that_is_not_a_kernel_node_gives_nothing(tmp_pat
         assert name not in env
 
 
-def test_the_frame_key_is_read_through_a_name_server_blip(tmp_path, monkeypatch):
-    """A node that cannot reach the Name Server for a moment keeps trying, as its status writes do,
-    instead of failing the agent for good; a key that is missing fails it with the fix to make."""
+def test_the_frame_key_opens_only_with_the_key_it_was_sealed_to(tmp_path):
+    """The controller seals each pipeline's frame key to the node it places an agent on: that node opens it
+    with its own key (no Name Server read); another node's key, another pipeline's context or no key at all
+    fail the agent with why."""
+    from oneos import state
     from oneos.documents import DocumentError
-    from oneos.nameserver.client import NameServerUnreachable
-    from oneos.nodeagent import supervisor
+    from oneos.errors import OneOSError
+    from oneos.identity import Identity
 
-    monkeypatch.setattr(supervisor, "WRITE_RETRY_S", 0.01)
-    answers = [NameServerUnreachable("down"), NameServerUnreachable("down"), b"k" * 32]
-
-    def get_raw(key):
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-    sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
-                                sandbox=Sandbox(None),
-                                ns=types.SimpleNamespace(url="http://127.0.0.1:8500", token=None, get_raw=get_raw))
+    mine, theirs, key = Identity.generate(), Identity.generate(), b"k" * 32
     assignment = {"pipeline": "p", "uid": "0" * 32, "generation": 1, "epoch": 1, "inputs": [], "outputs": [],
-                  "attached": False, "files": {}, "agent": {"name": "a", "run": ["true"]}}
-    runner = AgentRunner(sup, "p.a", assignment, 1)
-    assert runner._read_frame_key() == b"k" * 32 and answers == []
-    sup.ns.get_raw = lambda key: None
-    with pytest.raises(DocumentError, match="apply the pipeline again"):
-        runner._read_frame_key()
+                  "attached": False, "files": {}, "agent": {"name": "a", "run": ["true"]},
+                  "frameKey": state.seal_frame_key(key, mine.box_key, "p", "0" * 32)}
+
+    def runner(identity, **changes):
+        sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", agent_env={}, kernel_node=False,
+                                    sandbox=Sandbox(None), identity=identity, ns=None)
+        return AgentRunner(sup, "p.a", dict(assignment, **changes), 1)
+    assert runner(mine)._open_frame_key() == key
+    with pytest.raises(OneOSError, match="frame key cannot be opened: the sealed secret was not sealed to this"):
+        runner(theirs)._open_frame_key()
+    with pytest.raises(OneOSError, match="cannot be opened"):      # sealed for pipeline p, not q
+        runner(mine, pipeline="q")._open_frame_key()
+    without = dict(assignment)
+    del without["frameKey"]
+    sup = types.SimpleNamespace(workdir=tmp_path / "agents", node_id="n1", sandbox=Sandbox(None), identity=mine)
+    with pytest.raises(DocumentError, match="carries no frame key for this node .* apply the pipeline again"):
+        AgentRunner(sup, "p.a", without, 1)._open_frame_key()

@@ -30,8 +30,9 @@ def assignment(agent: dict, *, files: dict[str, str] | None = None, generation: 
 
 
 def write_raw(cluster, key: str, doc: dict) -> None:
-    """Write a key exactly as given: in a transaction's body, where no URL normalisation can touch `..`."""
-    cluster.ns.txn([kv_op("set", key, state.encode(doc))])
+    """Write a key exactly as given: in a transaction's body, where no URL normalisation can touch `..`.
+    Signed by a kernel node's registered key: even what the leader signs is checked before it touches a path."""
+    cluster.ns.txn([kv_op("set", key, state.encode(cluster.signed("n1", doc)))])
 
 
 def outside(root: Path, node) -> dict[str, bytes | None]:
