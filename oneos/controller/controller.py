@@ -18,7 +18,7 @@ from oneos import state
 from oneos.bus.admin import PulsarAdmin
 from oneos.controller.enroller import Enroller
 from oneos.controller.janitor import Janitor
-from oneos.controller.reconciler import NotLeader, Writes, reconcile_all
+from oneos.controller.reconciler import NotLeader, UntrustedLeader, Writes, reconcile_all
 from oneos.identity import Identity
 from oneos.nameserver.client import NameServer, NameServerError, NameServerUnreachable
 from oneos.nameserver.watch import Watch
@@ -43,6 +43,7 @@ class Controller(Service):
         super().__init__("controller")
         self.signer = signer
         self._untrusted: dict[str, str] = {}    # node id -> why, as last said (once per node, not per pass)
+        self._distrusted: str | None = None     # why this leader writes nothing, as last said
         # A client of its own: stop() cuts off a pass under way instead of waiting for it.
         self.ns = ns.clone()
         self.leader_session = leader_session
@@ -98,7 +99,16 @@ class Controller(Service):
                 self._dirty.set()
 
     def _reconcile(self) -> None:
-        view = reconcile_all(self.ns, self._session(), self.signer)
+        try:
+            view = reconcile_all(self.ns, self._session(), self.signer)
+        except UntrustedLeader as exc:
+            if self._distrusted != str(exc):      # said once, not at every pass
+                log.error("%s", exc)
+                self._distrusted = str(exc)
+            return
+        if self._distrusted:
+            log.info("this runtime's key is registered as a kernel node's now: reconciling")
+            self._distrusted = None
         if view is not None:
             self._tell_untrusted(view.untrusted)
             self.janitor.observe(view)

@@ -48,6 +48,10 @@ class NotLeader(OneOSError):
     """The leader lock is no longer held by this controller: it must stop writing."""
 
 
+class UntrustedLeader(OneOSError):
+    """The leader's key is not a kernel node's registered key: every node would refuse what it signs."""
+
+
 class Writes:
     """The controller's writes, each one transaction fenced by the leader lock.
 
@@ -524,5 +528,11 @@ def reconcile_all(ns: NameServer, leader_session: str | None = None,
     """One pass over every pipeline: read the cluster once, then reconcile, place and write each (assignments
     signed by `signer`); the view the pass worked from."""
     view = ClusterView.read(ns)
+    if signer is not None and signer[0] not in state.kernel_keys(view.keys, view.boot):
+        # Writing would only do harm: nodes refuse what it signs, and the assignments it kept would be
+        # signed again, refused, and their agents stopped. What runs is left as it runs.
+        raise UntrustedLeader(f"this runtime ({signer[0]}) leads, but {state.key_key(signer[0])} does not "
+                              "register it as a kernel node: nodes would refuse every assignment it signs, so it "
+                              "writes none; approve it as a kernel node, or run it with --no-kernel")
     run_pass(view, Writes(ns, leader_session, signer))
     return view

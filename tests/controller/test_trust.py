@@ -193,3 +193,34 @@ def test_an_untrusted_node_is_said_once_not_at_every_pass(caplog):
     assert [r.getMessage() for r in caplog.records] == [untrusted["rogue"]]
     controller._tell_untrusted({})
     assert caplog.records[-1].getMessage() == "node rogue is trusted again, or gone"
+
+
+def test_a_leader_whose_key_is_not_a_kernel_nodes_writes_nothing(builtin_nameserver, tmp_path, caplog):
+    """A runtime run as a kernel node but approved as a plain one may win the election: every node would
+    refuse what it signs (and the agents it re-signed would stop), so it writes nothing, and says so once."""
+    from oneos.controller.reconciler import UntrustedLeader, reconcile_all
+    from tests.cluster import EMPTY_INIT
+
+    ns = NameServer(builtin_nameserver.url)
+    (tmp_path / "init.yaml").write_text(EMPTY_INIT)
+    state.bootstrap(ns, state.new_boot_record(cluster="t", pulsar_url="pulsar://127.0.0.1:6650"),
+                    state.default_init(tmp_path / "init.yaml"))
+    for node_id in ("n1", "k1"):
+        state.put_document(ns, state.key_key(node_id), "key", KEYS[node_id])
+        state.put_document(ns, state.node_key(node_id), "node", record(node_id))
+    state.put_document(ns, state.pipeline_key("p"), "pipeline", pipeline(agent("a")))
+    with pytest.raises(UntrustedLeader, match=r"this runtime \(n1\) leads, but oneos/keys/n1 does not register it "
+                                              "as a kernel node: .* approve it as a kernel node, or run it with"):
+        reconcile_all(ns, signer=("n1", IDS["n1"]))
+    assert state.read_assignments(ns) == {} and state.read_statuses(ns) == {}
+
+    controller = Controller(ns, signer=("n1", IDS["n1"]))
+    caplog.set_level(logging.INFO, "oneos.controller")
+    for _ in range(3):
+        controller._reconcile()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        str(pytest.raises(UntrustedLeader, reconcile_all, ns, signer=("n1", IDS["n1"])).value)]
+    # As k1 (a kernel node's key), the same pass places the agent, signed.
+    reconcile_all(ns, signer=("k1", IDS["k1"]))
+    [(node_id, doc)] = state.read_assignments(ns).values()
+    assert verify(doc, IDS["k1"].signing_key)
