@@ -241,3 +241,26 @@ def test_each_node_gets_the_frame_key_sealed_to_its_own_key_alone(tmp_path):
                     identities[other].open(doc["frameKey"], context)
         # No refused frame: every node opened the same key.
         assert all(s.get("refusedFrames", 0) == 0 for s in c.statuses("spread").values())
+
+
+def test_a_node_whose_key_is_removed_is_no_longer_placed_on_and_its_agents_move(tmp_path):
+    """Without its registration a node's record counts for nothing: what ran there is Lost and placed on
+    a node that is trusted, and the node stops it (its assignment is gone)."""
+    with running_cluster(tmp_path, {"k1": ["--kernel"], "w1": ["--no-kernel"]}) as c:
+        manifest = tmp_path / "one.yaml"
+        manifest.write_text("apiVersion: oneos/v1\nkind: Pipeline\nmetadata: {name: one}\nspec:\n"
+                            "  agents: [{name: a, run: [sleep, '100000'], requires: {labels: {zone: x}}}]\n")
+        c.start("w2", "--no-kernel", "--label", "zone=x")
+        assert c.ctl("apply", "-f", str(manifest)).returncode == 0
+        first = c.wait_for(lambda: (s := c.statuses("one").get("a", {})).get("state") == "Running" and s, 30,
+                           "the agent to run on w2")
+        assert first["node"] == "w2"
+        c.start("w3", "--no-kernel", "--label", "zone=x")
+        c.ns.delete(state.key_key("w2"))          # as a revocation does, without ending its session
+        moved = c.wait_for(lambda: (s := c.statuses("one").get("a", {})).get("state") == "Running"
+                           and s.get("node") == "w3" and s, 30, "the agent to run on w3")
+        assert moved["epoch"] == first["epoch"] + 1
+        assert not process_alive(first["pid"]), "the agent still runs on the node no longer trusted"
+        assert "w2" in c.node_ids()              # the node is still there: only not trusted
+        log = c.node("k1").log()
+        assert "one.a: node w2 is not approved (no key registered at oneos/keys/w2)" in log, log
