@@ -38,11 +38,6 @@ KERNEL_POLICY = "oneos-kernel"
 OPERATOR_POLICY = "oneos-operator"
 NODE_POLICY_PREFIX = "oneos-node-"
 
-#: Nodes still read frame keys at oneos/pipekeys/ themselves, until assignments carry each
-#: pipeline's key sealed to the node that runs it (issue 12, item 3, branch `signing`): then
-#: this becomes False and node tokens are denied oneos/pipekeys/.
-NODES_READ_FRAME_KEYS = True
-
 _TOKEN_ID = 6
 _TOKEN_SECRET = 16
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
@@ -79,7 +74,7 @@ def node_rules(node_id: str, kernel: bool = False) -> str:
     """One node's own rights: its record, heartbeat and sealed token; agent statuses and devices (per agent
     or device, not per node: Consul's prefix rules cannot say "the agents assigned to you", so the records
     carry the node and readers check them against the assignment); reading the cluster's state, but not
-    the join tokens (nor, once assignments carry them sealed, the frame keys). Sessions: Consul's session
+    the join tokens, nor the frame keys (assignments carry them, sealed to their node). Sessions: Consul's session
     rules name the Name Server's node, which every OneOS node shares, so any node may renew or destroy
     any session. A kernel node's policy leaves the denies out: its kernel policy (acl = "write") could
     grant it anything anyway, and a deny would win over its kernel rights."""
@@ -94,8 +89,7 @@ def node_rules(node_id: str, kernel: bool = False) -> str:
     ]
     if not kernel:
         lines.append(f'key_prefix "{state.JOINTOKENS}" {{ policy = "deny" }}')
-        if not NODES_READ_FRAME_KEYS:
-            lines.append(f'key_prefix "{state.PIPEKEYS}" {{ policy = "deny" }}')
+        lines.append(f'key_prefix "{state.PIPEKEYS}" {{ policy = "deny" }}')
     return "\n".join(lines) + "\n"
 
 

@@ -217,7 +217,7 @@ def refused(call) -> str:
     return str(err.value).lower().replace("acl not found", "ACL not found")
 
 
-def test_an_enrolled_nodes_token_writes_only_what_is_its_own(tmp_path, monkeypatch):
+def test_an_enrolled_nodes_token_writes_only_what_is_its_own(tmp_path):
     with acl_cluster(tmp_path) as c:
         mine = NameServer(c.url, token=approved_token(c.ns, "n1"))
         approved_token(c.ns, "n2")
@@ -242,11 +242,10 @@ def test_an_enrolled_nodes_token_writes_only_what_is_its_own(tmp_path, monkeypat
         # A kernel node's token writes assignments (the controller's).
         kernel = NameServer(c.url, token=approved_token(c.ns, "k1", kernel=True))
         assert kernel.put(state.assign_key("n1", "p.a"), b"{}")
-        # Once assignments carry frame keys sealed to their node (branch signing), nodes read none.
-        monkeypatch.setattr(enrollment, "NODES_READ_FRAME_KEYS", False)
-        later = NameServer(c.url, token=approved_token(c.ns, "n3"))
+        # Assignments carry frame keys sealed to their node: nodes read none at oneos/pipekeys/.
         c.ns.put(state.pipekey_key("p", "u"), b"k" * 32)
-        assert "permission denied" in refused(lambda: later.get_raw(state.pipekey_key("p", "u")))
+        assert "permission denied" in refused(lambda: mine.get_raw(state.pipekey_key("p", "u")))
+        assert mine.get_tree(state.PIPEKEYS)[1] == []
 
 
 def test_without_a_token_one_may_only_ask_to_join(tmp_path):

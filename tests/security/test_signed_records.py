@@ -152,21 +152,28 @@ def open_cluster(tmp_path):
         yield c
 
 
-def test_a_rogue_node_claiming_kernel_and_gpio_is_not_placed_on(open_cluster, tmp_path):
-    c = open_cluster
-    # A real oneosd that was never approved, claiming to be a kernel node with GPIO.
-    rogue = c.start("rogue", "--kernel", "--label", "gpio=true", register=False)
-    # And a record written by hand, held by a session, claiming the same: its id was approved, but with
-    # another machine's key, so the record's signature does not verify.
-    c.register("ghost", tmp_path / "home-ghost", kernel=True)
-    session = c.ns.session_create(ttl=SESSION_TTL, behavior="delete", lock_delay=0, checks=[])
-    forger = Identity.generate()
-    record = forger.sign({"id": "ghost", "host": "pi", "address": "10.0.0.9", "pid": 4242, "kernel": True,
+def forged_record(node_id: str, identity: Identity) -> dict:
+    """A node record written by hand, claiming to be a kernel node with GPIO and room to spare."""
+    return identity.sign({"id": node_id, "host": "pi", "address": "10.0.0.9", "pid": 4242, "kernel": True,
                           "state": "Ready", "labels": {"gpio": "true"}, "devices": {},
                           "capacity": {"cpu": 64, "memory": 1 << 40}, "arch": "aarch64", "os": "linux",
                           "versions": {"oneos": "0.1.0", "python": "3.11.2"}, "startedAt": "2026-11-22T00:00:00Z"},
-                         by="ghost")
-    assert state.put_document(c.ns, state.node_key("ghost"), "node", record, acquire=session)
+                         by=node_id)
+
+
+def test_a_rogue_node_claiming_kernel_and_gpio_is_not_placed_on(open_cluster, tmp_path):
+    c = open_cluster
+    # A real oneosd that was never approved, asking to be a kernel node with GPIO: it waits for approval.
+    stranger = c.start("stranger", "--kernel", "--label", "gpio=true", register=False, wait=False)
+    c.wait_for(lambda: "waiting for approval" in stranger.log(), 30, "the stranger to wait for approval")
+    # Records written straight into the Name Server (no ACLs), each held by a session, claiming the same:
+    # `rogue` has no registered key; `ghost`'s id was approved, but with another machine's key, so the
+    # record's signature (by a key of the forger's) does not verify.
+    c.register("ghost", tmp_path / "home-ghost", kernel=True)
+    session = c.ns.session_create(ttl=SESSION_TTL, behavior="delete", lock_delay=0, checks=[])
+    for node_id in ("rogue", "ghost"):
+        assert state.put_document(c.ns, state.node_key(node_id), "node", forged_record(node_id, Identity.generate()),
+                                  acquire=session)
     try:
         manifest = tmp_path / "work.yaml"
         manifest.write_text(PIPELINE)
@@ -182,21 +189,23 @@ def test_a_rogue_node_claiming_kernel_and_gpio_is_not_placed_on(open_cluster, tm
         where = {s["node"] for s in c.statuses_all() if "node" in s}
         assert where == {"k1"}, c.statuses_all()
         assert {node for node, _ in state.read_assignments(c.ns).values()} == {"k1"}
-        assert c.ns.keys(state.ASSIGN + "rogue/")[1] == [] and c.ns.keys(state.ASSIGN + "ghost/")[1] == []
+        for node_id in ("rogue", "ghost", "stranger"):
+            assert c.ns.keys(state.ASSIGN + node_id + "/")[1] == []
 
         shown = c.ctl("get", "nodes")
         rows = {line.split()[0]: line.split() for line in shown.stdout.splitlines()[1:]}
         assert rows["rogue"][1:4] == ["NotApproved", "no", "no"], shown.stdout
         assert rows["ghost"][1:4] == ["SignatureInvalid", "no", "no"], shown.stdout
         assert rows["k1"][1:4] == ["Ready", "yes", "yes"], shown.stdout
-        assert "node rogue is not approved (no key registered at oneos/keys/rogue)" in shown.stderr
+        assert rows["stranger"][1:3] == ["Pending", "approval"], shown.stdout
+        assert "node rogue has no registered key" in shown.stderr
         assert ("the record of node ghost cannot be trusted: its signature by ghost does not verify against "
                 "ghost's registered key") in shown.stderr
         # The leader says so once per node, not at every pass.
         leader_log = c.node("k1").log()
         assert leader_log.count("node rogue is not approved") == 1, leader_log
         assert leader_log.count("the record of node ghost cannot be trusted") == 1, leader_log
-        assert rogue.alive()
+        assert stranger.alive()
     finally:
         c.ns.session_destroy(session)
 
