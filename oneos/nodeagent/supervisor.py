@@ -103,6 +103,10 @@ PASSED_TLS = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_CACERT", "CONSUL_CA
               "CONSUL_HTTP_SSL_VERIFY")
 
 
+#: Of the node's own environment, what even a kernel agent does not get: the join token it enrolled with.
+NOT_FOR_KERNEL_AGENTS = ("ONEOS_JOIN_TOKEN", "ONEOS_JOIN_TOKEN_FILE")
+
+
 def _start_error(program: str, exc: OSError) -> tuple[int, str]:
     """Why a program could not start, with bash's status: 127 not found, 126 not executable."""
     if isinstance(exc, FileNotFoundError):
@@ -347,7 +351,8 @@ class AgentRunner(Service):
         """The agent's environment: what it may have of this process's (all of it for a kernel agent,
         see PASSED), the node's settings, the agent's own, then OneOS's names."""
         if self.kernel:
-            env = dict(os.environ)
+            # All but what lets a runtime in: a kernel agent acts as this node, it enrolls no one.
+            env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_KERNEL_AGENTS}
         else:
             env = {name: value for name, value in os.environ.items()
                    if name in PASSED or name in PASSED_TLS or name.startswith(PASSED_PREFIXES)}
