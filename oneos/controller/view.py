@@ -130,12 +130,15 @@ class ClusterView:
 def trusted_nodes(records: list[dict[str, Any]], keys: dict[str, dict[str, Any]]
                   ) -> tuple[list[NodeInfo], dict[str, str]]:
     """The live nodes placement may use (their records verify against their registered keys), and
-    node id -> why, for each of the others."""
+    node id -> why, for each of the others. The labels its approval gave a node (a join token's, or
+    `oneosctl node approve --label`) are its labels, whatever its record says of the same keys."""
     nodes, untrusted = [], {}
     for record in records:
         distrust = state.node_distrust(record, keys)
         if distrust is None:
-            nodes.append(NodeInfo.from_record(record))
+            approved = keys[record["id"]].get("labels", {})
+            nodes.append(NodeInfo.from_record(dict(record, labels={**record["labels"], **approved})
+                                              if approved else record))
         else:
             untrusted[record["id"]] = distrust[1]
     return nodes, untrusted

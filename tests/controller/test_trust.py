@@ -85,6 +85,12 @@ def test_only_records_signed_by_their_nodes_registered_key_are_members():
               "nothing is placed on it"}
 
 
+def test_the_labels_an_approval_gave_are_the_nodes_whatever_its_record_says():
+    keys = dict(KEYS, n1=dict(key_record("n1"), labels={"zone": "lab", "gpio": "true"}))
+    nodes, _ = trusted_nodes([record("n1", labels={"zone": "home", "arch": "arm"}), record("n2")], keys)
+    assert {n.id: n.labels for n in nodes} == {"n1": {"zone": "lab", "gpio": "true", "arch": "arm"}, "n2": {}}
+
+
 def test_kernel_membership_comes_from_the_approval_or_the_boot_record_never_the_record():
     records = [record("k1"), record("n1", kernel=True), record("n2")]
     assert trusted_view(records).kernel_ids == {"k1"}                       # n1's claim counts for nothing
