@@ -189,6 +189,19 @@ def node_distrust(record: dict[str, Any], keys: dict[str, dict[str, Any]]) -> tu
     return None
 
 
+def status_distrust(status: dict[str, Any], keys: dict[str, dict[str, Any]], kernels: set[str]) -> str | None:
+    """Why the controller cannot act on a status: it is not signed by the node it names (`node`), whose
+    key is registered, nor by a kernel node's (the leader writes Pending and Lost); None when it is.
+    Any node's token may write any status (Consul's prefix rules cannot say "your agents' only"):
+    this is what keeps one node from reporting another's agents finished, or anything else."""
+    by = signer(status)
+    if by is not None and by in kernels:
+        return signed_by(status, keys, kernels)
+    if by is not None and by != status.get("node"):
+        return f"it is signed by {by}, neither the node it names nor a kernel node"
+    return signed_by(status, keys)
+
+
 def frame_key_context(pipeline: str, uid: str) -> str:
     """What a pipeline's frame key is sealed for, in an assignment: it opens for nothing else."""
     return f"frame key {pipeline} {uid}"

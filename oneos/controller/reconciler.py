@@ -76,6 +76,15 @@ class Writes:
             doc = identity.sign(doc, by=node_id)
         return state.set_document_op(key, "assignment", doc)
 
+    def status_op(self, key: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """The /v1/txn operation that writes a status (Pending, Lost), signed by the leader as well (and
+        never with the signature of the status it was made from, which no longer covers it)."""
+        doc = {k: v for k, v in doc.items() if k != "signature"}
+        if self.signer is not None:
+            node_id, identity = self.signer
+            doc = identity.sign(doc, by=node_id)
+        return state.set_document_op(key, "status", doc)
+
     def commit(self, *ops: dict[str, Any]) -> None:
         """Run `ops` as one transaction, after the leader check; NotLeader if the lock is lost."""
         fence = [kv_op("check-session", state.LEADER, session=self.leader_session)] if self.leader_session else []
@@ -397,8 +406,7 @@ def write(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str] 
         doc = _sealed(entry.assignment, entry.node, view)
         ops.append(writes.assignment_op(state.assign_key(entry.node, entry.key), dict(doc, assignedAt=now())))
         if entry.key in lost:
-            ops.append(state.set_document_op(state.status_key(entry.key), "status",
-                                             dict(lost[entry.key].status, updatedAt=now())))
+            ops.append(writes.status_op(state.status_key(entry.key), dict(lost[entry.key].status, updatedAt=now())))
         log.info("%s: placed on %s (%s)", entry.key, entry.node, entry.reason)
         writes.commit(*ops)
     for pending in plan.pending:
@@ -407,8 +415,8 @@ def write(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str] 
         if not ops and current and current["state"] == "Pending" and current.get("reason") == pending.reason:
             continue        # already says so
         log.info("%s: pending: %s", pending.key, pending.reason)
-        writes.commit(*ops, state.set_document_op(state.status_key(pending.key), "status",
-                                                  dict(pending_status(current, pending), updatedAt=now())))
+        writes.commit(*ops, writes.status_op(state.status_key(pending.key),
+                                             dict(pending_status(current, pending), updatedAt=now())))
 
 
 def _sealed(doc: dict[str, Any], node_id: str, view: ClusterView,

@@ -72,6 +72,11 @@ class ClusterView:
         statuses, bad_statuses = state.read_statuses_and_problems(ns)
         nodes, untrusted = trusted_nodes([n.record for n in records], keys)
         kernels = state.kernel_keys(keys, boot)
+        for key, status in list(statuses.items()):
+            why = state.status_distrust(status, keys, kernels)
+            if why is not None:
+                del statuses[key]
+                bad_statuses[key] = f"it cannot be trusted: {why}"
         return cls(nodes, assignments, statuses, frozenset(n.id for n in nodes if n.id in kernels),
                    {name: doc["node"] for name, doc in state.read_devices(ns).items()},
                    manifests, invalid, marks, bad_assignments, bad_statuses, init, init_error, boot,

@@ -25,7 +25,10 @@ that is not a kernel node, by a key not registered, or altered after it was sign
 nothing; the node says so in one log line and in the agent's status (Failed, with why; not
 over another node's status), and removes that status once the assignment is gone. The
 pipeline's frame key comes sealed to this node's key in the assignment (`frameKey`): the
-node opens it with its identity, and never reads oneos/pipekeys/.
+node opens it with its identity, and never reads oneos/pipekeys/. Statuses it writes are
+signed by its key; it acts on another's status (a reader finished: close the writer's stream)
+or on its own earlier one (finished: not run again) only when the node it names, or a
+kernel node, signed it (`status_trusted`): any node's token may write any status.
 
 Names that become paths: an assignment's key (PIPELINE.AGENT) names the agent's working
 directory and log files, and its shipped files' names files in that directory. Each goes
@@ -444,9 +447,11 @@ class AgentRunner(Service):
         if entry is None:
             return {}
         try:
-            return state.decode(entry, "status")
+            previous = state.decode(entry, "status")
         except DocumentError:
             return {}
+        # One another node forged (say, Exited, to keep the agent from running) counts for nothing.
+        return previous if self.sup.status_trusted(previous) else {}
 
     def _report(self, new_state: str, **fields: Any) -> None:
         pipeline, agent = state.split_agent_id(self.key)
@@ -477,7 +482,7 @@ class AgentRunner(Service):
         renewed for most of a TTL), and stop() ends the wait. A start waits here for its Starting status:
         nothing starts that the Name Server has not seen is still assigned here.
         """
-        op = state.set_document_op(state.status_key(self.key), "status", status)
+        op = state.set_document_op(state.status_key(self.key), "status", self.sup.signed(status))
         assign_key = state.assign_key(self.sup.node_id, self.key)
         delay, since = WRITE_RETRY_S, None
         while True:
@@ -667,6 +672,19 @@ class Supervisor(Service):
         why = state.signed_by(doc, self._keys, state.kernel_keys(self._keys, self.boot))
         return None if why is None else f"{REFUSED}: {why}"
 
+    def status_trusted(self, doc: dict[str, Any]) -> bool:
+        """Whether a status was signed by the node it names, or by a kernel node (state.status_distrust):
+        any node may write any status, so only such a one may end a stream or stop a rerun here."""
+        by = signer(doc)
+        if by is not None and by not in self._keys:
+            try:
+                found = state.read_key(self.ns, by)
+            except (NameServerUnreachable, NameServerError):
+                found = None
+            if found is not None:
+                self._keys = {**self._keys, by: found}
+        return state.status_distrust(doc, self._keys, state.kernel_keys(self._keys, self.boot)) is None
+
     def _refuse(self, key: str, doc: dict[str, Any], index: int, why: str) -> None:
         """Run nothing of an assignment that is not trusted; say so once per version, in the log and in the
         agent's status (Failed, with why), unless that status is another node's."""
@@ -680,11 +698,15 @@ class Supervisor(Service):
         try:
             entry = self._own_status(key, any_reason=True)
             if entry is not False:
-                state.put_document(self.ns, state.status_key(key), "status", status,
+                state.put_document(self.ns, state.status_key(key), "status", self.signed(status),
                                    cas=entry.modify_index if entry else 0)
                 self._refusals.add(key)
         except (NameServerUnreachable, NameServerError) as exc:
             log.warning("%s: the status saying it is refused was not written: %s", key, exc)
+
+    def signed(self, status: dict[str, Any]) -> dict[str, Any]:
+        """A status as this node writes it: signed by its key (the controller acts on no other), when it has one."""
+        return self.identity.sign(status, by=self.node_id) if self.identity is not None else status
 
     def _own_status(self, key: str, any_reason: bool = False) -> Any:
         """The agent's status entry when it is this node's (and, unless `any_reason`, says it is refused);
@@ -843,7 +865,7 @@ class Supervisor(Service):
                     if runner is not None:
                         runner.repair_status()    # one of ours, overwritten by hand
                     continue
-                if doc["state"] in state.FINAL_STATES:
+                if doc["state"] in state.FINAL_STATES and self.status_trusted(doc):
                     final.add(entry.key[len(state.STATUS):])
             for key, runner in list(self.runners.items()):
                 pipeline, _ = state.split_agent_id(key)

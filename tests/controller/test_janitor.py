@@ -22,6 +22,7 @@ from oneos.bus.admin import PulsarAdmin, PulsarAdminError
 from oneos.controller.janitor import Janitor, references
 from oneos.controller.reconciler import NotLeader, Writes
 from oneos.controller.view import ClusterView
+from oneos.identity import Identity
 from oneos.nameserver.client import NameServer
 from tests.conftest import REAL_CONSUL
 from tests.pulsar_admin import FakeAdmin
@@ -243,9 +244,16 @@ def _pipeline_topics(uid: str) -> list[str]:
             topics.input_topic(ns_, uid, "a"), topics.log_topic(ns_, uid, "a", 1), topics.log_topic(ns_, uid, "b", 7)]
 
 
-def _status(pipeline: str, uid: str) -> dict:
-    return {"pipeline": pipeline, "agent": "b", "uid": uid, "node": "n1", "state": "Exited", "exitCode": 0,
-            "generation": 1, "epoch": 1, "updatedAt": NOW}
+N1 = Identity.generate()
+
+
+def _put_status(ns: NameServer, pipeline: str, uid: str) -> None:
+    """Agent b's status, as node n1 (enrolled) writes it: signed, or the controller takes no notice of it."""
+    state.put_document(ns, state.key_key("n1"), "key",
+                       state.new_key_record("n1", N1.signing_key, N1.box_key, kernel=False, approved_by="test"))
+    status = {"pipeline": pipeline, "agent": "b", "uid": uid, "node": "n1", "state": "Exited", "exitCode": 0,
+              "generation": 1, "epoch": 1, "updatedAt": NOW}
+    state.put_document(ns, state.status_key(f"{pipeline}.b"), "status", N1.sign(status, by="n1"))
 
 
 def test_a_deleted_pipelines_topics_are_deleted_once_its_agents_are_gone(admin_ns, tmp_path, caplog):
@@ -262,7 +270,7 @@ def test_a_deleted_pipelines_topics_are_deleted_once_its_agents_are_gone(admin_n
     janitor.observe(ClusterView.read(ns))          # a pass sees both pipelines
 
     manifests.delete_pipeline(ns, "gone")
-    state.put_document(ns, state.status_key("gone.b"), "status", _status("gone", uid))
+    _put_status(ns, "gone", uid)
     janitor.observe(ClusterView.read(ns))          # a pass sees it deleted; its agent still reports
     janitor.sweep()
     assert fake.deleted == [], "its node has not removed its agent yet"
@@ -283,7 +291,7 @@ def test_a_run_seen_only_without_its_manifest_loses_its_topics_too(admin_ns):
     janitor = make_janitor(ns, Clock())
     uid = "5" * 32
     fake.topics |= set(_pipeline_topics(uid))
-    state.put_document(ns, state.status_key("run-1.b"), "status", _status("run-1", uid))
+    _put_status(ns, "run-1", uid)
     janitor.observe(ClusterView.read(ns))
     ns.delete(state.status_key("run-1.b"))
     janitor.sweep()
@@ -295,7 +303,7 @@ def test_an_admin_api_that_fails_is_said_once_and_tried_again(admin_ns, caplog):
     janitor = make_janitor(ns, Clock())
     uid = "6" * 32
     fake.topics |= set(_pipeline_topics(uid))
-    state.put_document(ns, state.status_key("run-2.b"), "status", _status("run-2", uid))
+    _put_status(ns, "run-2", uid)
     janitor.observe(ClusterView.read(ns))
     ns.delete(state.status_key("run-2.b"))
     fake.down = True
@@ -311,7 +319,7 @@ def test_an_admin_api_that_fails_is_said_once_and_tried_again(admin_ns, caplog):
 
 def test_without_an_admin_url_nothing_is_owed(ns):
     janitor = make_janitor(ns, Clock())
-    state.put_document(ns, state.status_key("run-3.b"), "status", _status("run-3", "7" * 32))
+    _put_status(ns, "run-3", "7" * 32)
     janitor.observe(ClusterView.read(ns))
     assert janitor.owed == set()
 
@@ -334,7 +342,7 @@ def test_a_pipeline_whose_manifest_turned_invalid_keeps_its_topics(admin_ns, tmp
     fake.topics |= set(_pipeline_topics(uid))
     janitor.observe(ClusterView.read(ns))
     ns.put(state.pipeline_key("broken"), json.dumps({"metadata": {"name": "broken", "uid": uid}}))
-    state.put_document(ns, state.status_key("broken.b"), "status", _status("broken", uid))
+    _put_status(ns, "broken", uid)
     janitor.observe(ClusterView.read(ns))
     janitor.sweep()
     assert janitor.owed == set() and fake.deleted == []

@@ -230,3 +230,36 @@ def test_a_leader_whose_key_is_not_a_kernel_nodes_writes_nothing(builtin_nameser
     reconcile_all(ns, signer=("k1", IDS["k1"]))
     [(node_id, doc)] = state.read_assignments(ns).values()
     assert verify(doc, IDS["k1"].signing_key)
+
+
+# ------------------------------------------------------------------------------ statuses
+
+def test_a_status_counts_only_signed_by_the_node_it_names_or_a_kernel_node():
+    """Any node's token may write any status: one node saying another's agent has finished must count
+    for nothing, or it could stop a rerun or end a stream."""
+    kernels = state.kernel_keys(KEYS, None)
+    _, doc = status(pipeline(agent("a")), "a", "n1", "Exited", exitCode=0)
+    assert state.status_distrust(IDS["n1"].sign(doc, by="n1"), KEYS, kernels) is None
+    assert state.status_distrust(IDS["k1"].sign(doc, by="k1"), KEYS, kernels) is None     # the leader's Lost
+    assert state.status_distrust(doc, KEYS, kernels) == "it is not signed"
+    assert state.status_distrust(IDS["n2"].sign(doc, by="n2"), KEYS, kernels) == (
+        "it is signed by n2, neither the node it names nor a kernel node")
+    assert state.status_distrust(IDS["n2"].sign(doc, by="n1"), KEYS, kernels) == (
+        "its signature by n1 does not verify against n1's registered key (altered, or forged)")
+    assert state.status_distrust(dict(IDS["n1"].sign(doc, by="n1"), state="Failed"), KEYS, kernels) is not None
+
+
+def test_the_controller_takes_no_notice_of_a_forged_status(builtin_nameserver):
+    ns = NameServer(builtin_nameserver.url)
+    ns.delete(state.PREFIX, recurse=True)
+    for node_id in ("k1", "n1", "n2"):
+        state.put_document(ns, state.key_key(node_id), "key", KEYS[node_id])
+    manifest = pipeline(agent("a"), agent("b"))
+    key_a, doc_a = status(manifest, "a", "n1", "Running")
+    key_b, doc_b = status(manifest, "b", "n1", "Exited", exitCode=0)
+    state.put_document(ns, state.status_key(key_a), "status", IDS["n1"].sign(doc_a, by="n1"))
+    state.put_document(ns, state.status_key(key_b), "status", IDS["n2"].sign(doc_b, by="n2"))   # n2 forging n1's
+    view = ClusterView.read(ns)
+    assert list(view.statuses) == [key_a]
+    assert view.bad_statuses == {key_b: "it cannot be trusted: it is signed by n2, neither the node it names "
+                                        "nor a kernel node"}
