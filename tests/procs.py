@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import Callable, Iterable
 import requests
 import sh
 
+from oneos import children
 from oneos.broker import free_port  # noqa: F401 - the one helper, for tests and bench
 
 
@@ -132,8 +134,14 @@ class Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = dict(os.environ, **(self.env or {}))
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=self.stdin,
-                                      env=env, cwd=self.cwd, start_new_session=True)
+        if threading.current_thread() is threading.main_thread():
+            # Killed with the test process even when its fixtures never run (a worker ended by
+            # pytest-timeout, or killed): no Name Server or node outlives the run that started it.
+            self.popen = children.spawn(self.argv, death_signal=signal.SIGKILL, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=self.stdin, env=env, cwd=self.cwd)
+        else:   # the death signal would come when that thread ends, not the process
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=self.stdin,
+                                          env=env, cwd=self.cwd, start_new_session=True)
         log.close()
         return self
 
