@@ -18,6 +18,8 @@ from tests.procs import BrokerProc, NameServerProc
 # to run alone at the end. A module not listed keeps its place after them.
 LONGEST_FIRST = [
     "tests/peer/test_py_consul.py",
+    "tests/security/test_enrollment.py",
+    "tests/test_dev.py",
     "tests/e2e/test_membership.py",
     "tests/e2e/test_nameserver_restart.py",
     "tests/e2e/test_bounded_disk.py",
@@ -27,7 +29,7 @@ LONGEST_FIRST = [
     "tests/nameserver/test_sessions.py",
     "tests/e2e/test_devices.py",
     "tests/faults/test_control_plane.py",
-    "tests/test_dev.py",
+    "tests/security/test_pulsar_tls.py",
     "tests/e2e/test_restarts.py",
 ]
 
