@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import platform
 import random
 import shutil
@@ -179,8 +180,11 @@ class Cluster:
         identity = Identity.load_or_create(self.root / f"home-{node_id}" / "runtimes" / node_id / "node.key")
         state.put_document(self.ns, state.key_key(node_id), "key", state.new_key_record(
             node_id, identity.signing_key, identity.box_key, kernel=node_id == self.kernel, approved_by="bench"))
+        # Agents run as this user, as in the tests (tests/cluster.py): as root the node's default agent user
+        # could not reach this benchmark's 0700 folder, nor a Python kept under /root.
         proc = self.procs.start(f"oneosd {node_id}",
-                                OneosdProc(node_id, self.root / f"home-{node_id}", self.url, [role]))
+                                OneosdProc(node_id, self.root / f"home-{node_id}", self.url, [role],
+                                           env={"ONEOS_AGENT_USER": pwd.getpwuid(os.geteuid()).pw_name}))
         self.nodes[node_id] = proc
         if wait:
             wait_until(lambda: self._alive() and node_id in self.live_nodes(), 30, f"{node_id} to join")

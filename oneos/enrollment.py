@@ -72,8 +72,8 @@ def anonymous_rules() -> str:
 
 def node_rules(node_id: str, kernel: bool = False) -> str:
     """One node's own rights: its record, heartbeat and sealed token; agent statuses and devices (per agent
-    or device, not per node: Consul's prefix rules cannot say "the agents assigned to you", so the records
-    carry the node and readers check them against the assignment); reading the cluster's state, but not
+    or device, not per node: Consul's prefix rules cannot say "the agents assigned to you"; statuses are
+    signed by the node they name, and no one acts on a status its node did not sign); reading the cluster's state, but not
     the join tokens, nor the frame keys (assignments carry them, sealed to their node). Sessions: Consul's session
     rules name the Name Server's node, which every OneOS node shares, so any node may renew or destroy
     any session. A kernel node's policy leaves the denies out: its kernel policy (acl = "write") could
