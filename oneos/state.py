@@ -246,7 +246,7 @@ def status_key(agent_key: str) -> str:
 #: Agent states after which nothing runs until something changes (the spec, the pipeline).
 FINAL_STATES = ("Exited", "Failed")
 #: The fields of an assignment that say what runs: a change in any of them restarts the agent. Not its
-#: `frameKey` (sealed anew, the same key reads differently) nor its `signature`.
+#: `frameKey` and `frameKeyFor` (sealed anew, the same key reads differently) nor its `signature`.
 WORK_FIELDS = ("uid", "agent", "inputs", "outputs", "attached", "kernel", "files")
 
 

@@ -428,12 +428,13 @@ def _sealed(doc: dict[str, Any], node_id: str, view: ClusterView,
     the assignment goes without (the node then says the key is missing)."""
     if doc.get("kernel"):
         return doc
-    if placed is not None and placed[0] == node_id and placed[1].get("uid") == doc["uid"] and "frameKey" in placed[1]:
-        return dict(doc, frameKey=placed[1]["frameKey"])
-    key = view.pipe_keys.get((doc["pipeline"], doc["uid"]))
     box = view.keys.get(node_id, {}).get("boxKey")
+    if placed is not None and placed[0] == node_id and placed[1].get("uid") == doc["uid"] \
+            and "frameKey" in placed[1] and placed[1].get("frameKeyFor") == box:
+        return dict(doc, frameKey=placed[1]["frameKey"], frameKeyFor=box)
+    key = view.pipe_keys.get((doc["pipeline"], doc["uid"]))
     sealed = state.seal_frame_key(key, box, doc["pipeline"], doc["uid"]) if key and box else None
-    return dict(doc, frameKey=sealed) if sealed else doc
+    return dict(doc, frameKey=sealed, frameKeyFor=box) if sealed else doc
 
 
 def _resign(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str]) -> None:
@@ -446,12 +447,14 @@ def _resign(plan: Plan, view: ClusterView, writes: Writes, now: Callable[[], str
             continue
         node_id, placed = view.assignments[keep.key]
         why = state.signed_by(placed, view.keys, kernels)
-        if why is None and "frameKey" not in placed and not placed.get("kernel"):
-            why = "it has no frame key" if "frameKey" in _sealed(placed, node_id, view) else None
+        doc = _sealed({k: v for k, v in placed.items() if k not in (SIGNATURE, "assignedAt", "frameKey", "frameKeyFor")},
+                      node_id, view, view.assignments[keep.key])
+        if why is None and doc.get("frameKeyFor") != placed.get("frameKeyFor"):
+            why = ("it has no frame key" if "frameKey" not in placed
+                   else "its frame key is sealed to a key the node no longer has (it was enrolled again)")
         if why is None:
             continue
         log.info("%s: signing it again on %s: %s", keep.key, node_id, why)
-        doc = {k: v for k, v in placed.items() if k not in (SIGNATURE, "assignedAt")}
         writes.commit(writes.assignment_op(state.assign_key(node_id, keep.key), dict(doc, assignedAt=now())))
 
 

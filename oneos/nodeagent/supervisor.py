@@ -846,7 +846,11 @@ class Supervisor(Service):
         self._refusals &= set(distrusted) | set(wanted)
         for key, (doc, index) in wanted.items():
             if key in self.runners:
-                self.runners[key].index = index   # same work; the assignment was rewritten
+                runner = self.runners[key]
+                runner.index = index   # same work; the assignment was rewritten
+                if doc.get("frameKey") != runner.assignment.get("frameKey"):
+                    # Sealed anew (this node was enrolled again with a new key): its next start opens this one.
+                    runner.assignment = dict(runner.assignment, frameKey=doc.get("frameKey"))
             elif not self.stopping.is_set():
                 log.info("%s: starting %s", key, shlex.join(doc["agent"]["run"]))   # one line, as it would be typed
                 runner = AgentRunner(self, key, doc, index)

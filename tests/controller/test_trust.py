@@ -170,11 +170,37 @@ def test_a_rewrite_in_place_keeps_the_sealed_key_and_a_move_seals_it_anew():
     assert moved[0] == other and IDS[other].open(moved[1]["frameKey"], state.frame_key_context("p", UID)) == PIPE_KEY
 
 
+def test_a_node_enrolled_again_with_a_new_key_gets_its_frame_key_sealed_anew_without_a_restart():
+    manifest = pipeline(agent("a"))
+    recorder = Recorder()
+    cluster = trusted_view([record("n1")])
+    write(Placer(cluster).place(reconcile(cluster, "p", manifest)), cluster, signed_writes(recorder), now=lambda: NOW)
+    first = assignments_in(recorder.txns)
+    assert first["p.a"][1]["frameKeyFor"] == IDS["n1"].box_key
+
+    # The same pass again: nothing to write (the sealed key is kept as it is).
+    cluster = dataclasses.replace(cluster, assignments=first)
+    recorder = Recorder()
+    write(Placer(cluster).place(reconcile(cluster, "p", manifest)), cluster, signed_writes(recorder), now=lambda: NOW)
+    assert assignments_in(recorder.txns) == {}
+
+    # n1 enrolled again (a new home): its record signed by the new key, which is registered now.
+    new_key = Identity.generate()
+    keys = dict(KEYS, n1=key_record("n1", identity=new_key))
+    cluster = trusted_view([record("n1", by=new_key)], first.items(), keys=keys)
+    recorder = Recorder()
+    write(Placer(cluster).place(reconcile(cluster, "p", manifest)), cluster, signed_writes(recorder), now=lambda: NOW)
+    node_id, doc = assignments_in(recorder.txns)["p.a"]
+    assert node_id == "n1" and state.same_work(doc, first["p.a"][1])          # no restart
+    assert new_key.open(doc["frameKey"], state.frame_key_context("p", UID)) == PIPE_KEY
+    assert doc["frameKeyFor"] == new_key.box_key
+
+
 def test_a_kept_assignment_whose_signature_no_longer_counts_is_signed_again():
     manifest = pipeline(agent("a"), agent("b"), agent("c"))
-    good = IDS["k1"].sign(dict(assigned(manifest, "a", "n1")[1][1], frameKey="x" * 124), by="k1")
-    unsigned = dict(assigned(manifest, "b", "n1")[1][1], frameKey="y" * 124)
-    by_worker = IDS["n1"].sign(dict(assigned(manifest, "c", "n1")[1][1], frameKey="z" * 124), by="n1")
+    good = IDS["k1"].sign(dict(assigned(manifest, "a", "n1")[1][1], frameKey="x" * 124, frameKeyFor=IDS["n1"].box_key), by="k1")
+    unsigned = dict(assigned(manifest, "b", "n1")[1][1], frameKey="y" * 124, frameKeyFor=IDS["n1"].box_key)
+    by_worker = IDS["n1"].sign(dict(assigned(manifest, "c", "n1")[1][1], frameKey="z" * 124, frameKeyFor=IDS["n1"].box_key), by="n1")
     cluster = trusted_view([record("n1")], {"p.a": ("n1", good), "p.b": ("n1", unsigned), "p.c": ("n1", by_worker)})
     recorder = Recorder()
     write(Placer(cluster).place(reconcile(cluster, "p", manifest)), cluster, signed_writes(recorder), now=lambda: NOW)
