@@ -49,6 +49,7 @@ from oneos.nameserver.watch import Watch
 LOG_DRAIN_S = 5.0
 CLEANUP_S = 5.0        # at most this long from the end (or a signal) to the exit
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNAL_CHECK_S = 0.25  # the longest the main thread blocks at a time, so that a signal's handler runs
 
 
 class Interrupted(BaseException):
@@ -292,8 +293,10 @@ class Run:
             done = final.get("state") in state.FINAL_STATES
             if done and all(r.finished.is_set() for r in self.readers):
                 break
-            # The last stage's status can come before the end of its output: look again soon.
-            wait = 0.2 if done else None
+            # The last stage's status can come before the end of its output: look again soon. Never
+            # wait without a bound: a signal the kernel hands to another thread (the Pulsar client's)
+            # does not wake this one from a lock, and its handler runs only once this thread runs.
+            wait = 0.2 if done else SIGNAL_CHECK_S
             deadline = patience.deadline() if patience else None
             if deadline is not None:
                 left = max(0.0, deadline - self.clock())

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -17,6 +20,7 @@ from oneos.cli import run as run_module
 from oneos.cli.run import Patience, mark_tty
 from oneos.compiler import compile_pipeline
 from oneos.documents import DocumentError, check
+from tests.procs import wait_until
 
 
 def test_every_stage_counts_from_the_start_until_it_is_placed():
@@ -106,3 +110,53 @@ def test_a_signal_between_the_end_and_the_cleanup_still_cleans_up(monkeypatch, t
         assert run_module.run(None, "seq 3") == 0
     job, = EndsAsASignalComes.made
     assert job.signalled == signal.SIGTERM and job.cleaned == 1
+
+
+class Waiting(run_module.Run):
+    """A run in its wait for the last stage, with nothing coming: only a signal ends it."""
+
+    def __init__(self) -> None:
+        self.name, self.timeout, self.clock = "run-x", None, time.monotonic
+        self.events, self.readers = queue.Queue(), []
+        self.signalled, self.stopping = None, False
+        self.pulsar_log = logging.getLogger("test_run.Waiting")
+        self.progress = run_module.Progress(io.StringIO())
+
+
+def in_wait(frame) -> bool:
+    """Whether a thread at `frame` waits on a lock (threading's Condition.wait) inside Run._wait."""
+    if frame.f_code.co_name != "wait":
+        return False
+    while frame is not None and frame.f_code.co_name != "_wait":
+        frame = frame.f_back
+    return frame is not None
+
+
+def test_a_signal_another_thread_takes_still_ends_the_wait():
+    """The kernel may hand SIGTERM to any thread (the Pulsar client's), and CPython runs the handler only
+    in the main thread, when it runs: a main thread blocked on a lock without a bound never would."""
+    job = Waiting()
+    main = threading.main_thread().ident
+    ended = threading.Event()
+    stuck: list[bool] = []
+
+    def other_thread() -> None:
+        # Once the main thread waits on the queue's lock, the signal goes to this thread, not to it.
+        wait_until(lambda: in_wait(sys._current_frames()[main]), 10, "the run to wait")
+        signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+        if not ended.wait(10):
+            stuck.append(True)
+            job.events.put(("", None))      # wakes the main thread: the handler runs then, at last
+
+    previous = signal.signal(signal.SIGHUP, job.on_signal)
+    helper = threading.Thread(target=other_thread)
+    try:
+        helper.start()
+        with pytest.raises(run_module.Interrupted):
+            job._wait([{"name": "a"}], "a")
+        ended.set()
+    finally:
+        helper.join()
+        signal.signal(signal.SIGHUP, previous)
+    assert job.signalled == signal.SIGHUP
+    assert not stuck, "the wait went on after the signal until something else woke the main thread"
