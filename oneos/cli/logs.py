@@ -146,7 +146,10 @@ def output(ns: NameServer, doc: dict[str, Any], out: BinaryIO, *, follow: bool) 
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            # In steps: Ctrl-C may be handed to a Pulsar client thread, and its handler (KeyboardInterrupt)
+            # runs only when this thread runs (see oneos/cli/run.py, SIGNAL_CHECK_S).
+            while thread.is_alive():
+                thread.join(0.25)
         if errors:
             raise errors[0]
         return 0
