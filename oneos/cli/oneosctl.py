@@ -896,9 +896,9 @@ def _add_output(parser: argparse.ArgumentParser, formats: list[str], help: str) 
     parser.set_defaults(output_formats=formats)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Declarative control of a OneOS cluster.")
+    parser = argparse.ArgumentParser(prog=prog, description="Declarative control of a OneOS cluster.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_globals(parser, default=None)
     parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default=None,
@@ -924,9 +924,10 @@ def _check_output(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.command} -o/--output: {args.output!r} is not one of {', '.join(formats)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run oneosctl with `argv` (default: the process's arguments); return the exit status."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run oneosctl with `argv` (default: the process's arguments); return the exit status. `prog` is the
+    command's name in usage and help (the `oneos` shell runs its one-off commands through here)."""
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args:
         # `oneos get nodes` runs one command, like `bash -c`.
-        return oneosctl.main(args)
+        return oneosctl.main(args, prog="oneos")
     interactive = sys.stdin.isatty()
     if interactive:
         print("OneOS shell: oneosctl commands (try `get nodes`), `help`, `exit`.", file=sys.stderr)

@@ -194,3 +194,9 @@ def test_help_lists_validate(workdir):
     result = oneosctl("--help", cwd=workdir)
     assert result.returncode == 0
     assert "validate" in result.stdout
+
+
+def test_the_oneos_shell_names_itself_in_its_usage(tmp_path):
+    from oneos.cli import shell
+    result = in_process(shell.main, "--help", cwd=tmp_path, name="oneos")
+    assert result.returncode == 0 and result.stdout.startswith("usage: oneos [-h]"), result.stdout
