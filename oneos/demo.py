@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from oneos import children
 from oneos.broker import free_port
 from oneos.errors import OneOSError
 from oneos.gpio.sim import SimBoard
@@ -99,7 +100,8 @@ class Demo:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stderr", open(self.logs / f"{name}.log", "wb"))
-        proc = subprocess.Popen([str(BIN / argv[0])] + argv[1:], env=env, **kwargs)
+        # SIGTERM when the demo dies, however it dies (`make demo | head`, a kill): nothing is left running.
+        proc = children.spawn([str(BIN / argv[0])] + argv[1:], death_signal=signal.SIGTERM, env=env, **kwargs)
         self.procs.append((name, proc))
         return proc
 
