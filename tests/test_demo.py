@@ -31,3 +31,8 @@ def test_a_demo_killed_part_way_leaves_no_process_behind(tmp_path):
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
         demo.stdout.close()
+        for found in processes_mentioning(str(tmp_path)):     # what a failure of this test left running
+            try:
+                os.kill(int(found.partition(":")[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
