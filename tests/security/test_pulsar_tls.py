@@ -39,7 +39,8 @@ def tls_cluster(tmp_path):
         broker.start()
         proxy = TLSProxy(broker.port, tls).start()
         cluster.bootstrap(proxy.url, pulsar={"url": proxy.url, "namespace": "public/default", "adminUrl": admin.url,
-                                             "tlsTrustCertsFile": str(tls.ca), "authentication": "token"})
+                                             "tlsTrustCertsFile": str(tls.ca), "authentication": "token"},
+                          blobGracePeriod="4s")     # the janitor's rounds every second, not every 15
         for node_id, flags in (("n1", ["--kernel"]), ("n2", ["--no-kernel"])):
             home = tmp_path / f"home-{node_id}"
             write_secret(home / "pulsar-token", NODE_TOKENS[node_id])
