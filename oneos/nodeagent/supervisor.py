@@ -660,29 +660,30 @@ class Supervisor(Service):
                 if self._suspended is None and not self.stopping.is_set():
                     self._sync_locked(self._entries)
 
-    def distrust(self, doc: dict[str, Any]) -> str | None:
-        """Why this node may not run an assignment (None: it may): only what a kernel node's registered key
-        signed counts, so that a forged assignment in the Name Server runs nothing. A signer the watch of
-        keys/ does not know (yet) is looked up once (NameServerUnreachable when it cannot be)."""
+    def _signer_known(self, doc: dict[str, Any]) -> None:
+        """Look up, once, the registered key of a signer the watch of keys/ does not know (yet)
+        (NameServerUnreachable, NameServerError when it cannot be)."""
         by = signer(doc)
         if by is not None and by not in self._keys:
             found = state.read_key(self.ns, by)
             if found is not None:
                 self._keys = {**self._keys, by: found}
+
+    def distrust(self, doc: dict[str, Any]) -> str | None:
+        """Why this node may not run an assignment (None: it may): only what a kernel node's registered key
+        signed counts, so that a forged assignment in the Name Server runs nothing. A signer the watch of
+        keys/ does not know (yet) is looked up once (NameServerUnreachable when it cannot be)."""
+        self._signer_known(doc)
         why = state.signed_by(doc, self._keys, state.kernel_keys(self._keys, self.boot))
         return None if why is None else f"{REFUSED}: {why}"
 
     def status_trusted(self, doc: dict[str, Any]) -> bool:
         """Whether a status was signed by the node it names, or by a kernel node (state.status_distrust):
         any node may write any status, so only such a one may end a stream or stop a rerun here."""
-        by = signer(doc)
-        if by is not None and by not in self._keys:
-            try:
-                found = state.read_key(self.ns, by)
-            except (NameServerUnreachable, NameServerError):
-                found = None
-            if found is not None:
-                self._keys = {**self._keys, by: found}
+        try:
+            self._signer_known(doc)
+        except (NameServerUnreachable, NameServerError):
+            pass          # judged by the keys known: a signer not among them is not trusted
         return state.status_distrust(doc, self._keys, state.kernel_keys(self._keys, self.boot)) is None
 
     def _refuse(self, key: str, doc: dict[str, Any], index: int, why: str) -> None:
