@@ -69,21 +69,22 @@ class Writes:
         self.leader_session = leader_session
         self.signer = signer
 
+    def _signed_op(self, key: str, schema: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """The /v1/txn operation that writes `doc`, signed by the leader when there is one; never with a
+        signature it was made from, which no longer covers it."""
+        doc = {k: v for k, v in doc.items() if k != SIGNATURE}
+        if self.signer is not None:
+            node_id, identity = self.signer
+            doc = identity.sign(doc, by=node_id)
+        return state.set_document_op(key, schema, doc)
+
     def assignment_op(self, key: str, doc: dict[str, Any]) -> dict[str, Any]:
         """The /v1/txn operation that writes an assignment, signed by the leader."""
-        if self.signer is not None:
-            node_id, identity = self.signer
-            doc = identity.sign(doc, by=node_id)
-        return state.set_document_op(key, "assignment", doc)
+        return self._signed_op(key, "assignment", doc)
 
     def status_op(self, key: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """The /v1/txn operation that writes a status (Pending, Lost), signed by the leader as well (and
-        never with the signature of the status it was made from, which no longer covers it)."""
-        doc = {k: v for k, v in doc.items() if k != "signature"}
-        if self.signer is not None:
-            node_id, identity = self.signer
-            doc = identity.sign(doc, by=node_id)
-        return state.set_document_op(key, "status", doc)
+        """The /v1/txn operation that writes a status (Pending, Lost), signed by the leader as well."""
+        return self._signed_op(key, "status", doc)
 
     def commit(self, *ops: dict[str, Any]) -> None:
         """Run `ops` as one transaction, after the leader check; NotLeader if the lock is lost."""
