@@ -290,6 +290,10 @@ class Run:
         stages = [a["name"] for a in agents]
         patience = Patience(self.timeout, stages, self.clock()) if self.timeout is not None else None
         while True:
+            if self.signalled is not None:
+                # The handler ran, but its exception was caught on its way (a library call it cut short
+                # turned it into an error of its own, which a retry loop took): the run still stops.
+                raise Interrupted(self.signalled)
             done = final.get("state") in state.FINAL_STATES
             if done and all(r.finished.is_set() for r in self.readers):
                 break

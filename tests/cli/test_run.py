@@ -160,3 +160,24 @@ def test_a_signal_another_thread_takes_still_ends_the_wait():
         signal.signal(signal.SIGHUP, previous)
     assert job.signalled == signal.SIGHUP
     assert not stuck, "the wait went on after the signal until something else woke the main thread"
+
+
+def test_a_signal_whose_exception_a_library_swallowed_still_ends_the_wait():
+    """The handler raises in whatever the main thread runs: in a Pulsar call made to subscribe, the client
+    turns it into an error of its own, which the reader's retry takes. The signal is noted all the same."""
+    job = Waiting()
+    job.signalled, job.stopping = signal.SIGTERM, True       # what the handler leaves, its exception gone
+    ended = threading.Event()
+
+    def failsafe() -> None:
+        if not ended.wait(10):
+            job.events.put(("error", AssertionError("the wait went on after a signal was noted")))
+
+    helper = threading.Thread(target=failsafe)
+    helper.start()
+    try:
+        with pytest.raises(run_module.Interrupted):
+            job._wait([{"name": "a"}], "a")
+    finally:
+        ended.set()
+        helper.join()
