@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -73,6 +74,11 @@ class Confinement:
         if PRLIMIT is None:
             raise OSError(errno.ENOSYS, "prlimit (util-linux) is missing: cannot limit the agent's memory")
         return [PRLIMIT, f"--as={self.address_space}:{self.address_space}", "--"]
+
+
+def command_line(argv: list[str]) -> str:
+    """An argv as one line a person can read and paste into a shell (a newline in an argument as \\n)."""
+    return shlex.join(argv).replace("\n", "\\n")
 
 
 def chain(argv: list[str], death_signal: int = signal.SIGKILL, confine: Confinement | None = None,

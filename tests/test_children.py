@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -174,3 +175,11 @@ def test_a_child_run_as_another_user_still_dies_with_its_parent():
         proc.wait()
         if alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_command_line_is_one_line_that_pastes_back_into_a_shell():
+    argv = ["python3", "-c", "import sys\nprint(sys.argv)", "it's", "a b"]
+    line = children.command_line(argv)
+    assert "\n" not in line
+    assert line == "python3 -c 'import sys\\nprint(sys.argv)' 'it'\"'\"'s' 'a b'"
+    assert shlex.split(line.replace("\\n", "\n")) == argv

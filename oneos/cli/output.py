@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import threading
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Sequence
 
+from oneos.children import command_line
 from oneos.documents import dump_yaml
 
 
@@ -42,7 +42,7 @@ def structured(value: Any, fmt: str) -> str:
 
 def command(argv: Sequence[str]) -> str:
     """An argv as one line a person can read and paste into a shell."""
-    return shlex.join(argv).replace("\n", "\\n")
+    return command_line(list(argv))
 
 
 def signal_name(status: int) -> str | None:

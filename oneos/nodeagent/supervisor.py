@@ -58,7 +58,6 @@ import pty
 import re
 import shutil
 import signal
-import shlex
 import subprocess
 import sys
 import threading
@@ -853,7 +852,7 @@ class Supervisor(Service):
                     # Sealed anew (this node was enrolled again with a new key): its next start opens this one.
                     runner.assignment = dict(runner.assignment, frameKey=doc.get("frameKey"))
             elif not self.stopping.is_set():
-                log.info("%s: starting %s", key, shlex.join(doc["agent"]["run"]))   # one line, as it would be typed
+                log.info("%s: starting %s", key, children.command_line(doc["agent"]["run"]))
                 runner = AgentRunner(self, key, doc, index)
                 self.runners[key] = runner
                 runner.start()
