@@ -4,7 +4,7 @@ Like Nomad's scheduler: each check asks one question of one node and answers Non
 or a reason; every node a check filters is counted under that check, so an agent that
 fits nowhere says why, e.g. `0/5 nodes: 3 missing label gpio=true, 2 not enough memory
 (64Mi free < 128Mi)`; when what it asks for is on no node at all (the node it names, a
-label it requires), the reason says just that: `no node n9`, `no node has label gpio=true`. The checks (CHECKS), in the order they count: the node named,
+label or device it requires), the reason says just that: `no node n9`, `no node has label gpio=true`. The checks (CHECKS), in the order they count: the node named,
 labels, the label selector (each requirement), devices, one agent of the pipeline per
 node (placement.distinctNodes), memory, cpu.
 
@@ -448,8 +448,10 @@ def explain(total: int, filtered: Counter) -> str:
     return f"0/{total} nodes: " + ", ".join(parts)
 
 
-def nowhere(demand: Demand, has_node: Callable[[str], bool], has_label: Callable[[str, str], bool]) -> str:
-    """What the demand names that no node has: `no node n9`, `no node has label gpio=true`; "" if none.
+def nowhere(demand: Demand, has_node: Callable[[str], bool], has_label: Callable[[str, str], bool],
+            has_device: Callable[[str], bool]) -> str:
+    """What the demand names that no node has: `no node n9`, `no node has label gpio=true`,
+    `no node has device gpio/D9`; "" if none.
 
     Counting the nodes that fail such a check (`0/3 nodes: 3 not node n9`) would hide the one
     thing to know: nothing fits until a node with it joins.
@@ -459,6 +461,7 @@ def nowhere(demand: Demand, has_node: Callable[[str], bool], has_label: Callable
         parts.append(f"no node {demand.node}")
     parts += [f"no node has label {key}={value}" for key, value in sorted(demand.labels.items())
               if not has_label(key, value)]
+    parts += [f"no node has device {device}" for device in demand.devices if not has_device(device)]
     return ", ".join(parts)
 
 
@@ -519,7 +522,8 @@ def place_naive(demand: Demand, nodes: Sequence[NodeInfo], usage: Usage,
             feasible.append(node)
     if not feasible:
         absent = nowhere(demand, {n.id for n in nodes}.__contains__,
-                         lambda key, value: any(n.labels.get(key) == value for n in nodes))
+                         lambda key, value: any(n.labels.get(key) == value for n in nodes),
+                         lambda device: any(device in n.devices for n in nodes))
         return Placement(None, absent if absent and nodes else explain(len(nodes), filtered))
     spread = spread_counts(demand, {n.id: n.labels for n in nodes}, usage) if demand.spread_by else None
     best = max(feasible, key=lambda n: (score(n, demand, usage, spread), _stable(n.id, demand.key)))
@@ -748,7 +752,8 @@ class NodeIndex:
                         if found:
                             return Placement(self.ids[self._best(found, demand, usage)])
         absent = nowhere(demand, self.position.__contains__,
-                         lambda key, value: value in self.values.get(key, {}))
+                         lambda key, value: value in self.values.get(key, {}),
+                         lambda device: bool(self.devices.get(device)))
         if absent and self.nodes:
             return Placement(None, absent)
         return Placement(None, explain(len(self.nodes), self._filtered(constraints, demand, usage)))

@@ -297,11 +297,11 @@ def test_an_agent_whose_device_owner_is_down_is_pending_with_the_device_then_pla
                 device_owners={"gpio/D4": "s1"})
     plan = planned(down, manifest)
     assert [p.reason for p in plan.pending] == [
-        "device gpio/D4 is on node s1, which is down: 0/1 nodes: 1 missing device gpio/D4"]
+        "device gpio/D4 is on node s1, which is down: no node has device gpio/D4"]
     later = after(down, written(plan, down))
     assert later.assignments == {} and later.statuses["p.sensor"]["state"] == "Pending"
     assert [p.reason for p in planned(later, manifest).pending] == [
-        "device gpio/D4 is on node s1, which is down: 0/1 nodes: 1 missing device gpio/D4"]
+        "device gpio/D4 is on node s1, which is down: no node has device gpio/D4"]
 
     back = ClusterView([node("c1"), node("s1", devices={"gpio/D4"})], later.assignments, later.statuses,
                        device_owners={"gpio/D4": "s1"})

@@ -55,17 +55,20 @@ def test_labels_devices_node_and_capacity_filter_and_the_reason_counts_them():
     assert full.reason == "0/5 nodes: 4 not node pi-1, 1 not enough memory (64Mi free < 128Mi)"
 
 
-def test_a_node_or_label_that_no_node_has_is_named_not_counted():
-    nodes = [node("pi-1", {"gpio": "true"}), node("srv-1", {"gpio": "false"}), node("srv-2")]
+def test_a_node_label_or_device_that_no_node_has_is_named_not_counted():
+    nodes = [node("pi-1", {"gpio": "true"}, devices={"gpio/D4"}), node("srv-1", {"gpio": "false"}), node("srv-2")]
     for demand, reason in [(Demand("p.n", node="n9"), "no node n9"),
                            (Demand("p.g", labels={"gpio": "yes"}), "no node has label gpio=yes"),
                            (Demand("p.b", node="n9", labels={"room": "shed", "gpio": "true"}),
-                            "no node n9, no node has label room=shed")]:
+                            "no node n9, no node has label room=shed"),
+                           (Demand("p.d", devices=("gpio/D4", "gpio/D9")), "no node has device gpio/D9")]:
         assert place(demand, nodes, Usage()).reason == reason
         assert place_naive(demand, nodes, Usage()).reason == reason
     # Nodes that have it but are unsuitable are counted, per reason.
     assert place(Demand("p.m", node="pi-1", labels={"gpio": "false"}), nodes, Usage()).reason == \
         "0/3 nodes: 2 not node pi-1, 1 missing label gpio=false"
+    assert place(Demand("p.e", labels={"gpio": "false"}, devices=("gpio/D4",)), nodes, Usage()).reason == \
+        "0/3 nodes: 2 missing label gpio=false, 1 missing device gpio/D4"
 
 
 def test_capacity_already_used_counts():

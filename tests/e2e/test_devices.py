@@ -152,7 +152,7 @@ def test_a_stage_whose_device_owner_is_down_waits_for_it(own_boards, tmp_path):
     assert watch()["node"] == "s1"
 
     own_boards.lose("s1")   # its sessions end at once, as their TTL expiry would
-    reason = "device gpio/D4 is on node s1, which is down: 0/2 nodes: 2 missing device gpio/D4"
+    reason = "device gpio/D4 is on node s1, which is down: no node has device gpio/D4"
     own_boards.wait_for(lambda: watch().get("state") == "Pending", 2 * SESSION_TTL + 15,
                         "the watch to wait for s1")
     assert watch()["reason"] == reason
