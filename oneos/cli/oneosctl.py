@@ -280,20 +280,44 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def _add_describe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("describe", help="show a pipeline's agents: where they run, their restarts and last exit, "
-                                        "and why any is pending or failed")
-    p.add_argument("resource", choices=["pipeline"])
-    p.add_argument("name", metavar="NAME")
+                                        "and why any is pending or failed",
+                       description="Describe the pipelines named, or every pipeline when none is named (as "
+                                   "kubectl describe does). A pipeline whose stored manifest cannot be used is "
+                                   "described as Invalid, with why; a name that is not there is \"not found\" "
+                                   "and the exit status is 1, the others are described all the same.")
+    p.add_argument("resource", choices=["pipeline", "pipelines"])
+    p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(run=cmd_describe)
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     ns = _client(args)
-    try:
-        doc = manifests.read_pipeline(ns, args.name)
-    except DocumentError as exc:
-        return _describe_invalid(ns, args.name, str(exc))
+    names = args.names
+    if not names:
+        pipelines, problems = state.read_pipelines(ns)
+        names = sorted({*pipelines, *problems})
+        if not names:
+            print(f"No pipelines on the cluster at {ns.url}.")
+            return 0
+    status, described = 0, []
+    for name in names:
+        try:
+            described.append(_describe_one(ns, name))
+        except DocumentError as exc:
+            described.append(_describe_invalid(ns, name, str(exc)))
+        except OneOSError as exc:       # not found: said, and the others described all the same
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            status = 1
+    if described:
+        print("\n\n".join(described))
+    return status
+
+
+def _describe_one(ns: NameServer, name: str) -> str:
+    """What describe prints of one pipeline; DocumentError if its stored manifest cannot be used."""
+    doc = manifests.read_pipeline(ns, name)
     meta, spec = doc["metadata"], doc["spec"]
-    statuses, bad = state.read_statuses_and_problems(ns, args.name)
+    statuses, bad = state.read_statuses_and_problems(ns, name)
     statuses = _seen_now(ns, statuses)
     lines = [f"Name:         {meta['name']}", f"UID:          {meta['uid']}",
              f"Generation:   {meta['generation']}", f"Created:      {meta['createdAt']} ({output.age(meta['createdAt'])} ago)",
@@ -327,8 +351,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     links = spec.get("links", [])
     lines.append("Links:" + ("" if links else "        <none>"))
     lines += [f"  {link['from']} -> {link['to']}" for link in links]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 def limits_text(limits: dict) -> str:
@@ -340,7 +363,7 @@ def limits_text(limits: dict) -> str:
     return f"memory {limits['memory']} (address space {limits['addressSpace']}), cpu not limited (rlimit)"
 
 
-def _describe_invalid(ns: NameServer, name: str, why: str) -> int:
+def _describe_invalid(ns: NameServer, name: str, why: str) -> str:
     """describe of a pipeline whose stored manifest cannot be used: its name, why, what to do, and what
     is known of its agents from their statuses."""
     mark = manifests.read_invalid_mark(ns, name)
@@ -358,8 +381,7 @@ def _describe_invalid(ns: NameServer, name: str, why: str) -> int:
     if rows:
         lines += ["  " + line for line in output.table(["NAME", "NODE", "STATE", "RESTARTS", "LAST EXIT"],
                                                        rows).splitlines()]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 #: States a node reports while it runs an agent: Unknown while that node is NotReady.

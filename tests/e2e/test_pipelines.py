@@ -262,6 +262,15 @@ def test_a_bad_stored_pipeline_is_marked_invalid_and_every_other_one_runs(three_
             "metadata.createdAt missing: OneOS sets them when a pipeline is applied (was it written by hand, or "
             "by an older version?); nothing of it runs"]
         assert "`oneosctl delete pipeline aaa-by-hand`" in described.stdout
+        # describe with no name (as kubectl's) describes each pipeline there, the bad ones as Invalid.
+        every = c.ctl("describe", "pipelines")
+        assert every.returncode == 0 and [line for line in every.stdout.splitlines() if line.startswith(
+            ("Name:", "Status:"))] == ["Name:         aaa-by-hand", "Status:       Invalid",
+                                       "Name:         aab-garbage", "Status:       Invalid",
+                                       "Name:         zzz-good", "Status:       Running"]
+        some = c.ctl("describe", "pipeline", "zzz-good", "no-such")
+        assert some.returncode == 1 and some.stdout.startswith("Name:         zzz-good\n")
+        assert some.stderr == "oneosctl: pipeline 'no-such' not found; `oneosctl get pipelines` lists them\n"
 
         # Applied over, the bad manifest is replaced: the pipeline runs and its mark goes.
         applied = c.ctl("apply", "-f", str(files["aaa-by-hand"]))
