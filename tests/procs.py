@@ -262,10 +262,11 @@ def cli(name: str, *args: str, env: dict[str, str] | None = None, cwd: str | Pat
 
 
 def run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
+            input: bytes | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run one of the project's commands as a user would, whatever its exit status; stdout and stderr
     as text (as bytes when `input` is bytes)."""
-    return cli(argv[0], *argv[1:], env=env, input=input, ok_code=ANY_EXIT, timeout=timeout, text=input is None)
+    return cli(argv[0], *argv[1:], env=env, input=input, ok_code=ANY_EXIT, timeout=timeout, text=input is None,
+               cwd=cwd)
 
 
 def in_process(main: Callable[[list[str]], int], *args: str, cwd: str | Path, stdin: str | None = None,
