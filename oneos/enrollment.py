@@ -253,7 +253,7 @@ def register(ns: NameServer, node_id: str, signing_key: str, box_key: str, *, ke
     (placement reads the labels there on its next pass) and, when the kernel flag changes, its token's
     policies too. EnrollmentError when the id is enrolled with other keys."""
     labels = dict(labels or {})
-    index, entry = ns.get(state.key_key(node_id))
+    _, entry = ns.get(state.key_key(node_id))
     if entry is None:
         return APPROVED, approve(ns, node_id, signing_key, box_key, kernel=kernel, approved_by=approved_by,
                                  labels=labels)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from oneos import __version__, dev
 from oneos.errors import OneOSError, UsageError
-from oneos.nodeagent import config as runtime_config
 from oneos.identity import Identity
+from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime, StoppedWaiting, setup_logging
 from oneos.nodeagent.sandbox import private_folder
 
