@@ -26,6 +26,7 @@ from tests.cluster import EMPTY_INIT, LOCK_DELAY, SESSION_TTL, Cluster
 from tests.conftest import REAL_CONSUL
 from tests.procs import BrokerProc, NameServerProc, free_port, run_cli
 from tests.security.test_enrollment import acl_cluster
+from tests.tlsfiles import make_tls
 
 pytestmark = pytest.mark.skipif(REAL_CONSUL, reason="starts Name Servers of its own")
 
@@ -294,3 +295,19 @@ def test_node_approve_checks_the_keys_it_is_given(builtin_nameserver):
     # Without ACLs the keys are registered all the same (no token to seal).
     done = ctl(url, "node", "approve", "n1", "--signing-key", key, "--box-key", Identity.generate().box_key)
     assert done.stdout == "node/n1 approved\n" and state.read_key(NameServer(url), "n1")["signingKey"] == key
+
+
+def test_acl_bootstrap_of_a_name_server_that_speaks_tls_finds_it_by_consuls_variables(tmp_path):
+    tls = make_tls(tmp_path / "tls")
+    nameserver = NameServerProc(tmp_path / "ns-data", extra=["--acl"], tls=tls, verify_incoming=True).start()
+    try:
+        env = {"ONEOS_NAMESERVER": "", "CONSUL_HTTP_ADDR": f"127.0.0.1:{nameserver.port}", "CONSUL_HTTP_SSL": "true",
+               **tls.client_env()}
+        out = tmp_path / "token"
+        done = ctl("", "acl", "bootstrap", "--token-out", str(out), env=env)
+        assert (done.returncode, done.stdout) == (0, f"acl bootstrapped: management token in {out}\n"), done.stderr
+        again = ctl("", "acl", "bootstrap", "--token-out", str(out), env=env)
+        assert again.stdout == f"acl already bootstrapped: management token in {out}\n", again.stderr
+        assert read_secret(out, "the token") not in nameserver.log()
+    finally:
+        nameserver.stop()
