@@ -111,14 +111,31 @@ OPERATOR_RULES = "\n".join([
 ]) + "\n"
 
 
+def shared_policies() -> dict[str, tuple[str, str]]:
+    """The policies every cluster has: name -> (rules, description)."""
+    return {ANONYMOUS_POLICY: (anonymous_rules(), "OneOS: what anyone may do (ask to join)"),
+            KERNEL_POLICY: (KERNEL_RULES, "OneOS: what kernel nodes add (controller, enrollment)"),
+            OPERATOR_POLICY: (OPERATOR_RULES, "OneOS: oneosctl users")}
+
+
+def outdated_policies(ns: NameServer) -> list[str]:
+    """What install_policies would change: the shared policies missing or with other rules, and the
+    anonymous token when it lacks its policy (by name, for people)."""
+    outdated = [name for name, (rules, _) in shared_policies().items()
+                if (ns.acl_policy_read(name) or {}).get("Rules") != rules]
+    anonymous = ns.acl_token_read(ANONYMOUS_ACCESSOR) or {}
+    if ANONYMOUS_POLICY not in [p.get("Name") for p in anonymous.get("Policies") or []]:
+        outdated.append("the anonymous token's policies")
+    return outdated
+
+
 def install_policies(ns: NameServer) -> bool:
     """Write the shared policies and give the anonymous token its own (keeping any others it has);
     False (nothing done) when the Name Server has no ACLs."""
     if not ns.acl_enabled():
         return False
-    ns.acl_policy_upsert(ANONYMOUS_POLICY, anonymous_rules(), "OneOS: what anyone may do (ask to join)")
-    ns.acl_policy_upsert(KERNEL_POLICY, KERNEL_RULES, "OneOS: what kernel nodes add (controller, enrollment)")
-    ns.acl_policy_upsert(OPERATOR_POLICY, OPERATOR_RULES, "OneOS: oneosctl users")
+    for name, (rules, description) in shared_policies().items():
+        ns.acl_policy_upsert(name, rules, description)
     anonymous = ns.acl_token_read(ANONYMOUS_ACCESSOR) or {}
     names = [p["Name"] for p in anonymous.get("Policies") or [] if p.get("Name")]
     if ANONYMOUS_POLICY not in names:
@@ -189,6 +206,14 @@ def pending(ns: NameServer, keys: dict[str, dict[str, Any]] | None = None) -> di
 # ---------------------------------------------------------------- approval
 
 
+def _node_policies(ns: NameServer, node_id: str, kernel: bool) -> list[str]:
+    """Write the policies a node's token is given (its own; the kernel one too, for a kernel node); their names."""
+    if kernel:
+        ns.acl_policy_upsert(KERNEL_POLICY, *shared_policies()[KERNEL_POLICY])
+    ns.acl_policy_upsert(node_policy(node_id), node_rules(node_id, kernel), f"OneOS: node {node_id}'s own")
+    return [node_policy(node_id)] + ([KERNEL_POLICY] if kernel else [])
+
+
 def approve(ns: NameServer, node_id: str, signing_key: str, box_key: str, *, kernel: bool, approved_by: str,
             labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Register a node's keys (and, when the Name Server has ACLs, make its own token, sealed to it);
@@ -202,11 +227,7 @@ def approve(ns: NameServer, node_id: str, signing_key: str, box_key: str, *, ker
         return existing
     accessor = None
     if ns.acl_enabled():
-        if kernel:
-            ns.acl_policy_upsert(KERNEL_POLICY, KERNEL_RULES, "OneOS: what kernel nodes add (controller, enrollment)")
-        ns.acl_policy_upsert(node_policy(node_id), node_rules(node_id, kernel), f"OneOS: node {node_id}'s own")
-        token = ns.acl_token_create(f"oneos node {node_id}",
-                                    [node_policy(node_id)] + ([KERNEL_POLICY] if kernel else []))
+        token = ns.acl_token_create(f"oneos node {node_id}", _node_policies(ns, node_id, kernel))
         accessor = token["AccessorID"]
         ns.put(state.enroll_key(node_id), seal(box_key, token["SecretID"].encode(), token_context(node_id)))
     record = state.new_key_record(node_id, signing_key, box_key, kernel=kernel, approved_by=approved_by,
@@ -218,6 +239,40 @@ def approve(ns: NameServer, node_id: str, signing_key: str, box_key: str, *, ker
                               "`oneosctl get nodes` shows it")
     ns.delete(state.joinrequest_key(node_id))
     return record
+
+
+APPROVED, UNCHANGED, CONFIGURED = "approved", "unchanged", "configured"
+
+
+def register(ns: NameServer, node_id: str, signing_key: str, box_key: str, *, kernel: bool, approved_by: str,
+             labels: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Register keys an operator read off the node (`oneosd ID --make-key`), with no join request; so that a
+    provisioning tool may run it again and again: (APPROVED, record) for a node not enrolled (as approve()
+    does); (UNCHANGED, record), nothing written, when it is enrolled with these keys, this kernel flag and
+    these labels; (CONFIGURED, record) when only the flag or the labels differ: its key record is updated
+    (placement reads the labels there on its next pass) and, when the kernel flag changes, its token's
+    policies too. EnrollmentError when the id is enrolled with other keys."""
+    labels = dict(labels or {})
+    _, entry = ns.get(state.key_key(node_id))
+    if entry is None:
+        return APPROVED, approve(ns, node_id, signing_key, box_key, kernel=kernel, approved_by=approved_by,
+                                 labels=labels)
+    existing = state.decode(entry, "key")
+    if (existing["signingKey"], existing["boxKey"]) != (signing_key, box_key):
+        raise EnrollmentError(f"node {node_id} is already enrolled with another key ({existing['fingerprint']}, "
+                              f"not {fingerprint(signing_key)}); run `oneosctl node revoke {node_id}` first, "
+                              "if that node is gone for good")
+    if existing["kernel"] == kernel and existing.get("labels", {}) == labels:
+        return UNCHANGED, existing
+    record = dict(existing, kernel=kernel, approvedAt=state.utcnow(), approvedBy=approved_by)
+    record.pop("labels", None)
+    if labels:
+        record["labels"] = labels
+    if existing["kernel"] != kernel and existing.get("tokenAccessor") and ns.acl_enabled():
+        ns.acl_token_update(existing["tokenAccessor"], f"oneos node {node_id}", _node_policies(ns, node_id, kernel))
+    if not state.put_document(ns, state.key_key(node_id), "key", record, cas=entry.modify_index):
+        raise EnrollmentError(f"node {node_id}'s registration changed meanwhile; run the command again")
+    return CONFIGURED, record
 
 
 def revoke(ns: NameServer, node_id: str) -> list[str]:

@@ -55,6 +55,20 @@ def unb64(text: str, what: str) -> bytes:
         raise IdentityError(f"{what} is not base64") from None
 
 
+def public_key(text: str, what: str) -> str:
+    """`text` as a public key (base64 of 32 bytes, as `oneosd --make-key` prints it), stripped;
+    IdentityError naming `what` when it is not one."""
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32 or b64(raw) != text:
+        raise IdentityError(f"{what} {text!r} is not a public key: it must be the base64 of 32 bytes "
+                            "(44 characters ending in '='), as `oneosd ID --make-key` prints it")
+    return text
+
+
 def fingerprint(signing_key: str) -> str:
     """A public signing key (base64) as people compare it: SHA256:<base64 of its hash>, as ssh shows keys."""
     digest = hashlib.sha256(unb64(signing_key, "the signing key")).digest()

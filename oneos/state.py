@@ -189,6 +189,12 @@ def node_distrust(record: dict[str, Any], keys: dict[str, dict[str, Any]]) -> tu
     return None
 
 
+def trusted_labels(record: dict[str, Any], keys: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A trusted node's labels: its record's, and its approval's (a join token's, or `oneosctl node approve
+    --label`), which win over what its record says of the same keys."""
+    return {**record["labels"], **keys[record["id"]].get("labels", {})}
+
+
 def status_distrust(status: dict[str, Any], keys: dict[str, dict[str, Any]], kernels: set[str]) -> str | None:
     """Why the controller cannot act on a status: it is not signed by the node it names (`node`), whose
     key is registered, nor by a kernel node's (the leader writes Pending and Lost); None when it is.
@@ -513,6 +519,7 @@ class NodeView:
     silent: float | None = None           # seconds since its last renewal, once that is overdue (NotReady)
     distrust: tuple[str, str] | None = None   # (state, why) when its record cannot be trusted (node_distrust)
     kernel: bool | None = None            # whether it is a kernel node, as its approval or the boot record says
+    labels: dict[str, str] | None = None  # its record's labels and its approval's (which win), when trusted
 
     @property
     def state(self) -> str:
@@ -563,6 +570,8 @@ def read_nodes(ns: NameServer, now: datetime | None = None, keys: dict[str, dict
         if keys is not None:
             view.distrust = node_distrust(record, keys)
             view.kernel = view.distrust is None and record["id"] in kernels
+            if view.distrust is None:
+                view.labels = trusted_labels(record, keys)
         nodes.append(view)
     return nodes, problems
 

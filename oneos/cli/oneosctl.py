@@ -22,7 +22,9 @@ from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
 from oneos.errors import OneOSError, UsageError
 from oneos.durations import parse_seconds
-from oneos.nameserver.client import NameServer
+from oneos.identity import IdentityError, public_key
+from oneos.nameserver.acl import GLOBAL_MANAGEMENT_ID
+from oneos.nameserver.client import NameServer, NameServerError
 from oneos.secretfiles import read_secret
 
 PROG = "oneosctl"
@@ -166,6 +168,85 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         print(f"policies written: {enrollment.ANONYMOUS_POLICY} (given to the anonymous token: runtimes may ask to "
               f"join), {enrollment.KERNEL_POLICY}, {enrollment.OPERATOR_POLICY}")
     return 0
+
+
+# ----------------------------------------------------------- acl bootstrap
+
+
+def _add_acl(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("acl", help="bootstrap the Name Server's ACLs",
+                       description="Make the first management token of a Name Server started with --acl, and "
+                                   "write OneOS's policies.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    boot = verbs.add_parser(
+        "bootstrap", help="make the management token (once), keep it in a file, write OneOS's policies",
+        description="PUT /v1/acl/bootstrap, write the management token's secret to FILE (made, mode 0600, "
+                    "never printed), then OneOS's policies. Run again with FILE there, it checks that the token "
+                    "still works and rewrites the policies only if they changed.")
+    boot.add_argument("--token-out", required=True, metavar="FILE",
+                      help="where the management token's secret goes (must not exist before the bootstrap)")
+    boot.set_defaults(run=cmd_acl_bootstrap)
+
+
+def cmd_acl_bootstrap(args: argparse.Namespace) -> int:
+    """Bootstrap the Name Server's ACLs once; say whether this run did (a provisioning tool reads it)."""
+    path = Path(args.token_out)
+    ns = NameServer(args.nameserver)
+    if not ns.acl_enabled():
+        raise OneOSError(f"the Name Server at {ns.url} has no ACLs (it was started without --acl): there is "
+                         "nothing to bootstrap; start it with --acl, or leave this step out")
+    if path.exists():
+        ns = NameServer(args.nameserver, token=read_secret(path, "--token-out"))
+        if not _management(ns):
+            raise OneOSError(f"the Name Server at {ns.url} does not take the token in {path} as a management "
+                             "token: it was bootstrapped with another (or the file is from another Name Server); "
+                             f"put its management token in {path}, or move {path} away if the Name Server is new")
+        outdated = enrollment.outdated_policies(ns)
+        if outdated:
+            enrollment.install_policies(ns)
+        print(f"acl already bootstrapped: management token in {path}"
+              + (f"; policies updated: {', '.join(outdated)}" if outdated else ""))
+        return 0
+    fd = _create_secret_file(path)
+    try:
+        made = ns.acl_bootstrap()
+        if made is None:
+            raise OneOSError(f"the Name Server at {ns.url} was bootstrapped already, by someone else: its management "
+                             f"token is theirs; put it in {path} (mode 0600) and run this again")
+        os.write(fd, (made["SecretID"] + "\n").encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    enrollment.install_policies(NameServer(args.nameserver, token=made["SecretID"]))
+    print(f"acl bootstrapped: management token in {path}")
+    return 0
+
+
+def _management(ns: NameServer) -> bool:
+    """Whether the Name Server knows the token `ns` sends as one of the global-management policy."""
+    try:
+        token = ns.acl_token_self()
+    except NameServerError as exc:
+        if exc.status == 403:
+            return False
+        raise
+    return any(p.get("ID") == GLOBAL_MANAGEMENT_ID for p in (token or {}).get("Policies") or [])
+
+
+def _create_secret_file(path: Path) -> int:
+    """A new file at `path`, mode 0600 (its missing folders made 0700), open for writing; refused when one is there."""
+    for folder in reversed([p for p in path.absolute().parents if not p.exists()]):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise OneOSError(f"{path} appeared meanwhile; run the command again") from None
+    except OSError as exc:
+        raise OneOSError(f"cannot make {path} ({(exc.strerror or str(exc)).lower()}); give a --token-out "
+                         "where this user may write") from None
 
 
 # --------------------------------------------------------------------- apply
@@ -643,10 +724,13 @@ def _pending_item(request: dict[str, Any]) -> dict[str, Any]:
 def _node_item(node: state.NodeView) -> dict[str, Any]:
     """A node as `get nodes -o json` prints it: its record, whether it leads, and its state now (NotReady
     once its renewals are overdue; NotApproved or SignatureInvalid when its record cannot be trusted), and
-    `kernel` as its approval or the boot record says, not as its record claims."""
+    `kernel` and `labels` as its approval or the boot record says, not as its record claims (its approval's
+    labels are its labels, as placement takes them)."""
     item = dict(node.record, leader=node.leader, state=node.state)
     if node.kernel is not None:
         item["kernel"] = node.kernel
+    if node.labels is not None:
+        item["labels"] = node.labels
     return item
 
 
@@ -743,6 +827,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     approve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                          help="a label the approval gives it (repeatable)")
     approve.add_argument("--fingerprint", metavar="SHA256:...", help="refuse unless the request's key has this one")
+    approve.add_argument("--signing-key", metavar="KEY",
+                         help="with --box-key: register these keys (as `oneosd ID --make-key` prints them on the "
+                              "node) with no join request; prints `node/ID approved`, `unchanged` or `configured`")
+    approve.add_argument("--box-key", metavar="KEY", help="the node's X25519 public key (with --signing-key)")
     approve.set_defaults(run=cmd_node_approve)
     revoke = verbs.add_parser("revoke", help="remove a node for good",
                               description="Delete the node's registered key, its token and policy, and its "
@@ -761,6 +849,8 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def cmd_node_approve(args: argparse.Namespace) -> int:
+    if args.signing_key is not None or args.box_key is not None:
+        return _approve_keys(args)
     ns = _client(args)
     request = enrollment.read_requests(ns).get(args.id)
     if request is None:
@@ -778,6 +868,30 @@ def cmd_node_approve(args: argparse.Namespace) -> int:
     token = "with a token of its own" if record.get("tokenAccessor") else "(the Name Server has no ACLs: no token)"
     print(f"node {args.id} approved{' as a kernel node' if record['kernel'] else ''}, key {record['fingerprint']}, "
           f"{token}")
+    return 0
+
+
+def _approve_keys(args: argparse.Namespace) -> int:
+    """`node approve ID --signing-key K --box-key K`: the keys read off the node, registered as they are, in a
+    way a provisioning tool can run again (one line: node/ID approved, unchanged or configured)."""
+    if args.signing_key is None or args.box_key is None:
+        raise UsageError("--signing-key and --box-key go together (both from `oneosd ID --make-key` on the node); "
+                         "give neither to approve the join request the node made")
+    if args.fingerprint:
+        raise UsageError("--fingerprint checks a join request's key; with --signing-key the key is given: leave it out")
+    try:
+        signing_key = public_key(args.signing_key, "--signing-key")
+        box_key = public_key(args.box_key, "--box-key")
+    except IdentityError as exc:
+        raise UsageError(str(exc)) from None
+    from oneos.nodeagent.config import NODE_ID
+    if not NODE_ID.fullmatch(args.id):
+        raise UsageError(f"node id {args.id!r} is not valid: use letters, digits, '-', '_' or '.', starting with "
+                         "a letter or digit, at most 63 characters")
+    who = os.environ.get("USER") or "an operator"
+    outcome, _ = enrollment.register(_client(args), args.id, signing_key, box_key, kernel=args.kernel,
+                                     labels=_labels(args.label), approved_by=f"oneosctl node approve ({who})")
+    print(f"node/{args.id} {outcome}")
     return 0
 
 
@@ -895,6 +1009,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_logs,
     _add_node,
     _add_token,
+    _add_acl,
 ]
 
 

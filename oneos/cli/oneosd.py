@@ -4,6 +4,7 @@ whole system on this machine (oneos.dev)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from oneos import __version__, dev
 from oneos.errors import OneOSError, UsageError
+from oneos.identity import Identity
 from oneos.nodeagent import config as runtime_config
 from oneos.nodeagent.daemon import Runtime, StoppedWaiting, setup_logging
+from oneos.nodeagent.sandbox import private_folder
 
 log = logging.getLogger("oneos.nodeagent")
 
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a join token from `oneosctl token create`: enrolls this runtime without an operator's "
                              "approval (default $ONEOS_JOIN_TOKEN, else the file $ONEOS_JOIN_TOKEN_FILE names)")
     parser.add_argument("--config", metavar="FILE", help="config file (default $ONEOS_HOME/config.yaml)")
+    parser.add_argument("--make-key", action="store_true",
+                        help="make this runtime's key file if it has none, print its public keys as one line of "
+                             "JSON (for `oneosctl node approve ID --signing-key ... --box-key ...`) and exit; "
+                             "asks nothing, writes no config, does not contact the Name Server")
     parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to keep retrying an unreachable Name Server at start (default 60)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -57,6 +64,18 @@ def overrides_from(args: argparse.Namespace) -> runtime_config.Overrides:
     return runtime_config.Overrides(id=args.runtime_id, nameserver=args.nameserver, kernel=args.kernel,
                                     memory=args.memory, labels=labels, join_token=args.join_token,
                                     config_file=Path(args.config) if args.config else None)
+
+
+def make_key(cfg: runtime_config.RuntimeConfig) -> int:
+    """Make the runtime's key file as its first start would (folders as the runtime keeps them, the file 0600;
+    one that others may read is refused), and print its public keys as one line of JSON."""
+    created = not cfg.key_file.exists()
+    for folder in cfg.folders:
+        private_folder(folder, 0o711)
+    identity = Identity.load_or_create(cfg.key_file)
+    print(json.dumps({"id": cfg.id, "signingKey": identity.signing_key, "boxKey": identity.box_key,
+                      "fingerprint": identity.fingerprint, "created": created}))
+    return 0
 
 
 def run_until_signalled(runtime: Runtime) -> int:
@@ -84,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("oneosd", args.verbose)
     try:
         flags = overrides_from(args)
+        if args.dev and args.make_key:
+            raise UsageError("--make-key is for one runtime's key; --dev enrolls its own node")
         if args.dev:
             return dev.run(flags, data_dir=args.data_dir, listen=args.listen, verbose=args.verbose)
         if args.data_dir or args.listen:
             raise UsageError("--data-dir and --listen belong to --dev (the one-machine cluster)")
+        if args.make_key:
+            return make_key(runtime_config.load(flags, save=False))
         cfg = runtime_config.load(flags)
     except OneOSError as exc:
         print(f"oneosd: {exc}", file=sys.stderr)

@@ -142,7 +142,7 @@ def trusted_nodes(records: list[dict[str, Any]], keys: dict[str, dict[str, Any]]
         distrust = state.node_distrust(record, keys)
         if distrust is None:
             approved = keys[record["id"]].get("labels", {})
-            nodes.append(NodeInfo.from_record(dict(record, labels={**record["labels"], **approved})
+            nodes.append(NodeInfo.from_record(dict(record, labels=state.trusted_labels(record, keys))
                                               if approved else record))
         else:
             untrusted[record["id"]] = distrust[1]

@@ -477,9 +477,27 @@ class NameServer:
         self._check(resp, f"{method.upper()} {path}")
         return json.loads(resp.body) if resp.body else None
 
+    def acl_bootstrap(self) -> dict[str, Any] | None:
+        """PUT /v1/acl/bootstrap: the first management token (its AccessorID and SecretID), or None when
+        the Name Server was bootstrapped already (Consul's 403 "ACL bootstrap no longer allowed")."""
+        resp = self._raw("put", "/v1/acl/bootstrap")
+        body = resp.body.decode("utf-8", "replace") if isinstance(resp.body, bytes) else (resp.body or "")
+        if resp.code == 403 and "bootstrap no longer allowed" in body:
+            return None
+        self._check(resp, "PUT /v1/acl/bootstrap")
+        return json.loads(body)
+
+    def acl_token_self(self) -> dict[str, Any]:
+        """The token this client sends, as the Name Server knows it (NameServerError 403 when it does not)."""
+        return self._acl_call("get", "/v1/acl/token/self")
+
+    def acl_policy_read(self, name: str) -> dict[str, Any] | None:
+        """The policy `name` (its ID, Rules...), None when there is none."""
+        return self._acl_call("get", f"/v1/acl/policy/name/{name}")
+
     def acl_policy_upsert(self, name: str, rules: str, description: str = "") -> dict[str, Any]:
         """Create the policy `name`, or give the one of that name these rules."""
-        found = self._acl_call("get", f"/v1/acl/policy/name/{name}")
+        found = self.acl_policy_read(name)
         body = {"Name": name, "Description": description, "Rules": rules}
         if found:
             return self._acl_call("put", f"/v1/acl/policy/{found['ID']}", body)
@@ -487,7 +505,7 @@ class NameServer:
 
     def acl_policy_delete(self, name: str) -> bool:
         """Delete the policy `name`; False when there is none."""
-        found = self._acl_call("get", f"/v1/acl/policy/name/{name}")
+        found = self.acl_policy_read(name)
         if not found:
             return False
         return bool(self._acl_call("delete", f"/v1/acl/policy/{found['ID']}"))

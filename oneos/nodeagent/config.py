@@ -50,6 +50,11 @@ class RuntimeConfig:
         return inside(self.home / "runtimes", self.id, what="runtime id")
 
     @property
+    def folders(self) -> tuple[Path, ...]:
+        """$ONEOS_HOME, its runtimes folder and this runtime's: made 0711 (agents pass through, list nothing)."""
+        return (self.home, self.home / "runtimes", self.data_dir)
+
+    @property
     def key_file(self) -> Path:
         """This runtime's private keys (mode 0600; see oneos/identity.py), made at its first start."""
         return self.data_dir / "node.key"
@@ -188,20 +193,23 @@ def _parse_yes_no(text: str) -> bool:
     raise ValueError("answer y or n")
 
 
-def load(flags: Overrides, *, interactive: bool | None = None) -> RuntimeConfig:
-    """Resolve this runtime's configuration; saves a generated id and first-run answers."""
+def load(flags: Overrides, *, interactive: bool | None = None, save: bool = True) -> RuntimeConfig:
+    """Resolve this runtime's configuration; saves a generated id and first-run answers. With save=False
+    (`oneosd --make-key`) it asks nothing and writes nothing: the id must be given or saved."""
     home = oneos_home()
     path = flags.config_file or home / "config.yaml"
     given = _merge(flags, from_environment())
     saved = read_file(path)
     if interactive is None:
-        interactive = sys.stdin.isatty() and flags.config_file is None
+        interactive = save and sys.stdin.isatty() and flags.config_file is None
     changed = False
     if interactive and not path.exists():
         saved = ask_first_run(saved, given)
         changed = True
 
     node_id = given.id or saved.get("id")
+    if node_id is None and not save:
+        raise UsageError(f"no runtime id given, and none saved in {path}: give one (`oneosd ID ...`)")
     if node_id is None:
         node_id = str(uuid.uuid4())
         saved["id"] = node_id

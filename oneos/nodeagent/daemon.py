@@ -185,7 +185,7 @@ class Runtime(Service):
         own working directory (whose absolute path it is given: device FIFOs, Python's sys.path)
         but list or read nothing in them; the node's secrets in them are 0600, its logs 0700."""
         sandbox = Sandbox.prepare(self.cfg.agent_user, self.cfg.id)
-        for folder in (self.cfg.home, self.cfg.home / "runtimes", self.cfg.data_dir):
+        for folder in self.cfg.folders:
             private_folder(folder, 0o711)
         sandbox.warn_unreachable("their working directories in", self.cfg.data_dir / "agents")
         sandbox.warn_unreachable("OneOS's Python", python_home())
