@@ -314,9 +314,11 @@ class Wheelhouse:
         os.makedirs(folder, exist_ok=True)
         wanted = ["%s==%s" % pin for pin in pins]
         try:
-            self.run(self.download_argv(folder) + wanted, "downloading")
-        except Refused:
-            for pin in pins:   # which of them: each on its own, an sdist built where it is pure Python
+            self.run(self.download_argv(folder) + wanted, "downloading %s" % " ".join(wanted))
+        except Refused as e:
+            if len(pins) == 1:
+                self.build_pure(pins[0], e)
+            for pin in pins if len(pins) > 1 else []:   # which of them: each on its own, an sdist built where pure Python
                 try:
                     self.run(self.download_argv(folder) + ["%s==%s" % pin], "downloading %s==%s" % pin)
                 except Refused as e:
