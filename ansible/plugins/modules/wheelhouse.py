@@ -243,6 +243,17 @@ def archive_members(path):
         return archive.getnames()
 
 
+def not_built_from(top):
+    """What copying a source tree leaves out: the products of earlier builds, caches, environments, .git."""
+    top = os.path.abspath(top)
+    at_top = {".git", ".venv", "venv", "build", "dist", ".pytest_cache", ".tox", ".mypy_cache", ".nox"}
+
+    def ignore(folder, names):
+        here = os.path.abspath(folder) == top
+        return {n for n in names if n == "__pycache__" or (here and (n in at_top or n.endswith(".egg-info")))}
+    return ignore
+
+
 def wheel_key(filename):
     """(canonical name, version, tags) of a wheel file name, or None for anything else."""
     try:
@@ -292,11 +303,15 @@ class Wheelhouse:
             return source
         if not os.path.isfile(os.path.join(source, "pyproject.toml")):
             raise Refused("source %s is neither a OneOS source tree (no pyproject.toml) nor a wheel" % source)
+        # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds, where a stale
+        # build/lib would put deleted modules in the wheel, and two runs at once (two platforms) would collide.
+        tree = os.path.join(self.staging, "source")
+        shutil.copytree(source, tree, symlinks=True, ignore=not_built_from(source))
         out = os.path.join(self.staging, "oneos")
         argv = self.pip + ["wheel", "--no-deps", "--quiet", "--wheel-dir", out]
         if not self.module.params["build_isolation"]:
             argv += ["--no-build-isolation", "--no-index"]
-        self.run(argv + [source], "building the oneos wheel from %s" % source)
+        self.run(argv + [tree], "building the oneos wheel from %s" % source)
         [wheel] = [os.path.join(out, n) for n in os.listdir(out) if n.endswith(".whl")]
         return wheel
 
