@@ -27,9 +27,9 @@ from packaging.utils import parse_wheel_filename
 
 import oneos
 from tests.procs import ANY_EXIT, cli
+from tests.test_packaging import copy_sources
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SOURCES = ["pyproject.toml", "README.md", "oneos", "schemas", "manifests"]   # what the build reads
 BIN = Path(sys.executable).parent
 MODULE = REPO / "ansible" / "plugins" / "modules" / "wheelhouse.py"
 # pip with no configuration and no index it could reach: what a run that needs no network is given.
@@ -43,13 +43,7 @@ def place(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("wheelhouse")
     (root / "collections" / "ansible_collections" / "oneos").mkdir(parents=True)
     (root / "collections" / "ansible_collections" / "oneos" / "fleet").symlink_to(REPO / "ansible")
-    src = root / "src"
-    src.mkdir()
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(REPO / name, src / name)
+    src = copy_sources(root / "src")
     env = {"ANSIBLE_COLLECTIONS_PATH": str(root / "collections"), "ANSIBLE_HOME": str(root / "ansible-home"),
            "ANSIBLE_LOCAL_TEMP": str(root / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
            "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
