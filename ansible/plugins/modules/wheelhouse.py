@@ -333,11 +333,12 @@ class Wheelhouse:
         except Refused as e:
             if len(pins) == 1:
                 self.build_pure(pins[0], e)
-            for pin in pins if len(pins) > 1 else []:   # which of them: each on its own, an sdist built where pure Python
-                try:
-                    self.run(self.download_argv(folder) + ["%s==%s" % pin], "downloading %s==%s" % pin)
-                except Refused as e:
-                    self.build_pure(pin, e)
+            else:
+                for pin in pins:   # which of them: each on its own, an sdist built where it is pure Python
+                    try:
+                        self.run(self.download_argv(folder) + ["%s==%s" % pin], "downloading %s==%s" % pin)
+                    except Refused as one:
+                        self.build_pure(pin, one)
         got = {}
         for filename in os.listdir(folder):
             key = wheel_key(filename)
