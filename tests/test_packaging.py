@@ -29,17 +29,22 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCES = ["pyproject.toml", "README.md", "oneos", "schemas", "manifests"]
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory) -> Path:
-    """A fresh virtual environment with the wheel of this tree installed; its bin folder."""
-    root = tmp_path_factory.mktemp("packaging")
-    src = root / "src"
+def copy_sources(src: Path) -> Path:
+    """What the build reads, copied into a new folder `src` (so that building writes nothing in the repository)."""
     src.mkdir()
     for name in SOURCES:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(REPO / name, src / name)
+    return src
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A fresh virtual environment with the wheel of this tree installed; its bin folder."""
+    root = tmp_path_factory.mktemp("packaging")
+    src = copy_sources(root / "src")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     cli(*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "--check-build-dependencies",
         "--quiet", "--wheel-dir", str(root / "dist"), str(src), cwd=root, timeout=120)
