@@ -17,6 +17,7 @@ from typing import Any
 
 from oneos import __version__, diff, enrollment, manifests, state
 from oneos.bus.client import TOKEN_FILE_ENV
+from oneos.children import command_line
 from oneos.cli import output
 from oneos.compiler import CompileError, compile_pipeline
 from oneos.documents import DocumentError, check, load_file, load_text
@@ -409,7 +410,7 @@ def _describe_one(ns: NameServer, name: str) -> str:
         key = state.agent_id(meta["name"], agent["name"])
         st = statuses.get(key, {})
         rows.append([agent["name"], st.get("node", "<none>"), agent_state(st), restarts(st), last_exit(st),
-                     output.command(agent["run"])])
+                     command_line(agent["run"])])
         if key in bad:
             notes.append(f"  {agent['name']}: its status cannot be read: {bad[key]}")
         elif st.get("reason"):
@@ -884,10 +885,8 @@ def _approve_keys(args: argparse.Namespace) -> int:
         box_key = public_key(args.box_key, "--box-key")
     except IdentityError as exc:
         raise UsageError(str(exc)) from None
-    from oneos.nodeagent.config import NODE_ID
-    if not NODE_ID.fullmatch(args.id):
-        raise UsageError(f"node id {args.id!r} is not valid: use letters, digits, '-', '_' or '.', starting with "
-                         "a letter or digit, at most 63 characters")
+    from oneos.nodeagent.config import check_id
+    check_id(args.id, "node id")
     who = os.environ.get("USER") or "an operator"
     outcome, _ = enrollment.register(_client(args), args.id, signing_key, box_key, kernel=args.kernel,
                                      labels=_labels(args.label), approved_by=f"oneosctl node approve ({who})")

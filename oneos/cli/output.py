@@ -8,7 +8,6 @@ import threading
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Sequence
 
-from oneos.children import command_line
 from oneos.documents import dump_yaml
 
 
@@ -38,11 +37,6 @@ def structured(value: Any, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(value, indent=2) + "\n"
     return dump_yaml(value)
-
-
-def command(argv: Sequence[str]) -> str:
-    """An argv as one line a person can read and paste into a shell."""
-    return command_line(list(argv))
 
 
 def signal_name(status: int) -> str | None:

@@ -27,6 +27,13 @@ DEFAULT_AGENT_USER = "oneos-agent"
 NODE_ID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 
 
+def check_id(node_id: str, what: str) -> None:
+    """UsageError unless `node_id` is a valid runtime id (`what` names it in the message)."""
+    if not NODE_ID.fullmatch(node_id):   # fullmatch: `$` alone would let a final newline through
+        raise UsageError(f"{what} {node_id!r} is not valid: use letters, digits, '-', '_' or '.', "
+                         "starting with a letter or digit, at most 63 characters")
+
+
 @dataclass
 class RuntimeConfig:
     id: str
@@ -214,9 +221,7 @@ def load(flags: Overrides, *, interactive: bool | None = None, save: bool = True
         node_id = str(uuid.uuid4())
         saved["id"] = node_id
         changed = True
-    if not NODE_ID.fullmatch(node_id):   # fullmatch: `$` alone would let a final newline through
-        raise UsageError(f"runtime id {node_id!r} is not valid: use letters, digits, '-', '_' or '.', "
-                         "starting with a letter or digit, at most 63 characters")
+    check_id(node_id, "runtime id")
     if changed:
         write_file(path, saved)
 
